@@ -1,0 +1,298 @@
+//! The `EncryptedSecret` custom resource (`kmsecrets.dev/v1alpha1`) and the
+//! generated CRD.
+//!
+//! Owns the wire shape users commit to git. It never holds plaintext: values
+//! here are ciphertext, and the status never carries anything derived from
+//! plaintext.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "kmsecrets.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const API_VERSION: &str = "kmsecrets.dev/v1alpha1";
+pub const KIND: &str = "EncryptedSecret";
+/// Prefix of every label, annotation and encryption-context key we own.
+pub const PREFIX: &str = "kmsecrets.dev/";
+/// Server-side apply field manager.
+pub const FIELD_MANAGER: &str = "kmsecrets";
+/// Annotation on a pre-existing Secret that lets the controller take it over.
+pub const ADOPT_ANNOTATION: &str = "kmsecrets.dev/adopt";
+/// Finalizer used only for `deletionPolicy: Retain`.
+pub const FINALIZER: &str = "kmsecrets.dev/retain";
+/// Secret data keys follow the Kubernetes rule for Secret/ConfigMap keys.
+pub const KEY_NAME_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+
+/// Spec of an `EncryptedSecret`: one data key wrapped by one or more KMS keys,
+/// and the values sealed under it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kmsecrets.dev",
+    version = "v1alpha1",
+    kind = "EncryptedSecret",
+    plural = "encryptedsecrets",
+    singular = "encryptedsecret",
+    shortname = "esec",
+    namespaced,
+    status = "EncryptedSecretStatus",
+    doc = "A Secret whose values are sealed with a data key wrapped by KMS",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptedSecretSpec {
+    /// Where the ciphertext may be used: `strict` binds namespace and name,
+    /// `namespace` binds the namespace only, `cluster` binds nothing.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Extra KMS encryption context (e.g. for key-policy conditions). Keys may
+    /// not use the reserved `kmsecrets.dev/` prefix.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub encryption_context: BTreeMap<String, String>,
+    /// Wrapped copies of the same data key (one per KMS key; first usable wins).
+    pub data_keys: Vec<DataKey>,
+    /// Secret key -> base64(nonce[12] || AES-256-GCM ciphertext || tag[16]).
+    #[serde(default)]
+    pub encrypted_data: BTreeMap<String, String>,
+    /// Applied to the materialised Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+    /// `Delete` garbage-collects the Secret with this resource, `Retain` orphans it.
+    #[serde(default, skip_serializing_if = "DeletionPolicy::is_default")]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Strict,
+    Namespace,
+    Cluster,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Strict => "strict",
+            Scope::Namespace => "namespace",
+            Scope::Cluster => "cluster",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" => Ok(Scope::Strict),
+            "namespace" => Ok(Scope::Namespace),
+            "cluster" => Ok(Scope::Cluster),
+            other => Err(format!(
+                "invalid scope {other:?}: expected strict, namespace or cluster"
+            )),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Provider {
+    #[serde(rename = "aws-kms")]
+    AwsKms,
+    #[serde(rename = "local")]
+    Local,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::AwsKms => "aws-kms",
+            Provider::Local => "local",
+        }
+    }
+}
+
+/// One wrapped copy of the resource's data key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataKey {
+    pub provider: Provider,
+    /// KMS key ARN, or `local:<16 hex digits>` for the local provider.
+    pub key_id: String,
+    /// base64 of the wrapped data key (KMS CiphertextBlob, or the local format).
+    pub ciphertext: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Secret type; defaults to `Opaque`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+impl DeletionPolicy {
+    fn is_default(&self) -> bool {
+        *self == DeletionPolicy::Delete
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptedSecretStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The wrapped copy that was used to unwrap the data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// sha256 over ciphertext + template (never over plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_hash: Option<String>,
+    /// The Secret's resourceVersion as we last wrote it; anything else is drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The CRD, with the validation the derive cannot express: at least one data
+/// key, Secret key-name pattern, and no user context key under our prefix.
+/// `kmsecrets crd` prints exactly this; `crds/` is generated from it.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = EncryptedSecret::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let Some(spec) = schema
+            .properties
+            .as_mut()
+            .and_then(|p| p.get_mut("spec"))
+            .and_then(|s| s.properties.as_mut())
+        else {
+            continue;
+        };
+        if let Some(keys) = spec.get_mut("dataKeys") {
+            keys.min_items = Some(1);
+            if let Some(item) = keys.items.as_mut().and_then(|i| match i {
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s) => Some(s.as_mut()),
+                _ => None,
+            }) && let Some(props) = item.properties.as_mut()
+            {
+                for f in ["keyId", "ciphertext"] {
+                    if let Some(p) = props.get_mut(f) {
+                        p.min_length = Some(1);
+                    }
+                }
+            }
+        }
+        if let Some(data) = spec.get_mut("encryptedData") {
+            data.x_kubernetes_validations = Some(vec![rule(
+                "self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))",
+                "encryptedData keys must match ^[-._a-zA-Z0-9]+$",
+            )]);
+        }
+        if let Some(ctx) = spec.get_mut("encryptionContext") {
+            ctx.x_kubernetes_validations = Some(vec![rule(
+                "self.all(k, !k.startsWith('kmsecrets.dev/'))",
+                "encryptionContext keys may not use the reserved kmsecrets.dev/ prefix",
+            )]);
+        }
+    }
+    crd
+}
+
+fn rule(
+    rule: &str,
+    message: &str,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule {
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule {
+        rule: rule.to_string(),
+        message: Some(message.to_string()),
+        ..Default::default()
+    }
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    let value = serde_json::to_value(crd()).unwrap_or_default();
+    let body = serde_saphyr::to_string(&value).unwrap_or_default();
+    format!("# Generated by `kmsecrets crd`; do not edit.\n---\n{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_has_names_columns_and_validation() {
+        let crd = crd();
+        assert_eq!(crd.spec.group, "kmsecrets.dev");
+        assert_eq!(crd.spec.names.plural, "encryptedsecrets");
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&["esec".to_string()][..])
+        );
+        let v = &crd.spec.versions[0];
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Ready", "Reason", "Key", "Age"]);
+        let yaml = crd_yaml();
+        assert!(yaml.contains("minItems: 1"), "{yaml}");
+        assert!(yaml.contains("k.startsWith('kmsecrets.dev/')"));
+        assert!(yaml.contains("aws-kms"));
+    }
+
+    #[test]
+    fn spec_defaults_and_round_trip() {
+        let spec: EncryptedSecretSpec = serde_json::from_value(serde_json::json!({
+            "dataKeys": [{"provider": "local", "keyId": "local:0011223344556677", "ciphertext": "AA=="}],
+        }))
+        .unwrap();
+        assert_eq!(spec.scope, Scope::Strict);
+        assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["scope"], "strict");
+        assert!(back.get("deletionPolicy").is_none());
+    }
+}

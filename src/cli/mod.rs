@@ -1,0 +1,331 @@
+//! The `kmsecrets` command line: argument definitions and dispatch. One file
+//! per command; shared helpers (key references, KMS construction, output)
+//! live here.
+//!
+//! Errors surface as one line on stderr (what is wrong, and what to do) and
+//! exit code 1; usage errors exit 2 (clap). Never a backtrace.
+
+mod decrypt;
+mod edit;
+mod encrypt;
+mod init;
+mod rotate;
+mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::api::{EncryptedSecret, Provider};
+use crate::kms::aws::AwsOptions;
+use crate::kms::layer::{Kms, LayerConfig, Providers};
+use crate::kms::local::{LocalKey, LocalProvider};
+use crate::manifest::{self, Format};
+use crate::metrics::Metrics;
+use crate::resource::{KeyRef, ResourceError};
+
+/// A CLI failure: one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Msg(String),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error(transparent)]
+    Kms(#[from] crate::kms::KmsError),
+    #[error(transparent)]
+    KeyFile(#[from] crate::kms::local::KeyFileError),
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+pub fn msg(s: impl Into<String>) -> CliError {
+    CliError::Msg(s.into())
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kmsecrets",
+    version,
+    about = "Secrets in git as ciphertext, native Secrets in the cluster: AWS KMS envelope encryption for Kubernetes",
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalArgs {
+    /// AWS region for key ids that are not ARNs (default: AWS_REGION / profile)
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// KMS endpoint URL (VPC endpoint, tests); default: AWS_ENDPOINT_URL_KMS / AWS_ENDPOINT_URL
+    #[arg(long, global = true, value_name = "URL", env = "KMSECRETS_KMS_ENDPOINT")]
+    pub kms_endpoint: Option<String>,
+    /// Local key file offered for unwrapping (repeatable; matched by key id)
+    #[arg(long = "local-key", global = true, value_name = "PATH", env = "KMSECRETS_LOCAL_KEYS", value_delimiter = ',')]
+    pub local_keys: Vec<PathBuf>,
+}
+
+/// KMS resilience-layer tuning (decrypt, controller).
+#[derive(Args, Debug, Clone)]
+pub struct LayerArgs {
+    /// Client-side KMS request rate ceiling (requests/s), shared by all workers; adapts down on throttling
+    #[arg(long, default_value_t = 50.0, env = "KMSECRETS_KMS_QPS", value_name = "QPS")]
+    pub kms_qps: f64,
+    /// Token-bucket burst for KMS requests
+    #[arg(long, default_value_t = 100, env = "KMSECRETS_KMS_BURST", value_name = "N")]
+    pub kms_burst: u32,
+    /// How long an unwrapped data key stays cached (0 disables). Trade-off: a
+    /// disabled or revoked KMS key keeps working for cached data keys until
+    /// this expires
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "KMSECRETS_DEK_CACHE_TTL", value_name = "DURATION")]
+    pub dek_cache_ttl: Duration,
+    /// Maximum cached data keys (LRU)
+    #[arg(long, default_value_t = 10_000, env = "KMSECRETS_DEK_CACHE_SIZE", value_name = "N")]
+    pub dek_cache_size: usize,
+    /// Attempts per KMS call (throttling and transient errors are retried with exponential backoff)
+    #[arg(long, default_value_t = 8, env = "KMSECRETS_KMS_MAX_ATTEMPTS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub kms_max_attempts: u32,
+}
+
+impl Default for LayerArgs {
+    fn default() -> Self {
+        let d = LayerConfig::default();
+        LayerArgs {
+            kms_qps: d.qps,
+            kms_burst: d.burst,
+            dek_cache_ttl: d.cache_ttl,
+            dek_cache_size: d.cache_size,
+            kms_max_attempts: d.max_attempts,
+        }
+    }
+}
+
+impl LayerArgs {
+    pub fn config(&self) -> Result<LayerConfig, String> {
+        if !(self.kms_qps.is_finite() && self.kms_qps > 0.0) {
+            return Err(format!("--kms-qps must be > 0, got {}", self.kms_qps));
+        }
+        if self.kms_burst == 0 {
+            return Err("--kms-burst must be >= 1".into());
+        }
+        Ok(LayerConfig {
+            qps: self.kms_qps,
+            burst: self.kms_burst,
+            cache_ttl: self.dek_cache_ttl,
+            cache_size: self.dek_cache_size,
+            max_attempts: self.kms_max_attempts,
+            ..LayerConfig::default()
+        })
+    }
+}
+
+/// "0" disables; otherwise humantime ("30s", "10m", "1h30m").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 30s, 10m, 1h or 0"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Encrypt a Secret (manifest or literals) into an EncryptedSecret
+    Encrypt(encrypt::EncryptArgs),
+    /// Decrypt an EncryptedSecret stream into a Secret stream
+    Decrypt(decrypt::DecryptArgs),
+    /// Decrypt FILE into $EDITOR, then re-encrypt it with the same data key
+    Edit(edit::EditArgs),
+    /// Re-encrypt FILE under a new data key, or re-wrap its data key (--rewrap)
+    Rotate(rotate::RotateArgs),
+    /// Print an empty EncryptedSecret whose data key never left KMS in plaintext
+    Init(init::InitArgs),
+    /// Check EncryptedSecret files offline (--decrypt also proves they decrypt)
+    Verify(verify::VerifyArgs),
+    /// Write a new local key-encryption key to PATH (mode 0600)
+    Keygen {
+        /// Where to write the key (refuses to overwrite)
+        path: PathBuf,
+    },
+    /// Print the EncryptedSecret CustomResourceDefinition
+    Crd,
+    /// Print shell completions
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Entry point used by `main`: parse argv (honouring the kubectl plugin
+/// name), run, print errors as one line. Returns the process exit code.
+pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let mut cmd = Cli::command();
+    if invoked_as.starts_with("kubectl-kmsecrets") {
+        cmd = cmd.bin_name("kubectl kmsecrets");
+    }
+    let matches = match cmd.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            let text = e.to_string().replace('\n', " ");
+            eprintln!("error: {text}");
+            1
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> CliResult {
+    let g = cli.global;
+    match cli.command {
+        Command::Encrypt(a) => encrypt::run(&g, a).await,
+        Command::Decrypt(a) => decrypt::run(&g, a).await,
+        Command::Edit(a) => edit::run(&g, a).await,
+        Command::Rotate(a) => rotate::run(&g, a).await,
+        Command::Init(a) => init::run(&g, a).await,
+        Command::Verify(a) => verify::run(&g, a).await,
+        Command::Keygen { path } => {
+            let key = LocalKey::write_new(&path)?;
+            println!("{}", key.id());
+            eprintln!("wrote local key {} to {} (mode 0600); keep it out of git", key.id(), path.display());
+            Ok(())
+        }
+        Command::Crd => {
+            print!("{}", crate::api::crd_yaml());
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kmsecrets", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// A `--key` value: `file:PATH` (local key) or a KMS key ARN / alias / id.
+pub enum KeyArg {
+    Kms(String),
+    Local(PathBuf),
+}
+
+pub fn parse_key_arg(s: &str) -> Result<KeyArg, String> {
+    let s = s.trim();
+    if let Some(p) = s.strip_prefix("file:") {
+        if p.is_empty() {
+            return Err("--key file: needs a path, e.g. --key file:./local.key".into());
+        }
+        return Ok(KeyArg::Local(PathBuf::from(p)));
+    }
+    if s.is_empty() {
+        return Err("--key is empty; pass a KMS key ARN, alias/NAME, key id, or file:PATH".into());
+    }
+    if s.starts_with("local:") {
+        return Err(format!("{s} is a local key id; pass the key file instead: --key file:PATH"));
+    }
+    Ok(KeyArg::Kms(s.to_string()))
+}
+
+/// Everything needed to talk to KMS for one command.
+pub struct KmsSetup {
+    pub kms: Kms,
+}
+
+/// Build the KMS layer: local keys from `--local-key` plus those named by
+/// `--key file:`; AWS is only contacted if an aws-kms key is used.
+pub fn build_kms(g: &GlobalArgs, key_args: &[KeyArg], layer: &LayerArgs) -> CliResult<(KmsSetup, Vec<KeyRef>)> {
+    let mut local = LocalProvider::default();
+    let mut refs = Vec::new();
+    for p in &g.local_keys {
+        local.add(LocalKey::load(p)?);
+    }
+    for k in key_args {
+        match k {
+            KeyArg::Local(p) => {
+                let key = LocalKey::load(p)?;
+                refs.push(KeyRef { provider: Provider::Local, key_id: key.id().to_string() });
+                local.add(key);
+            }
+            KeyArg::Kms(id) => refs.push(KeyRef { provider: Provider::AwsKms, key_id: id.clone() }),
+        }
+    }
+    let aws = AwsOptions { region: g.region.clone(), endpoint: g.kms_endpoint.clone(), attempt_timeout: None };
+    let providers = Providers::new(aws).with(Arc::new(local));
+    let cfg = layer.config().map_err(msg)?;
+    Ok((KmsSetup { kms: Kms::new(providers, cfg, Arc::new(Metrics::new())) }, refs))
+}
+
+/// Parse `k=v` pairs (`--context`, `--from-literal`).
+pub fn split_kv<'a>(s: &'a str, flag: &str) -> CliResult<(&'a str, &'a str)> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| msg(format!("{flag} expects KEY=VALUE, got {:?}", s.split('=').next().unwrap_or(""))))
+}
+
+/// Read exactly one EncryptedSecret from FILE (for edit/rotate/merge).
+pub fn read_one_encrypted(path: &std::path::Path) -> CliResult<EncryptedSecret> {
+    let name = path.display().to_string();
+    let bytes = manifest::read_source(&name)?;
+    let docs = manifest::parse_stream(&bytes, &name)?;
+    if docs.len() != 1 {
+        return Err(msg(format!("{name} holds {} documents; edit, rotate and --merge-into take exactly one EncryptedSecret", docs.len())));
+    }
+    to_encrypted(&docs[0], &name)
+}
+
+pub fn to_encrypted(doc: &manifest::Doc, source: &str) -> CliResult<EncryptedSecret> {
+    if doc.kind() != crate::api::KIND || doc.api_version() != crate::api::API_VERSION {
+        return Err(msg(format!(
+            "{source}: {} is not an EncryptedSecret (apiVersion {}, kind EncryptedSecret expected)",
+            doc.describe(),
+            crate::api::API_VERSION
+        )));
+    }
+    serde_json::from_value::<EncryptedSecret>(doc.value.clone()).map_err(|e| {
+        msg(format!("{source}: {} is not a valid EncryptedSecret: {}", doc.describe(), first_line(&e.to_string())))
+    })
+}
+
+pub fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+pub fn write_output<T: serde::Serialize>(docs: &[T], format: Format) {
+    print!("{}", manifest::render(docs, format));
+}
+
+/// Rewrites keep the file's format: JSON for `.json`, YAML otherwise.
+pub fn file_format(path: &std::path::Path) -> Format {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) { Format::Json } else { Format::Yaml }
+}

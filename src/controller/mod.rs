@@ -1,0 +1,3 @@
+//! The operator: watches EncryptedSecrets and owns their Secrets.
+
+pub mod secret;

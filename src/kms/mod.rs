@@ -1,0 +1,172 @@
+//! The KMS provider abstraction: one trait, the bounded error taxonomy that
+//! drives retries, conditions and metrics, and the implementations
+//! (`aws` — AWS KMS via aws-sdk-kms; `local` — a file-held KEK; `fake` — a
+//! programmable provider for tests and benches).
+//!
+//! Callers never use a provider directly: they go through [`layer::Kms`],
+//! which adds the DEK cache, single-flight, rate limiting and retries.
+//!
+//! Never: log, format or return key material; error messages carry KMS
+//! error codes/messages and key ids only.
+
+pub mod aws;
+pub mod fake;
+pub mod layer;
+pub mod local;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+pub use crate::api::Provider;
+use crate::envelope::Dek;
+
+/// Encryption context as KMS takes it.
+pub type Context = BTreeMap<String, String>;
+
+/// KMS Encrypt's plaintext limit.
+pub const ENCRYPT_MAX_BYTES: usize = 4096;
+
+/// A DEK wrapped under one KMS key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub provider: Provider,
+    /// As returned by the provider (a full ARN for aws-kms).
+    pub key_id: String,
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub arn: String,
+    pub enabled: bool,
+    pub state: String,
+}
+
+/// KMS operations, used as the bounded `operation` metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Decrypt,
+    Encrypt,
+    GenerateDataKey,
+    GenerateDataKeyWithoutPlaintext,
+    ReEncrypt,
+    GenerateRandom,
+    DescribeKey,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 7] = [
+        Operation::Decrypt,
+        Operation::Encrypt,
+        Operation::GenerateDataKey,
+        Operation::GenerateDataKeyWithoutPlaintext,
+        Operation::ReEncrypt,
+        Operation::GenerateRandom,
+        Operation::DescribeKey,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Decrypt => "decrypt",
+            Operation::Encrypt => "encrypt",
+            Operation::GenerateDataKey => "generate_data_key",
+            Operation::GenerateDataKeyWithoutPlaintext => "generate_data_key_without_plaintext",
+            Operation::ReEncrypt => "re_encrypt",
+            Operation::GenerateRandom => "generate_random",
+            Operation::DescribeKey => "describe_key",
+        }
+    }
+}
+
+/// Every provider failure, classified. Transient ones are retried.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum KmsError {
+    #[error("KMS throttled the request ({0}); lower --kms-qps or raise the account quota")]
+    Throttled(String),
+    #[error("KMS is unreachable or failing: {0}")]
+    Unavailable(String),
+    #[error("KMS denied access ({0}); check the key policy / IAM role and the encryption context")]
+    AccessDenied(String),
+    #[error("KMS key is disabled or not usable ({0}); enable the key or re-wrap under another")]
+    KeyDisabled(String),
+    #[error("KMS key not found ({0})")]
+    NotFound(String),
+    #[error(
+        "KMS rejected the ciphertext ({0}): it was altered, or the encryption context (namespace, name, scope, encryptionContext) differs from when it was encrypted"
+    )]
+    InvalidCiphertext(String),
+    #[error("the ciphertext was wrapped under a different KMS key ({0})")]
+    IncorrectKey(String),
+    #[error(
+        "KMS Encrypt takes at most {ENCRYPT_MAX_BYTES} bytes (got {0}); larger data needs envelope encryption (a data key from GenerateDataKey), which is what `kmsecrets encrypt` does"
+    )]
+    TooLarge(usize),
+    #[error("no {provider} key available for {key_id}; {hint}")]
+    NoKey { provider: &'static str, key_id: String, hint: String },
+    #[error("invalid KMS request: {0}")]
+    Invalid(String),
+    #[error("KMS error: {0}")]
+    Other(String),
+}
+
+impl KmsError {
+    /// Retried with backoff (and, for the controller, requeued with backoff).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KmsError::Throttled(_) | KmsError::Unavailable(_))
+    }
+
+    /// Bounded `result` label of `kmsecrets_kms_requests_total`.
+    pub fn metric_result(&self) -> &'static str {
+        match self {
+            KmsError::Throttled(_) => "throttled",
+            KmsError::AccessDenied(_) => "access_denied",
+            KmsError::KeyDisabled(_) => "key_disabled",
+            KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => "invalid_ciphertext",
+            KmsError::Unavailable(_) => "unavailable",
+            _ => "error",
+        }
+    }
+
+    /// Ready-condition reason for the controller.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            KmsError::Throttled(_) => "KmsThrottled",
+            KmsError::Unavailable(_) => "KmsUnavailable",
+            KmsError::AccessDenied(_) | KmsError::NoKey { .. } => "KmsAccessDenied",
+            KmsError::KeyDisabled(_) | KmsError::NotFound(_) => "KmsKeyDisabled",
+            KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => "DecryptFailed",
+            KmsError::TooLarge(_) | KmsError::Invalid(_) => "InvalidSpec",
+            KmsError::Other(_) => "KmsUnavailable",
+        }
+    }
+}
+
+/// A KMS backend. Implementations do ONE attempt per call (no retries, no
+/// caching): the layer owns those so that every attempt is observed.
+#[async_trait]
+pub trait KmsProvider: Send + Sync {
+    fn provider(&self) -> Provider;
+
+    /// Unwrap a DEK. `key_id` is the id recorded next to the ciphertext.
+    async fn decrypt(&self, key_id: &str, ciphertext: &[u8], ctx: &Context) -> Result<Dek, KmsError>;
+
+    /// Wrap arbitrary bytes (≤ 4096) — used to wrap an existing DEK under an
+    /// additional key.
+    async fn encrypt(&self, key_id: &str, plaintext: &[u8], ctx: &Context) -> Result<WrappedKey, KmsError>;
+
+    /// A fresh DEK, in plaintext and wrapped.
+    async fn generate_data_key(&self, key_id: &str, ctx: &Context) -> Result<(Dek, WrappedKey), KmsError>;
+
+    /// A fresh DEK, wrapped only: no plaintext key leaves KMS.
+    async fn generate_data_key_without_plaintext(&self, key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError>;
+
+    /// Move a wrapped DEK under another key of the same provider without
+    /// exposing it.
+    async fn re_encrypt(&self, src: &WrappedKey, dest_key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError>;
+
+    async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError>;
+
+    async fn describe_key(&self, key_id: &str) -> Result<KeyInfo, KmsError>;
+}

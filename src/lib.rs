@@ -1,0 +1,16 @@
+//! kmsecrets: Kubernetes secrets in git as ciphertext, materialised in the
+//! cluster as native Secrets, with AWS KMS envelope encryption.
+//!
+//! Layers (dependencies point down only):
+//! `cli` → `controller` → `resource` → `kms` (layer, providers) → `envelope`
+//! → `api`; `manifest`, `metrics`, `fsutil` are leaves.
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod envelope;
+pub mod fsutil;
+pub mod kms;
+pub mod manifest;
+pub mod metrics;
+pub mod resource;
