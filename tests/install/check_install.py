@@ -803,7 +803,7 @@ def check_docs() -> str:
                 broken.append(f"{f.relative_to(ROOT)} -> {target}")
     need(not broken, "broken relative links:\n" + "\n".join(broken))
     required = ["install.md", "iam.md", "key-rotation.md", "disaster-recovery.md", "tuning.md",
-                "troubleshooting.md", "comparison.md"]
+                "troubleshooting.md", "comparison.md", "monitoring.md", "README.md"]
     need(all((ROOT / "docs" / r).is_file() for r in required), f"docs/ should have {required}")
     tr = (ROOT / "docs" / "troubleshooting.md").read_text()
     reasons = ["Synced", "KmsThrottled", "KmsUnavailable", "KmsAccessDenied", "KmsKeyDisabled",
