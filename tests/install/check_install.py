@@ -74,6 +74,8 @@ CONTROLLER_FLAGS = {
     "--leader-election-namespace": True, "--leader-election-name": True,
     "--leader-election-lease-duration": True, "--http-addr": True,
     "--log-format": True, "--log-level": True,
+    # Not in the list, but a real flag of the shared KMS layer.
+    "--kms-max-attempts": True,
 }
 REPEATABLE_FLAGS = {"--namespace", "--local-key"}
 
