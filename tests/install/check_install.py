@@ -164,6 +164,20 @@ def check_crd_present() -> str:
     return "crds/ has the generated CRD and its Kustomization"
 
 
+def check_crd_dirs_apply_cleanly() -> str:
+    """`kubectl apply -f crds/` (and Helm's crds/) take every .yaml/.yml/.json
+    file: each must be a CRD, and nothing else may hide there."""
+    n = 0
+    for d in (CRD_FILE.parent, CHART_CRD_FILE.parent):
+        for f in sorted(d.iterdir()):
+            if f.suffix not in (".yaml", ".yml", ".json"):
+                continue
+            for doc in load_docs(f.read_text(), str(f.relative_to(ROOT))):
+                need(doc["kind"] == "CustomResourceDefinition", f"{f.relative_to(ROOT)}: {doc['kind']} in a CRD directory")
+                n += 1
+    return f"{n} CRD documents, nothing else"
+
+
 def check_chart_crd_copy() -> str:
     need(CHART_CRD_FILE.is_file(),
          f"{CHART_CRD_FILE.relative_to(ROOT)} is missing; the Rust build copies the generated CRD there:\n"
@@ -854,6 +868,7 @@ def main() -> int:
     crd_ok = r.check("crds/: generated CRD present", check_crd_present)
     if crd_ok:
         r.check("charts/kmsecrets/crds/: same CRD as crds/", check_chart_crd_copy)
+        r.check("crds/ directories hold only CRDs (kubectl apply -f crds/)", check_crd_dirs_apply_cleanly)
         r.check("CRD: valid apiextensions.k8s.io/v1 and matches DESIGN.md", check_crd_schema)
     r.check("monitoring/ copies match the chart's canonical files", check_monitoring_copies)
 
