@@ -284,6 +284,15 @@ impl RequestCtx {
     }
 
     fn json_body(&self) -> ApiResult<Value> {
+        // Protobuf (and CBOR) bodies are answered with 415; client-go then
+        // retries the request with JSON.
+        let base = self.content_type.split(';').next().unwrap_or("").trim();
+        if base == "application/vnd.kubernetes.protobuf" {
+            return crate::proto::decode(&self.body);
+        }
+        if !matches!(base, "" | "application/json" | "application/yaml" | "*/*") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
         if self.body.is_empty() {
             return Err(ApiError::BadRequest("request body is empty".into()));
         }

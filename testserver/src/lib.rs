@@ -29,6 +29,7 @@ mod http;
 mod meta;
 mod ops;
 mod patch;
+mod proto;
 mod render;
 mod resources;
 mod selector;
