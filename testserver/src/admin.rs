@@ -310,11 +310,15 @@ pub(crate) fn handle(
             faults.clear();
             (200, json!({}))
         }
-        _ => (404, json!({"error": format!("no admin endpoint {method} /_testserver/{rest}")})),
+        _ => (
+            404,
+            json!({"error": format!("no admin endpoint {method} /_testserver/{rest}")}),
+        ),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

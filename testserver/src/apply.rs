@@ -69,7 +69,9 @@ pub fn apply(
     api_version: &str,
     now: &str,
 ) -> ApiResult<Value> {
-    let mut merged = live.cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    let mut merged = live
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
     let mut content = strip_for_fields(applied, scope);
     drop_nulls(&mut content);
     let applied_set = FieldSet::from_object(&content);
@@ -157,6 +159,7 @@ pub fn apply(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -167,30 +170,89 @@ mod tests {
 
     #[test]
     fn removes_fields_no_longer_applied() {
-        let v1 = apply(None, &secret(json!({"a": "1", "b": "2"})), "ctl", false, Scope::Whole, "v1", "t")
-            .expect("first apply");
-        let v2 = apply(Some(&v1), &secret(json!({"a": "1"})), "ctl", false, Scope::Whole, "v1", "t")
-            .expect("second apply");
+        let v1 = apply(
+            None,
+            &secret(json!({"a": "1", "b": "2"})),
+            "ctl",
+            false,
+            Scope::Whole,
+            "v1",
+            "t",
+        )
+        .expect("first apply");
+        let v2 = apply(
+            Some(&v1),
+            &secret(json!({"a": "1"})),
+            "ctl",
+            false,
+            Scope::Whole,
+            "v1",
+            "t",
+        )
+        .expect("second apply");
         assert_eq!(v2["data"], json!({"a": "1"}));
     }
 
     #[test]
     fn conflicts_and_force() {
-        let v1 = apply(None, &secret(json!({"a": "1"})), "one", false, Scope::Whole, "v1", "t")
-            .expect("first apply");
-        let err = apply(Some(&v1), &secret(json!({"a": "2"})), "two", false, Scope::Whole, "v1", "t")
-            .expect_err("conflict");
+        let v1 = apply(
+            None,
+            &secret(json!({"a": "1"})),
+            "one",
+            false,
+            Scope::Whole,
+            "v1",
+            "t",
+        )
+        .expect("first apply");
+        let err = apply(
+            Some(&v1),
+            &secret(json!({"a": "2"})),
+            "two",
+            false,
+            Scope::Whole,
+            "v1",
+            "t",
+        )
+        .expect_err("conflict");
         assert_eq!(err.code(), 409);
-        assert!(err.to_string().contains("conflict with \"one\": .data.a"), "{err}");
+        assert!(
+            err.to_string().contains("conflict with \"one\": .data.a"),
+            "{err}"
+        );
         // Same value: shared ownership, no conflict.
-        let shared = apply(Some(&v1), &secret(json!({"a": "1"})), "two", false, Scope::Whole, "v1", "t")
-            .expect("same value");
+        let shared = apply(
+            Some(&v1),
+            &secret(json!({"a": "1"})),
+            "two",
+            false,
+            Scope::Whole,
+            "v1",
+            "t",
+        )
+        .expect("same value");
         // "one" stops applying a; "two" still owns it, so it stays.
-        let kept = apply(Some(&shared), &secret(json!({"z": "1"})), "one", false, Scope::Whole, "v1", "t")
-            .expect("apply");
+        let kept = apply(
+            Some(&shared),
+            &secret(json!({"z": "1"})),
+            "one",
+            false,
+            Scope::Whole,
+            "v1",
+            "t",
+        )
+        .expect("apply");
         assert_eq!(kept["data"]["a"], "1");
-        let forced = apply(Some(&v1), &secret(json!({"a": "2"})), "two", true, Scope::Whole, "v1", "t")
-            .expect("forced");
+        let forced = apply(
+            Some(&v1),
+            &secret(json!({"a": "2"})),
+            "two",
+            true,
+            Scope::Whole,
+            "v1",
+            "t",
+        )
+        .expect("forced");
         assert_eq!(forced["data"]["a"], "2");
         let entries = read_entries(&forced);
         assert_eq!(entries.len(), 1, "one lost its only field: {entries:?}");

@@ -82,14 +82,14 @@ fn prepare_secret(rt: &ResourceType, old: Option<&Value>, new: &mut Value) -> Ap
     if !obj.get("type").is_some_and(Value::is_string) {
         obj.insert("type".into(), "Opaque".into());
     }
-    if let Some(old) = old {
-        if old.get("type") != new.get("type") {
-            return Err(ApiError::invalid(
-                &rt.plural,
-                &name,
-                "type: Invalid value: field is immutable",
-            ));
-        }
+    if let Some(old) = old
+        && old.get("type") != new.get("type")
+    {
+        return Err(ApiError::invalid(
+            &rt.plural,
+            &name,
+            "type: Invalid value: field is immutable",
+        ));
     }
     check_immutable(rt, old, new, &["data"])
 }
@@ -164,37 +164,37 @@ fn rename(obj: &Value, from_core: bool) -> Map<String, Value> {
 
 fn event_to_core(ev: &Value) -> Value {
     let mut out = rename(ev, false);
-    if !out.contains_key("source") {
-        if let Some(c) = out.get("reportingComponent").cloned() {
-            let mut src = json!({"component": c});
-            if let (Some(host), Some(m)) = (ev.get("reportingInstance"), src.as_object_mut()) {
-                m.insert("host".into(), host.clone());
-            }
-            out.insert("source".into(), src);
+    if !out.contains_key("source")
+        && let Some(c) = out.get("reportingComponent").cloned()
+    {
+        let mut src = json!({"component": c});
+        if let (Some(host), Some(m)) = (ev.get("reportingInstance"), src.as_object_mut()) {
+            m.insert("host".into(), host.clone());
         }
+        out.insert("source".into(), src);
     }
     if let Some(series) = ev.get("series") {
-        if !out.contains_key("count") {
-            if let Some(c) = series.get("count") {
-                out.insert("count".into(), c.clone());
-            }
+        if !out.contains_key("count")
+            && let Some(c) = series.get("count")
+        {
+            out.insert("count".into(), c.clone());
         }
-        if !out.contains_key("lastTimestamp") {
-            if let Some(t) = series.get("lastObservedTime").and_then(Value::as_str) {
-                out.insert("lastTimestamp".into(), truncate_micro(t).into());
-            }
+        if !out.contains_key("lastTimestamp")
+            && let Some(t) = series.get("lastObservedTime").and_then(Value::as_str)
+        {
+            out.insert("lastTimestamp".into(), truncate_micro(t).into());
         }
         out.remove("series");
     }
-    if !out.contains_key("firstTimestamp") {
-        if let Some(t) = ev.get("eventTime").and_then(Value::as_str) {
-            out.insert("firstTimestamp".into(), truncate_micro(t).into());
-        }
+    if !out.contains_key("firstTimestamp")
+        && let Some(t) = ev.get("eventTime").and_then(Value::as_str)
+    {
+        out.insert("firstTimestamp".into(), truncate_micro(t).into());
     }
-    if !out.contains_key("lastTimestamp") {
-        if let Some(t) = out.get("firstTimestamp").cloned() {
-            out.insert("lastTimestamp".into(), t);
-        }
+    if !out.contains_key("lastTimestamp")
+        && let Some(t) = out.get("firstTimestamp").cloned()
+    {
+        out.insert("lastTimestamp".into(), t);
     }
     if !out.contains_key("count") {
         out.insert("count".into(), 1.into());
@@ -211,10 +211,10 @@ fn truncate_micro(t: &str) -> String {
 
 fn event_from_core(core: Value) -> Value {
     let mut out = rename(&core, true);
-    if !out.contains_key("reportingController") {
-        if let Some(c) = core.pointer("/source/component") {
-            out.insert("reportingController".into(), c.clone());
-        }
+    if !out.contains_key("reportingController")
+        && let Some(c) = core.pointer("/source/component")
+    {
+        out.insert("reportingController".into(), c.clone());
     }
     if !out.contains_key("eventTime") {
         let t = core
@@ -228,6 +228,7 @@ fn event_from_core(core: Value) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::resources::Registry;
@@ -241,7 +242,8 @@ mod tests {
     #[test]
     fn secret_string_data_and_default_type() {
         let rt = rt("", "v1", "secrets");
-        let mut s = json!({"metadata": {"name": "s"}, "data": {"a": "eA=="}, "stringData": {"b": "hello"}});
+        let mut s =
+            json!({"metadata": {"name": "s"}, "data": {"a": "eA=="}, "stringData": {"b": "hello"}});
         prepare(&rt, None, &mut s).expect("valid");
         assert_eq!(s["data"], json!({"a": "eA==", "b": "aGVsbG8="}));
         assert_eq!(s["type"], "Opaque");
@@ -254,7 +256,10 @@ mod tests {
         let old = json!({"metadata": {"name": "s"}, "type": "Opaque", "immutable": true, "data": {"a": "eA=="}});
         let mut new = old.clone();
         new["data"]["a"] = json!("eQ==");
-        assert_eq!(prepare(&rt, Some(&old), &mut new).map_err(|e| e.code()), Err(422));
+        assert_eq!(
+            prepare(&rt, Some(&old), &mut new).map_err(|e| e.code()),
+            Err(422)
+        );
         let mut same = old.clone();
         assert!(prepare(&rt, Some(&old), &mut same).is_ok());
     }

@@ -203,6 +203,7 @@ pub fn openapi_group_version(reg: &Registry, group: &str, version: &str) -> Opti
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -219,15 +220,19 @@ mod tests {
         assert!(names.contains(&"secrets"));
         assert!(names.contains(&"namespaces/status"));
         let groups = api_groups(&reg);
-        assert!(groups["groups"]
-            .as_array()
-            .expect("groups")
-            .iter()
-            .any(|g| g["name"] == "coordination.k8s.io"));
+        assert!(
+            groups["groups"]
+                .as_array()
+                .expect("groups")
+                .iter()
+                .any(|g| g["name"] == "coordination.k8s.io")
+        );
         let root = openapi_root(&reg);
-        assert!(root["paths"]["apis/events.k8s.io/v1"]["serverRelativeURL"]
-            .as_str()
-            .is_some_and(|u| u.starts_with("/openapi/v3/apis/events.k8s.io/v1?hash=")));
+        assert!(
+            root["paths"]["apis/events.k8s.io/v1"]["serverRelativeURL"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("/openapi/v3/apis/events.k8s.io/v1?hash="))
+        );
         assert!(openapi_group_version(&reg, "coordination.k8s.io", "v1").is_some());
     }
 }

@@ -44,7 +44,9 @@ pub enum ApiError {
     TooManyRequests,
     #[error("Internal error occurred: {0}")]
     Internal(String),
-    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+    )]
     UnsupportedMediaType,
     #[error("{0}")]
     Gone(String),

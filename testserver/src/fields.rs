@@ -428,6 +428,7 @@ pub fn without_times(obj: &Value) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -437,7 +438,8 @@ mod tests {
 
     #[test]
     fn fieldset_roundtrip() {
-        let obj = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "l": [1, 2], "e": {}}});
+        let obj =
+            json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "l": [1, 2], "e": {}}});
         let fs = FieldSet::from_object(&obj);
         assert!(fs.contains(&p(&["spec", "x"])));
         assert!(fs.contains(&p(&["spec", "e"])));
@@ -454,7 +456,15 @@ mod tests {
     fn update_takes_changed_fields() {
         let old = json!({"metadata": {"name": "a"}, "data": {"x": "1", "y": "2"}});
         let mut entries = vec![];
-        track_update(&mut entries, "m1", Scope::Whole, "v1", &json!({}), &old, "t");
+        track_update(
+            &mut entries,
+            "m1",
+            Scope::Whole,
+            "v1",
+            &json!({}),
+            &old,
+            "t",
+        );
         let new = json!({"metadata": {"name": "a"}, "data": {"x": "9", "y": "2"}});
         track_update(&mut entries, "m2", Scope::Whole, "v1", &old, &new, "t");
         assert_eq!(entries.len(), 2);
@@ -463,7 +473,11 @@ mod tests {
         assert!(entries[1].fields.contains(&p(&["data", "x"])));
         let newer = json!({"metadata": {"name": "a"}, "data": {"x": "9"}});
         track_update(&mut entries, "m3", Scope::Whole, "v1", &new, &newer, "t");
-        assert_eq!(entries.len(), 1, "m1 lost its last field, m3 changed nothing");
+        assert_eq!(
+            entries.len(),
+            1,
+            "m1 lost its last field, m3 changed nothing"
+        );
     }
 
     #[test]

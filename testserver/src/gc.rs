@@ -49,7 +49,10 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Deletes an object the way a background-propagation DELETE would.
 fn delete_object(store: &mut Store, storage: &StorageKey, obj: &Value) -> bool {
-    let (ns, name) = (meta::namespace(obj).to_string(), meta::name(obj).to_string());
+    let (ns, name) = (
+        meta::namespace(obj).to_string(),
+        meta::name(obj).to_string(),
+    );
     if meta::is_deleting(obj) {
         return false;
     }
@@ -113,7 +116,8 @@ pub fn pass(store: &mut Store) -> bool {
         let deps = dependents.get(&uid).cloned().unwrap_or_default();
         if finalizers.iter().any(|f| f == "orphan") {
             for (dstorage, dep) in &deps {
-                let Some(current) = store.get(dstorage, meta::namespace(dep), meta::name(dep)) else {
+                let Some(current) = store.get(dstorage, meta::namespace(dep), meta::name(dep))
+                else {
                     continue;
                 };
                 let mut new = (*current).clone();
@@ -132,8 +136,13 @@ pub fn pass(store: &mut Store) -> bool {
                 .filter(|(s, d)| store.get(s, meta::namespace(d), meta::name(d)).is_some())
                 .collect();
             if live.is_empty() {
-                if let Some(current) = store.get(storage, meta::namespace(owner), meta::name(owner)) {
-                    ops::system_update(store, storage, without_finalizer(&current, "foregroundDeletion"));
+                if let Some(current) = store.get(storage, meta::namespace(owner), meta::name(owner))
+                {
+                    ops::system_update(
+                        store,
+                        storage,
+                        without_finalizer(&current, "foregroundDeletion"),
+                    );
                     changed = true;
                 }
             } else {

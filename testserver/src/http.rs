@@ -53,7 +53,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 => {
+            b'%' if i + 2 < bytes.len() => {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
                 match u8::from_str_radix(hex, 16) {
                     Ok(b) => {
@@ -232,8 +232,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         },
         ("GET", Route::OpenApiV2) => not_found(),
         (m, Route::Admin(rest)) => {
-            let (code, v) =
-                crate::admin::handle(&shared.faults, &shared.counters, m, &rest, &body);
+            let (code, v) = crate::admin::handle(&shared.faults, &shared.counters, m, &rest, &body);
             json_response(code, &v)
         }
         (_, Route::Resource(p)) => {
@@ -342,7 +341,7 @@ fn encode_continue(ns: &str, name: &str) -> String {
 
 fn decode_continue(token: &str) -> ApiResult<(String, String)> {
     let bad = || ApiError::BadRequest("invalid continue token".into());
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..token.len())
@@ -425,7 +424,8 @@ async fn resource(shared: &Arc<Shared>, p: ResPath, ctx: RequestCtx) -> ApiResul
                 dry_run: ctx.dry_run(),
             };
             let mut store = lock(&shared.store);
-            ops::create(&mut store, &rt, &ns, body, &opts).map(|o| (201, render::object(&rt, format, o)))
+            ops::create(&mut store, &rt, &ns, body, &opts)
+                .map(|o| (201, render::object(&rt, format, o)))
         }
         "update" => {
             let body = ctx.json_body()?;
@@ -451,16 +451,20 @@ async fn resource(shared: &Arc<Shared>, p: ResPath, ctx: RequestCtx) -> ApiResul
                 dry_run: ctx.dry_run(),
             };
             let mut store = lock(&shared.store);
-            ops::patch(&mut store, &rt, &ns, &name, scope, kind, &ctx.body, &opts).map(|(o, created)| {
-                (if created { 201 } else { 200 }, render::object(&rt, format, o))
-            })
+            ops::patch(&mut store, &rt, &ns, &name, scope, kind, &ctx.body, &opts).map(
+                |(o, created)| {
+                    (
+                        if created { 201 } else { 200 },
+                        render::object(&rt, format, o),
+                    )
+                },
+            )
         }
         "delete" => {
             let opts = delete_opts(&ctx)?;
             let mut store = lock(&shared.store);
-            ops::delete(&mut store, &rt, &ns, &name, &opts).map(|(o, gone)| {
-                (if gone { 200 } else { 202 }, render::object(&rt, format, o))
-            })
+            ops::delete(&mut store, &rt, &ns, &name, &opts)
+                .map(|(o, gone)| (if gone { 200 } else { 202 }, render::object(&rt, format, o)))
         }
         "deletecollection" => {
             let opts = delete_opts(&ctx)?;
@@ -469,7 +473,13 @@ async fn resource(shared: &Arc<Shared>, p: ResPath, ctx: RequestCtx) -> ApiResul
                 .list(&rt.storage, p.namespace.as_deref(), None)
                 .into_iter()
                 .filter(|o| selector.matches(&crate::builtins::to_served(&rt, o)))
-                .map(|o| format!("{}\u{0}{}", crate::meta::namespace(&o), crate::meta::name(&o)))
+                .map(|o| {
+                    format!(
+                        "{}\u{0}{}",
+                        crate::meta::namespace(&o),
+                        crate::meta::name(&o)
+                    )
+                })
                 .collect();
             let mut items = Vec::new();
             for t in targets {
@@ -505,8 +515,7 @@ fn delete_opts(ctx: &RequestCtx) -> ApiResult<DeleteOpts> {
         .and_then(Value::as_str)
         .or(ctx.query.get("propagationPolicy"))
         .map(str::to_string);
-    let orphan = body.get("orphanDependents").and_then(Value::as_bool)
-        == Some(true)
+    let orphan = body.get("orphanDependents").and_then(Value::as_bool) == Some(true)
         || ctx.query.get("orphanDependents") == Some("true");
     if propagation.is_none() && orphan {
         propagation = Some("Orphan".into());
@@ -559,9 +568,9 @@ fn list(
             continue;
         }
         if limit.is_some_and(|l| items.len() >= l) {
-            cont = items
-                .last()
-                .map(|last: &Value| encode_continue(crate::meta::namespace(last), crate::meta::name(last)));
+            cont = items.last().map(|last: &Value| {
+                encode_continue(crate::meta::namespace(last), crate::meta::name(last))
+            });
             break;
         }
         items.push(served);
@@ -571,6 +580,7 @@ fn list(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -618,7 +628,10 @@ mod tests {
                 sub: Some("status".into()),
             })
         );
-        assert_eq!(route("/openapi/v3/apis/a.b/v1"), Route::OpenApiV3("a.b".into(), "v1".into()));
+        assert_eq!(
+            route("/openapi/v3/apis/a.b/v1"),
+            Route::OpenApiV3("a.b".into(), "v1".into())
+        );
     }
 
     #[test]
@@ -627,6 +640,9 @@ mod tests {
         assert_eq!(q.get("labelSelector"), Some("a=b,c in (x)"));
         assert!(q.flag("watch"));
         let tok = encode_continue("ns", "name");
-        assert_eq!(decode_continue(&tok).expect("valid"), ("ns".into(), "name".into()));
+        assert_eq!(
+            decode_continue(&tok).expect("valid"),
+            ("ns".into(), "name".into())
+        );
     }
 }

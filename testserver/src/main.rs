@@ -10,7 +10,11 @@ use clap::Parser;
 #[command(name = "kmsecrets-testserver", version)]
 struct Cli {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:0", env = "KMSECRETS_TESTSERVER_LISTEN")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:0",
+        env = "KMSECRETS_TESTSERVER_LISTEN"
+    )]
     listen: String,
     /// Write a kubeconfig pointing at the server to this path once it is ready.
     #[arg(long)]
@@ -30,15 +34,18 @@ async fn main() -> std::process::ExitCode {
     let server = match kmsecrets_testserver::TestServer::start(&cli.listen).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}\nhint: pass a free address with --listen 127.0.0.1:0", cli.listen);
+            eprintln!(
+                "error: cannot listen on {}: {e}\nhint: pass a free address with --listen 127.0.0.1:0",
+                cli.listen
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
-    if let Some(path) = &cli.kubeconfig {
-        if let Err(e) = server.write_kubeconfig(path) {
-            eprintln!("error: cannot write kubeconfig {}: {e}", path.display());
-            return std::process::ExitCode::FAILURE;
-        }
+    if let Some(path) = &cli.kubeconfig
+        && let Err(e) = server.write_kubeconfig(path)
+    {
+        eprintln!("error: cannot write kubeconfig {}: {e}", path.display());
+        return std::process::ExitCode::FAILURE;
     }
     println!("{}", server.url());
     tracing::info!(url = %server.url(), "kmsecrets-testserver ready");

@@ -80,24 +80,26 @@ pub fn get(store: &Store, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<
 }
 
 fn check_type(rt: &ResourceType, body: &Value) -> ApiResult<()> {
-    if let Some(av) = body.get("apiVersion").and_then(Value::as_str) {
-        if av != rt.api_version() {
-            return Err(ApiError::BadRequest(format!(
-                "the API version in the data ({av}) does not match the expected API version ({})",
-                rt.api_version()
-            )));
-        }
+    if let Some(av) = body.get("apiVersion").and_then(Value::as_str)
+        && av != rt.api_version()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            rt.api_version()
+        )));
     }
-    if let Some(kind) = body.get("kind").and_then(Value::as_str) {
-        if kind != rt.kind {
-            return Err(ApiError::BadRequest(format!(
-                "the kind in the data ({kind}) does not match the expected kind ({})",
-                rt.kind
-            )));
-        }
+    if let Some(kind) = body.get("kind").and_then(Value::as_str)
+        && kind != rt.kind
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            rt.kind
+        )));
     }
     if !body.is_object() {
-        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
     }
     Ok(())
 }
@@ -125,7 +127,14 @@ pub fn create(
     body: Value,
     opts: &WriteOpts,
 ) -> ApiResult<Value> {
-    create_with(store, rt, ns, body, Tracking::Update(&opts.manager), opts.dry_run)
+    create_with(
+        store,
+        rt,
+        ns,
+        body,
+        Tracking::Update(&opts.manager),
+        opts.dry_run,
+    )
 }
 
 fn create_with(
@@ -183,7 +192,9 @@ fn create_with(
         return Err(ApiError::invalid(
             &rt.qualified(),
             &name,
-            format!("metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+            format!(
+                "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            ),
         ));
     }
     if store.get(&rt.storage, ns_of(rt, ns), &name).is_some() {
@@ -208,10 +219,11 @@ fn create_with(
     } else {
         set_meta(&mut obj, "generation", None);
     }
-    if rt.custom && rt.status_subresource {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if rt.custom
+        && rt.status_subresource
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     builtins::prepare(rt, None, &mut obj)?;
     if rt.storage == crd_key() {
@@ -257,8 +269,9 @@ fn prepare_crd(
     dry_run: bool,
 ) -> ApiResult<()> {
     let name = meta::name(obj).to_string();
-    let types = crate::resources::crd_types(obj)
-        .map_err(|m| ApiError::invalid("customresourcedefinitions.apiextensions.k8s.io", &name, m))?;
+    let types = crate::resources::crd_types(obj).map_err(|m| {
+        ApiError::invalid("customresourcedefinitions.apiextensions.k8s.io", &name, m)
+    })?;
     let mut accepted = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
     if let (Some(m), Some(t)) = (accepted.as_object_mut(), types.first()) {
         m.insert("singular".into(), t.singular.clone().into());
@@ -292,10 +305,9 @@ fn prepare_crd(
         );
     }
     if !dry_run {
-        store
-            .registry
-            .register_crd(obj)
-            .map_err(|m| ApiError::invalid("customresourcedefinitions.apiextensions.k8s.io", &name, m))?;
+        store.registry.register_crd(obj).map_err(|m| {
+            ApiError::invalid("customresourcedefinitions.apiextensions.k8s.io", &name, m)
+        })?;
     }
     Ok(())
 }
@@ -360,17 +372,20 @@ pub fn patch(
                 "the name of the object ({applied_name}) does not match the name on the URL ({name})"
             )));
         }
-        if let (Some(old), Some(rv)) = (&old, meta::meta_str(&applied, "resourceVersion")) {
-            if !rv.is_empty() && Some(rv) != meta::meta_str(old, "resourceVersion") {
-                return Err(ApiError::Conflict {
-                    kind: rt.qualified(),
-                    name: name.into(),
-                });
-            }
+        if let (Some(old), Some(rv)) = (&old, meta::meta_str(&applied, "resourceVersion"))
+            && !rv.is_empty()
+            && Some(rv) != meta::meta_str(old, "resourceVersion")
+        {
+            return Err(ApiError::Conflict {
+                kind: rt.qualified(),
+                name: name.into(),
+            });
         }
         let applied = builtins::to_stored(rt, applied);
         let now = meta::now_rfc3339();
-        let live = old.as_deref().map(|o| builtins::to_stored(rt, builtins::to_served(rt, o)));
+        let live = old
+            .as_deref()
+            .map(|o| builtins::to_stored(rt, builtins::to_served(rt, o)));
         let mut merged = apply::apply(
             live.as_ref(),
             &applied,
@@ -381,15 +396,24 @@ pub fn patch(
             &now,
         )?;
         return match old {
-            Some(old) => commit_update(store, rt, scope, &old, merged, Tracking::Precomputed, opts.dry_run)
-                .map(|v| (v, false)),
+            Some(old) => commit_update(
+                store,
+                rt,
+                scope,
+                &old,
+                merged,
+                Tracking::Precomputed,
+                opts.dry_run,
+            )
+            .map(|v| (v, false)),
             None => {
                 if scope == Scope::Status {
                     return Err(ApiError::not_found(&rt.qualified(), name));
                 }
                 set_meta(&mut merged, "name", Some(name.into()));
                 let served = builtins::to_served(rt, &merged);
-                create_with(store, rt, ns, served, Tracking::Precomputed, opts.dry_run).map(|v| (v, true))
+                create_with(store, rt, ns, served, Tracking::Precomputed, opts.dry_run)
+                    .map(|v| (v, true))
             }
         };
     }
@@ -436,13 +460,14 @@ fn commit_update(
     dry_run: bool,
 ) -> ApiResult<Value> {
     let name = meta::name(old).to_string();
-    if let Some(rv) = meta::meta_str(&new, "resourceVersion") {
-        if !rv.is_empty() && Some(rv) != meta::meta_str(old, "resourceVersion") {
-            return Err(ApiError::Conflict {
-                kind: rt.qualified(),
-                name,
-            });
-        }
+    if let Some(rv) = meta::meta_str(&new, "resourceVersion")
+        && !rv.is_empty()
+        && Some(rv) != meta::meta_str(old, "resourceVersion")
+    {
+        return Err(ApiError::Conflict {
+            kind: rt.qualified(),
+            name,
+        });
     }
     let client_fields = old_meta(&new, "managedFields");
     match scope {
@@ -519,7 +544,9 @@ fn commit_update(
         fields::write_entries(&mut new, &entries);
     }
     if rt.tracks_generation() && spec_part(old) != spec_part(&new) {
-        let g = old_meta(old, "generation").and_then(|g| g.as_i64()).unwrap_or(0);
+        let g = old_meta(old, "generation")
+            .and_then(|g| g.as_i64())
+            .unwrap_or(0);
         set_meta(&mut new, "generation", Some((g + 1).into()));
     }
     if comparable(old) == comparable(&new) {
@@ -552,14 +579,13 @@ pub fn finish_delete(
     name: &str,
 ) -> Option<Arc<Value>> {
     let last = store.remove(storage, ns, name)?;
-    if *storage == crd_key() {
-        if let Ok(types) = crate::resources::crd_types(&last) {
-            if let Some(t) = types.first() {
-                let key = t.storage.clone();
-                store.registry.remove_storage(&key);
-                store.drop_storage(&key);
-            }
-        }
+    if *storage == crd_key()
+        && let Ok(types) = crate::resources::crd_types(&last)
+        && let Some(t) = types.first()
+    {
+        let key = t.storage.clone();
+        store.registry.remove_storage(&key);
+        store.drop_storage(&key);
     }
     store.gc_dirty = true;
     Some(last)
@@ -577,21 +603,21 @@ pub fn delete(
     let old = store
         .get(&rt.storage, ns, name)
         .ok_or_else(|| ApiError::not_found(&rt.qualified(), name))?;
-    if let Some(uid) = &opts.precondition_uid {
-        if uid != meta::uid(&old) {
-            return Err(ApiError::Conflict {
-                kind: rt.qualified(),
-                name: name.into(),
-            });
-        }
+    if let Some(uid) = &opts.precondition_uid
+        && uid != meta::uid(&old)
+    {
+        return Err(ApiError::Conflict {
+            kind: rt.qualified(),
+            name: name.into(),
+        });
     }
-    if let Some(rv) = &opts.precondition_rv {
-        if Some(rv.as_str()) != meta::meta_str(&old, "resourceVersion") {
-            return Err(ApiError::Conflict {
-                kind: rt.qualified(),
-                name: name.into(),
-            });
-        }
+    if let Some(rv) = &opts.precondition_rv
+        && Some(rv.as_str()) != meta::meta_str(&old, "resourceVersion")
+    {
+        return Err(ApiError::Conflict {
+            kind: rt.qualified(),
+            name: name.into(),
+        });
     }
     let mut finalizers = meta::finalizers(&old);
     let extra = match opts.propagation.as_deref() {
@@ -599,10 +625,10 @@ pub fn delete(
         Some("Foreground") => Some("foregroundDeletion"),
         _ => None,
     };
-    if let Some(f) = extra {
-        if !finalizers.iter().any(|x| x == f) {
-            finalizers.push(f.to_string());
-        }
+    if let Some(f) = extra
+        && !finalizers.iter().any(|x| x == f)
+    {
+        finalizers.push(f.to_string());
     }
     let is_namespace = rt.storage == namespaces_key();
     if finalizers.is_empty() && !is_namespace {
@@ -610,22 +636,29 @@ pub fn delete(
             return Ok((builtins::to_served(rt, &old), true));
         }
         let last = finish_delete(store, &rt.storage, ns, name);
-        return Ok((builtins::to_served(rt, last.as_deref().unwrap_or(&old)), true));
+        return Ok((
+            builtins::to_served(rt, last.as_deref().unwrap_or(&old)),
+            true,
+        ));
     }
     let mut new = (*old).clone();
     if !meta::is_deleting(&new) {
-        set_meta(&mut new, "deletionTimestamp", Some(meta::now_rfc3339().into()));
+        set_meta(
+            &mut new,
+            "deletionTimestamp",
+            Some(meta::now_rfc3339().into()),
+        );
         set_meta(&mut new, "deletionGracePeriodSeconds", Some(0.into()));
     }
     set_meta(
         &mut new,
         "finalizers",
-        Some(Value::Array(finalizers.into_iter().map(Value::from).collect())),
+        Some(Value::Array(
+            finalizers.into_iter().map(Value::from).collect(),
+        )),
     );
-    if is_namespace {
-        if let Some(m) = new.as_object_mut() {
-            m.insert("status".into(), json!({"phase": "Terminating"}));
-        }
+    if is_namespace && let Some(m) = new.as_object_mut() {
+        m.insert("status".into(), json!({"phase": "Terminating"}));
     }
     meta::normalize(&mut new);
     if comparable(&old) == comparable(&new) || opts.dry_run {

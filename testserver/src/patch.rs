@@ -25,9 +25,7 @@ impl PatchType {
             "application/json-patch+json" => Ok(PatchType::Json),
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => {
-                Ok(PatchType::Apply)
-            }
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
             _ => Err(ApiError::UnsupportedMediaType),
         }
     }
@@ -56,10 +54,11 @@ pub fn patch(obj: &Value, kind: PatchType, body: &[u8]) -> ApiResult<Value> {
             for op in ops.0 {
                 // The apiserver's JSON patch treats a missing path as null in
                 // `test` (kube-runtime's finalizer helper relies on this).
-                if let json_patch::PatchOperation::Test(t) = &op {
-                    if t.value.is_null() && out.pointer(t.path.as_str()).is_none() {
-                        continue;
-                    }
+                if let json_patch::PatchOperation::Test(t) = &op
+                    && t.value.is_null()
+                    && out.pointer(t.path.as_str()).is_none()
+                {
+                    continue;
                 }
                 json_patch::patch(&mut out, &[op]).map_err(|e| {
                     ApiError::PatchFailed(format!(
@@ -117,7 +116,9 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
             Value::Null => {
                 t.remove(k);
             }
-            Value::Object(inner) if inner.get("$patch").and_then(Value::as_str) == Some("delete") => {
+            Value::Object(inner)
+                if inner.get("$patch").and_then(Value::as_str) == Some("delete") =>
+            {
                 t.remove(k);
             }
             Value::Object(_) => {
@@ -172,6 +173,7 @@ fn merge_list(cur: &[Value], items: &[Value], key: &str) -> Vec<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -190,7 +192,10 @@ mod tests {
         let out = patch(&o, PatchType::Json, body).expect("patch");
         assert_eq!(out["metadata"]["finalizers"], json!(["f"]));
         let bad = br#"[{"op":"test","path":"/metadata/name","value":"y"}]"#;
-        assert_eq!(patch(&o, PatchType::Json, bad).map_err(|e| e.code()), Err(422));
+        assert_eq!(
+            patch(&o, PatchType::Json, bad).map_err(|e| e.code()),
+            Err(422)
+        );
     }
 
     #[test]
@@ -199,7 +204,10 @@ mod tests {
         let p = json!({"spec": {"containers": [{"name": "b", "image": "3"}, {"name": "a", "$patch": "delete"}], "$setElementOrder/containers": []}});
         let mut out = o.clone();
         strategic_merge(&mut out, &p);
-        assert_eq!(out, json!({"spec": {"containers": [{"name": "b", "image": "3"}]}}));
+        assert_eq!(
+            out,
+            json!({"spec": {"containers": [{"name": "b", "image": "3"}]}})
+        );
         let mut s = json!({"data": {"a": "x"}});
         strategic_merge(&mut s, &json!({"data": {"a": null, "b": "y"}}));
         assert_eq!(s, json!({"data": {"b": "y"}}));

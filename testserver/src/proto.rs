@@ -103,7 +103,12 @@ fn map_entry(b: &[u8], value: fn(&[u8]) -> Value) -> ApiResult<(String, Value)> 
     Ok((k, v))
 }
 
-fn insert_entry(obj: &mut Map<String, Value>, field: &str, b: &[u8], value: fn(&[u8]) -> Value) -> ApiResult<()> {
+fn insert_entry(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    b: &[u8],
+    value: fn(&[u8]) -> Value,
+) -> ApiResult<()> {
     let (k, v) = map_entry(b, value)?;
     if let Some(m) = obj
         .entry(field)
@@ -186,7 +191,10 @@ fn decode_kind(kind: &str, b: &[u8]) -> ApiResult<Map<String, Value>> {
             ("ServiceAccount", 4, Field::Varint(v)) => {
                 out.insert("automountServiceAccountToken".into(), (v != 0).into());
             }
-            ("Namespace", _, _) | ("ServiceAccount", _, _) | ("Secret", _, _) | ("ConfigMap", _, _) => {}
+            ("Namespace", _, _)
+            | ("ServiceAccount", _, _)
+            | ("Secret", _, _)
+            | ("ConfigMap", _, _) => {}
             _ => {
                 return Err(ApiError::UnsupportedMediaType);
             }
@@ -206,7 +214,9 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
                 let mut t = Reader::new(tm);
                 while let Some((n, f)) = t.next()? {
                     match (n, f) {
-                        (1, Field::Bytes(x)) => api_version = String::from_utf8_lossy(x).into_owned(),
+                        (1, Field::Bytes(x)) => {
+                            api_version = String::from_utf8_lossy(x).into_owned()
+                        }
                         (2, Field::Bytes(x)) => kind = String::from_utf8_lossy(x).into_owned(),
                         _ => {}
                     }
@@ -226,6 +236,7 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -125,7 +125,11 @@ fn builtin_columns(rt: &ResourceType) -> Vec<Column> {
         ("", "configmaps") => vec![name, col("Data", "integer", "", "@datacount"), age],
         ("", "namespaces") => vec![name, col("Status", "string", "", ".status.phase"), age],
         ("coordination.k8s.io", "leases") => {
-            vec![name, col("Holder", "string", "", ".spec.holderIdentity"), age]
+            vec![
+                name,
+                col("Holder", "string", "", ".spec.holderIdentity"),
+                age,
+            ]
         }
         ("", "events") => vec![
             col("Last Seen", "string", "", "@lastseen"),
@@ -141,17 +145,20 @@ fn builtin_columns(rt: &ResourceType) -> Vec<Column> {
             col("Object", "string", "", "@regarding"),
             col("Message", "string", "", ".note"),
         ],
-        ("apiextensions.k8s.io", "customresourcedefinitions") => vec![
-            name,
-            col("Created At", "date", "date-time", "@created"),
-        ],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            vec![name, col("Created At", "date", "date-time", "@created")]
+        }
         _ => vec![name, age],
     }
 }
 
 fn object_ref(r: Option<&Value>) -> Value {
     let Some(r) = r else { return Value::Null };
-    let kind = r.get("kind").and_then(Value::as_str).unwrap_or("").to_lowercase();
+    let kind = r
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_lowercase();
     let name = r.get("name").and_then(Value::as_str).unwrap_or("");
     format!("{kind}/{name}").into()
 }
@@ -173,7 +180,9 @@ fn computed(path: &str, obj: &Value) -> Value {
                 .iter()
                 .find_map(|k| obj.get(*k).and_then(Value::as_str))
                 .or_else(|| meta::meta_str(obj, "creationTimestamp"));
-            t.map(meta::human_age).map(Value::from).unwrap_or(Value::Null)
+            t.map(meta::human_age)
+                .map(Value::from)
+                .unwrap_or(Value::Null)
         }
         "@created" => meta::meta_str(obj, "creationTimestamp")
             .map(Value::from)
@@ -206,12 +215,7 @@ fn cell(type_: &str, values: Vec<Value>) -> Value {
     }
 }
 
-pub fn table(
-    rt: &ResourceType,
-    items: &[Value],
-    rv: Option<u64>,
-    cont: Option<String>,
-) -> Value {
+pub fn table(rt: &ResourceType, items: &[Value], rv: Option<u64>, cont: Option<String>) -> Value {
     let (defs, rows): (Vec<Value>, Vec<Value>) = match &rt.printer_columns {
         Some(cols) => crd_table(cols, items),
         None => {
@@ -258,7 +262,9 @@ pub fn table(
 }
 
 fn crd_table(cols: &[PrinterColumn], items: &[Value]) -> (Vec<Value>, Vec<Value>) {
-    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+    let mut defs = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
     let default_age = [PrinterColumn {
         name: "Age".into(),
         type_: "date".into(),
@@ -267,7 +273,11 @@ fn crd_table(cols: &[PrinterColumn], items: &[Value]) -> (Vec<Value>, Vec<Value>
         description: String::new(),
         priority: 0,
     }];
-    let cols = if cols.is_empty() { &default_age[..] } else { cols };
+    let cols = if cols.is_empty() {
+        &default_age[..]
+    } else {
+        cols
+    };
     for c in cols {
         defs.push(json!({"name": c.name, "type": c.type_, "format": c.format, "description": c.description, "priority": c.priority}));
     }
@@ -301,10 +311,7 @@ pub fn jsonpath(obj: &Value, path: &str) -> Vec<Value> {
             };
             let inner = &r[..end];
             rest = &r[end + 1..];
-            cur = cur
-                .into_iter()
-                .flat_map(|v| index(&v, inner))
-                .collect();
+            cur = cur.into_iter().flat_map(|v| index(&v, inner)).collect();
         } else {
             let r = rest.strip_prefix('.').unwrap_or(rest);
             let end = r.find(['.', '[']).unwrap_or(r.len());
@@ -351,10 +358,7 @@ fn index(v: &Value, inner: &str) -> Vec<Value> {
             .into_iter()
             .collect();
     }
-    let Some(expr) = inner
-        .strip_prefix("?(")
-        .and_then(|x| x.strip_suffix(')'))
-    else {
+    let Some(expr) = inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')')) else {
         return vec![];
     };
     let (lhs, rhs, negate) = if let Some((l, r)) = expr.split_once("!=") {
@@ -382,6 +386,7 @@ fn index(v: &Value, inner: &str) -> Vec<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -400,7 +405,10 @@ mod tests {
             jsonpath(&o, r#"{.status.conditions[?(@.type=="Ready")].reason}"#),
             vec![json!("Decrypted")]
         );
-        assert_eq!(jsonpath(&o, ".status.conditions[0].type"), vec![json!("Synced")]);
+        assert_eq!(
+            jsonpath(&o, ".status.conditions[0].type"),
+            vec![json!("Synced")]
+        );
         assert_eq!(jsonpath(&o, ".status.conditions[*].type").len(), 2);
         assert!(jsonpath(&o, ".status.missing").is_empty());
     }
@@ -408,7 +416,9 @@ mod tests {
     #[test]
     fn accept_negotiation() {
         assert_eq!(
-            format_from_accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"),
+            format_from_accept(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+            ),
             Format::Table
         );
         assert_eq!(

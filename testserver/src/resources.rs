@@ -66,7 +66,6 @@ impl ResourceType {
         }
     }
 
-
     /// `kind` used in NotFound/Conflict messages: `secrets`, `encryptedsecrets.kmsecrets.dev`.
     pub fn qualified(&self) -> String {
         if self.group.is_empty() {
@@ -136,7 +135,14 @@ impl Registry {
             true,
         ));
         r.add(builtin(
-            "", "v1", "secrets", "secret", "Secret", true, &[], false,
+            "",
+            "v1",
+            "secrets",
+            "secret",
+            "Secret",
+            true,
+            &[],
+            false,
         ));
         r.add(builtin(
             "",
@@ -234,7 +240,6 @@ impl Registry {
             .get(&(group.to_string(), version.to_string(), plural.to_string()))
             .cloned()
     }
-
 
     pub fn groups(&self) -> &[(String, Vec<String>)] {
         &self.groups

@@ -131,8 +131,6 @@ impl Selector {
         Ok(Selector { labels, fields })
     }
 
-
-
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = meta::labels(obj);
         let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
@@ -161,6 +159,7 @@ impl Selector {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -115,10 +115,10 @@ impl TestServer {
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
         }
         std::fs::write(path, self.kubeconfig_yaml())
     }

@@ -34,7 +34,6 @@ pub enum EventType {
     Deleted,
 }
 
-
 /// One committed change.
 #[derive(Debug)]
 pub struct WatchEvent {
@@ -119,7 +118,6 @@ impl Store {
             .cloned()
     }
 
-
     pub fn uid_exists(&self, uid: &str) -> bool {
         self.uids.contains_key(uid)
     }
@@ -136,12 +134,10 @@ impl Store {
             return vec![];
         };
         let iter: Box<dyn Iterator<Item = (&ObjKey, &Arc<Value>)>> = match (ns, after) {
-            (_, Some(after)) => Box::new(
-                map.range::<ObjKey, _>((
-                    std::ops::Bound::Excluded(after.clone()),
-                    std::ops::Bound::Unbounded,
-                )),
-            ),
+            (_, Some(after)) => Box::new(map.range::<ObjKey, _>((
+                std::ops::Bound::Excluded(after.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
             (Some(ns), None) => Box::new(map.range::<ObjKey, _>((ns.to_string(), String::new())..)),
             (None, None) => Box::new(map.iter()),
         };
@@ -179,7 +175,10 @@ impl Store {
     /// Stores `obj` (whose metadata.resourceVersion must already be `rv`)
     /// and emits ADDED or MODIFIED.
     pub fn put(&mut self, storage: &StorageKey, obj: Value, rv: u64) -> Arc<Value> {
-        let key = (meta::namespace(&obj).to_string(), meta::name(&obj).to_string());
+        let key = (
+            meta::namespace(&obj).to_string(),
+            meta::name(&obj).to_string(),
+        );
         let uid = meta::uid(&obj).to_string();
         let obj = Arc::new(obj);
         let prev = self
@@ -253,6 +252,7 @@ impl Store {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -298,6 +298,9 @@ mod tests {
         assert_eq!(evs.len(), 2);
         s.compact();
         assert!(s.events_since(&key(), s.current_rv() - 1).is_none());
-        assert_eq!(s.events_since(&key(), s.current_rv()).map(|v| v.len()), Some(0));
+        assert_eq!(
+            s.events_since(&key(), s.current_rv()).map(|v| v.len()),
+            Some(0)
+        );
     }
 }

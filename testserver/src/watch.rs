@@ -82,7 +82,11 @@ impl Watcher {
             .namespace
             .as_deref()
             .is_none_or(|ns| crate::meta::namespace(obj) == ns);
-        ns_ok && self.params.selector.matches(&builtins::to_served(&self.rt, obj))
+        ns_ok
+            && self
+                .params
+                .selector
+                .matches(&builtins::to_served(&self.rt, obj))
     }
 
     /// The line for a change, after selector transitions; None = not visible.
@@ -102,17 +106,18 @@ impl Watcher {
 
     fn bookmark(&self, initial_end: bool) -> Bytes {
         let (kind, api_version) = match self.params.format {
-            Format::Metadata => ("PartialObjectMetadata".to_string(), "meta.k8s.io/v1".to_string()),
+            Format::Metadata => (
+                "PartialObjectMetadata".to_string(),
+                "meta.k8s.io/v1".to_string(),
+            ),
             _ => (self.rt.kind.clone(), self.rt.api_version()),
         };
         let mut md = json!({"resourceVersion": self.last_rv.to_string()});
-        if initial_end {
-            if let Some(m) = md.as_object_mut() {
-                m.insert(
-                    "annotations".into(),
-                    json!({"k8s.io/initial-events-end": "true"}),
-                );
-            }
+        if initial_end && let Some(m) = md.as_object_mut() {
+            m.insert(
+                "annotations".into(),
+                json!({"k8s.io/initial-events-end": "true"}),
+            );
         }
         line(
             "BOOKMARK",
@@ -147,7 +152,11 @@ pub fn start(shared: &Arc<Shared>, rt: Arc<ResourceType>, params: WatchParams) -
                 initial.push(w.bookmark(true));
             }
         } else {
-            match rv.parse::<u64>().ok().and_then(|n| store.events_since(&rt.storage, n).map(|e| (n, e))) {
+            match rv
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| store.events_since(&rt.storage, n).map(|e| (n, e)))
+            {
                 Some((n, events)) => {
                     w.last_rv = n.max(store.floor());
                     for ev in events {
@@ -227,10 +236,10 @@ async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
-        if let Some(l) = out {
-            if w.tx.send(l).await.is_err() {
-                return;
-            }
+        if let Some(l) = out
+            && w.tx.send(l).await.is_err()
+        {
+            return;
         }
     }
 }

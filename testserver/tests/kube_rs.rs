@@ -52,7 +52,9 @@ async fn reconcile(obj: Arc<EncryptedSecret>, ctx: Arc<Ctx>) -> Result<Action, R
         "data": data,
     });
     let pp = PatchParams::apply("kmsecrets-test").force();
-    secrets.patch(&obj.name_any(), &pp, &Patch::Apply(&secret)).await?;
+    secrets
+        .patch(&obj.name_any(), &pp, &Patch::Apply(&secret))
+        .await?;
     let esecs: Api<EncryptedSecret> = Api::namespaced(ctx.client.clone(), &ns);
     let status = json!({
         "apiVersion": "kmsecrets.dev/v1alpha1", "kind": "EncryptedSecret",
@@ -77,7 +79,10 @@ async fn controller_reconciles_and_settles() {
     let esecs: Api<EncryptedSecret> = Api::namespaced(client.clone(), "default");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     esecs
-        .create(&PostParams::default(), &esec("db", &[("password", "cGFzcw==")]))
+        .create(
+            &PostParams::default(),
+            &esec("db", &[("password", "cGFzcw==")]),
+        )
         .await
         .unwrap();
     let ctx = Arc::new(Ctx {
@@ -129,8 +134,15 @@ async fn controller_reconciles_and_settles() {
     let before = ctx.reconciles.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = ctx.reconciles.load(Ordering::SeqCst);
-    assert!(after - before <= 2, "controller hot-loops: {before} -> {after} reconciles");
-    assert_eq!(server.resource_version(), rv, "no-op reconciles must not write");
+    assert!(
+        after - before <= 2,
+        "controller hot-loops: {before} -> {after} reconciles"
+    );
+    assert_eq!(
+        server.resource_version(),
+        rv,
+        "no-op reconciles must not write"
+    );
     handle.abort();
     server.shutdown().await;
 }
@@ -161,7 +173,11 @@ async fn watcher_resumes_after_drop_and_relists_after_410() {
         let secrets = secrets.clone();
         async move {
             secrets
-                .patch(name, &PatchParams::apply("t"), &Patch::Apply(secret_apply(name, json!({"a": "eA=="}))))
+                .patch(
+                    name,
+                    &PatchParams::apply("t"),
+                    &Patch::Apply(secret_apply(name, json!({"a": "eA=="}))),
+                )
                 .await
                 .unwrap();
         }
@@ -176,8 +192,15 @@ async fn watcher_resumes_after_drop_and_relists_after_410() {
     server.faults().drop_streams();
     create("two").await;
     eventually("event after drop", || async { has("two").then_some(()) }).await;
-    assert!(server.counters().get("watch", "secrets") > watches, "watch was restarted");
-    assert_eq!(server.counters().get("list", "secrets"), 1, "resumed without re-listing");
+    assert!(
+        server.counters().get("watch", "secrets") > watches,
+        "watch was restarted"
+    );
+    assert_eq!(
+        server.counters().get("list", "secrets"),
+        1,
+        "resumed without re-listing"
+    );
 
     // An expired resourceVersion (in-stream 410) forces a re-list.
     server.faults().expire_watches();
@@ -187,8 +210,17 @@ async fn watcher_resumes_after_drop_and_relists_after_410() {
     })
     .await;
     eventually("event after 410", || async { has("three").then_some(()) }).await;
-    let inits = seen.lock().unwrap().iter().filter(|n| *n == "<init>").count();
-    assert!(inits >= 2, "watcher restarted from a list: {:?}", seen.lock().unwrap());
+    let inits = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| *n == "<init>")
+        .count();
+    assert!(
+        inits >= 2,
+        "watcher restarted from a list: {:?}",
+        seen.lock().unwrap()
+    );
     task.abort();
     server.shutdown().await;
 }
@@ -200,26 +232,45 @@ async fn ssa_removes_unapplied_fields_and_reports_conflicts() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let a = PatchParams::apply("manager-a");
     secrets
-        .patch("s", &a, &Patch::Apply(secret_apply("s", json!({"x": "MQ==", "y": "Mg=="}))))
+        .patch(
+            "s",
+            &a,
+            &Patch::Apply(secret_apply("s", json!({"x": "MQ==", "y": "Mg=="}))),
+        )
         .await
         .unwrap();
     let s = secrets
-        .patch("s", &a, &Patch::Apply(secret_apply("s", json!({"x": "MQ=="}))))
+        .patch(
+            "s",
+            &a,
+            &Patch::Apply(secret_apply("s", json!({"x": "MQ=="}))),
+        )
         .await
         .unwrap();
     let data = s.data.unwrap();
-    assert!(data.contains_key("x") && !data.contains_key("y"), "y was removed: {data:?}");
+    assert!(
+        data.contains_key("x") && !data.contains_key("y"),
+        "y was removed: {data:?}"
+    );
 
     let b = PatchParams::apply("manager-b");
     let err = secrets
-        .patch("s", &b, &Patch::Apply(secret_apply("s", json!({"x": "OQ=="}))))
+        .patch(
+            "s",
+            &b,
+            &Patch::Apply(secret_apply("s", json!({"x": "OQ=="}))),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&err), 409);
     assert!(err.to_string().contains("manager-a"), "{err}");
 
     let forced = secrets
-        .patch("s", &b.clone().force(), &Patch::Apply(secret_apply("s", json!({"x": "OQ=="}))))
+        .patch(
+            "s",
+            &b.clone().force(),
+            &Patch::Apply(secret_apply("s", json!({"x": "OQ=="}))),
+        )
         .await
         .unwrap();
     let managers: Vec<String> = forced
@@ -227,16 +278,28 @@ async fn ssa_removes_unapplied_fields_and_reports_conflicts() {
         .iter()
         .filter_map(|m| m.manager.clone())
         .collect();
-    assert_eq!(managers, vec!["manager-b".to_string()], "ownership moved to b");
+    assert_eq!(
+        managers,
+        vec!["manager-b".to_string()],
+        "ownership moved to b"
+    );
 
     // A field applied by two managers with the same value survives one of
     // them dropping it.
     secrets
-        .patch("s", &a, &Patch::Apply(secret_apply("s", json!({"x": "OQ==", "z": "Mw=="}))))
+        .patch(
+            "s",
+            &a,
+            &Patch::Apply(secret_apply("s", json!({"x": "OQ==", "z": "Mw=="}))),
+        )
         .await
         .unwrap();
     let s = secrets
-        .patch("s", &a, &Patch::Apply(secret_apply("s", json!({"z": "Mw=="}))))
+        .patch(
+            "s",
+            &a,
+            &Patch::Apply(secret_apply("s", json!({"z": "Mw=="}))),
+        )
         .await
         .unwrap();
     assert!(s.data.unwrap().contains_key("x"), "b still owns x");
@@ -252,20 +315,33 @@ async fn noop_apply_changes_nothing() {
     let esecs: Api<EncryptedSecret> = Api::namespaced(client.clone(), "default");
     let pp = PatchParams::apply("ctl");
     let first = secrets
-        .patch("n", &pp, &Patch::Apply(secret_apply("n", json!({"k": "dg=="}))))
+        .patch(
+            "n",
+            &pp,
+            &Patch::Apply(secret_apply("n", json!({"k": "dg=="}))),
+        )
         .await
         .unwrap();
-    esecs.create(&PostParams::default(), &esec("e", &[])).await.unwrap();
+    esecs
+        .create(&PostParams::default(), &esec("e", &[]))
+        .await
+        .unwrap();
     let status = json!({"apiVersion": "kmsecrets.dev/v1alpha1", "kind": "EncryptedSecret",
         "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
-    esecs.patch_status("e", &pp, &Patch::Apply(&status)).await.unwrap();
+    esecs
+        .patch_status("e", &pp, &Patch::Apply(&status))
+        .await
+        .unwrap();
 
     // Watch from "now" and count events.
     let rv = server.resource_version();
     let events = Arc::new(AtomicUsize::new(0));
     let counter = events.clone();
     let mut stream = secrets
-        .watch(&kube::api::WatchParams::default().timeout(5), &rv.to_string())
+        .watch(
+            &kube::api::WatchParams::default().timeout(5),
+            &rv.to_string(),
+        )
         .await
         .unwrap()
         .boxed();
@@ -276,24 +352,50 @@ async fn noop_apply_changes_nothing() {
     });
 
     let again = secrets
-        .patch("n", &pp, &Patch::Apply(secret_apply("n", json!({"k": "dg=="}))))
+        .patch(
+            "n",
+            &pp,
+            &Patch::Apply(secret_apply("n", json!({"k": "dg=="}))),
+        )
         .await
         .unwrap();
     assert_eq!(again.resource_version(), first.resource_version());
-    assert_eq!(again.managed_fields(), first.managed_fields(), "no managedFields churn");
-    esecs.patch_status("e", &pp, &Patch::Apply(&status)).await.unwrap();
+    assert_eq!(
+        again.managed_fields(),
+        first.managed_fields(),
+        "no managedFields churn"
+    );
+    esecs
+        .patch_status("e", &pp, &Patch::Apply(&status))
+        .await
+        .unwrap();
     // Merge patch and update that change nothing are no-ops too.
     secrets
-        .patch("n", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "dg=="}})))
+        .patch(
+            "n",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "dg=="}})),
+        )
         .await
         .unwrap();
     let current = secrets.get("n").await.unwrap();
-    secrets.replace("n", &PostParams::default(), &current).await.unwrap();
-    assert_eq!(server.resource_version(), rv, "global resourceVersion unchanged");
+    secrets
+        .replace("n", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    assert_eq!(
+        server.resource_version(),
+        rv,
+        "global resourceVersion unchanged"
+    );
 
     // A real change does produce an event on the same watch.
     secrets
-        .patch("n", &pp, &Patch::Apply(secret_apply("n", json!({"k": "dw=="}))))
+        .patch(
+            "n",
+            &pp,
+            &Patch::Apply(secret_apply("n", json!({"k": "dw=="}))),
+        )
         .await
         .unwrap();
     eventually("one event for the real change", || async {
@@ -321,11 +423,19 @@ async fn status_subresource_and_generation() {
 
     // Status through the main resource is ignored.
     let p = esecs
-        .patch("st", &PatchParams::default(), &Patch::Merge(json!({"status": {"keyId": "x"}})))
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"keyId": "x"}})),
+        )
         .await
         .unwrap();
     assert!(p.status.is_none());
-    assert_eq!(p.resource_version(), created.resource_version(), "nothing changed");
+    assert_eq!(
+        p.resource_version(),
+        created.resource_version(),
+        "nothing changed"
+    );
 
     // Status through /status changes only status and not generation.
     let s = esecs
@@ -342,16 +452,28 @@ async fn status_subresource_and_generation() {
 
     // Spec changes bump generation; label changes don't.
     let l = esecs
-        .patch("st", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})))
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
         .await
         .unwrap();
     assert_eq!(l.metadata.generation, Some(1));
     let g = esecs
-        .patch("st", &PatchParams::default(), &Patch::Merge(json!({"spec": {"scope": "cluster-wide"}})))
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"scope": "cluster-wide"}})),
+        )
         .await
         .unwrap();
     assert_eq!(g.metadata.generation, Some(2));
-    assert_eq!(g.status.unwrap().key_id.as_deref(), Some("k1"), "status kept");
+    assert_eq!(
+        g.status.unwrap().key_id.as_deref(),
+        Some("k1"),
+        "status kept"
+    );
 
     // replace_status with a stale resourceVersion conflicts.
     let mut stale = s_clone(&l);
@@ -374,7 +496,10 @@ async fn finalizer_flow() {
     let client = client(&server).await;
     install_crd(&client).await;
     let esecs: Api<EncryptedSecret> = Api::namespaced(client.clone(), "default");
-    esecs.create(&PostParams::default(), &esec("f", &[])).await.unwrap();
+    esecs
+        .create(&PostParams::default(), &esec("f", &[]))
+        .await
+        .unwrap();
     const NAME: &str = "kmsecrets.dev/cleanup";
     let cleaned = Arc::new(AtomicUsize::new(0));
 
@@ -402,7 +527,11 @@ async fn finalizer_flow() {
     let deleting = esecs.get("f").await.unwrap();
     assert!(deleting.metadata.deletion_timestamp.is_some());
     let err = esecs
-        .patch("f", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": [NAME, "other/new"]}})))
+        .patch(
+            "f",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": [NAME, "other/new"]}})),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&err), 422, "no new finalizers while deleting");
@@ -427,7 +556,10 @@ async fn garbage_collector_cascades() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let mut ids = Vec::new();
     for name in ["bg", "orphan", "fg"] {
-        let owner = esecs.create(&PostParams::default(), &esec(name, &[])).await.unwrap();
+        let owner = esecs
+            .create(&PostParams::default(), &esec(name, &[]))
+            .await
+            .unwrap();
         let mut s = Secret::default();
         s.metadata.name = Some(name.into());
         s.metadata.owner_references = Some(vec![owner_ref(&owner)]);
@@ -442,16 +574,27 @@ async fn garbage_collector_cascades() {
     .await;
 
     // Orphan: the dependent stays and loses its ownerReference.
-    esecs.delete("orphan", &DeleteParams::orphan()).await.unwrap();
+    esecs
+        .delete("orphan", &DeleteParams::orphan())
+        .await
+        .unwrap();
     eventually("orphan owner gone", || async {
-        esecs.get_opt("orphan").await.unwrap().is_none().then_some(())
+        esecs
+            .get_opt("orphan")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     let s = secrets.get("orphan").await.unwrap();
     assert!(s.metadata.owner_references.unwrap_or_default().is_empty());
 
     // Foreground: dependents first, then the owner.
-    esecs.delete("fg", &DeleteParams::foreground()).await.unwrap();
+    esecs
+        .delete("fg", &DeleteParams::foreground())
+        .await
+        .unwrap();
     eventually("foreground owner gone", || async {
         esecs.get_opt("fg").await.unwrap().is_none().then_some(())
     })
@@ -464,9 +607,17 @@ async fn garbage_collector_cascades() {
     let mut r = owner_ref(&ids[0]);
     r.uid = "00000000-0000-0000-0000-000000000000".into();
     dangling.metadata.owner_references = Some(vec![r]);
-    secrets.create(&PostParams::default(), &dangling).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &dangling)
+        .await
+        .unwrap();
     eventually("dangling dependent collected", || async {
-        secrets.get_opt("dangling").await.unwrap().is_none().then_some(())
+        secrets
+            .get_opt("dangling")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     server.shutdown().await;
@@ -487,24 +638,36 @@ async fn lease_optimistic_concurrency() {
     let created = leases.create(&PostParams::default(), &lease).await.unwrap();
     let mut renew = created.clone();
     renew.spec.as_mut().unwrap().holder_identity = Some("a-renewed".into());
-    let renewed = leases.replace("leader", &PostParams::default(), &renew).await.unwrap();
+    let renewed = leases
+        .replace("leader", &PostParams::default(), &renew)
+        .await
+        .unwrap();
     assert_ne!(renewed.resource_version(), created.resource_version());
     // The same stale object again: 409.
     let mut stale = created.clone();
     stale.spec.as_mut().unwrap().holder_identity = Some("b".into());
-    let err = leases.replace("leader", &PostParams::default(), &stale).await.unwrap_err();
+    let err = leases
+        .replace("leader", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), 409);
     // SSA without force by another manager conflicts; with the same value it doesn't.
-    let apply = |holder: &str| {
-        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"}, "spec": {"holderIdentity": holder}})
-    };
+    let apply = |holder: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"}, "spec": {"holderIdentity": holder}});
     let err = leases
-        .patch("leader", &PatchParams::apply("b"), &Patch::Apply(apply("b")))
+        .patch(
+            "leader",
+            &PatchParams::apply("b"),
+            &Patch::Apply(apply("b")),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&err), 409);
     leases
-        .patch("leader", &PatchParams::apply("b"), &Patch::Apply(apply("a-renewed")))
+        .patch(
+            "leader",
+            &PatchParams::apply("b"),
+            &Patch::Apply(apply("a-renewed")),
+        )
         .await
         .unwrap();
     server.shutdown().await;
@@ -516,21 +679,33 @@ async fn partial_object_metadata_list_and_watch() {
     let client = client(&server).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     secrets
-        .patch("m1", &PatchParams::apply("t"), &Patch::Apply(secret_apply("m1", json!({"a": "eA=="}))))
+        .patch(
+            "m1",
+            &PatchParams::apply("t"),
+            &Patch::Apply(secret_apply("m1", json!({"a": "eA=="}))),
+        )
         .await
         .unwrap();
     let meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), "default");
     let list = meta.list(&ListParams::default()).await.unwrap();
     assert_eq!(list.items.len(), 1);
     assert_eq!(list.items[0].name_any(), "m1");
-    assert!(list.metadata.resource_version.is_some_and(|rv| !rv.is_empty()));
+    assert!(
+        list.metadata
+            .resource_version
+            .is_some_and(|rv| !rv.is_empty())
+    );
 
     let stream = watcher(meta.clone(), watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream.touched_objects());
     let first = stream.try_next().await.unwrap().unwrap();
     assert_eq!(first.name_any(), "m1");
     secrets
-        .patch("m2", &PatchParams::apply("t"), &Patch::Apply(secret_apply("m2", json!({"a": "eA=="}))))
+        .patch(
+            "m2",
+            &PatchParams::apply("t"),
+            &Patch::Apply(secret_apply("m2", json!({"a": "eA=="}))),
+        )
         .await
         .unwrap();
     let second = tokio::time::timeout(DEADLINE, stream.try_next())
@@ -539,7 +714,10 @@ async fn partial_object_metadata_list_and_watch() {
         .unwrap()
         .unwrap();
     assert_eq!(second.name_any(), "m2");
-    assert_eq!(second.types.map(|t| t.kind).as_deref(), Some("PartialObjectMetadata"));
+    assert_eq!(
+        second.types.map(|t| t.kind).as_deref(),
+        Some("PartialObjectMetadata")
+    );
     server.shutdown().await;
 }
 
@@ -549,7 +727,11 @@ async fn recorder_events_readable_as_core_events() {
     let client = client(&server).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let s = secrets
-        .patch("ev", &PatchParams::apply("t"), &Patch::Apply(secret_apply("ev", json!({}))))
+        .patch(
+            "ev",
+            &PatchParams::apply("t"),
+            &Patch::Apply(secret_apply("ev", json!({}))),
+        )
         .await
         .unwrap();
     let recorder = Recorder::new(
@@ -585,14 +767,20 @@ async fn injected_failures_and_counters() {
     let server = start().await;
     let client = client(&server).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-    server.faults().fail_next(Some("list"), Some("secrets"), 500, 1);
+    server
+        .faults()
+        .fail_next(Some("list"), Some("secrets"), 500, 1);
     let err = secrets.list(&ListParams::default()).await.unwrap_err();
     assert_eq!(code(&err), 500);
     secrets.list(&ListParams::default()).await.unwrap();
     server.faults().fail_next(Some("patch"), None, 409, 2);
     for _ in 0..2 {
         let err = secrets
-            .patch("x", &PatchParams::apply("t"), &Patch::Apply(secret_apply("x", json!({}))))
+            .patch(
+                "x",
+                &PatchParams::apply("t"),
+                &Patch::Apply(secret_apply("x", json!({}))),
+            )
             .await
             .unwrap_err();
         assert_eq!(code(&err), 409);
@@ -616,12 +804,21 @@ async fn injected_failures_and_counters() {
             .unwrap()
     };
     client
-        .request_text(req("POST", "/_testserver/faults/fail", r#"{"verb":"get","resource":"secrets","code":500}"#))
+        .request_text(req(
+            "POST",
+            "/_testserver/faults/fail",
+            r#"{"verb":"get","resource":"secrets","code":500}"#,
+        ))
         .await
         .unwrap();
     assert_eq!(code(&secrets.get("x").await.unwrap_err()), 500);
-    let counters: serde_json::Value =
-        serde_json::from_str(&client.request_text(req("GET", "/_testserver/counters", "")).await.unwrap()).unwrap();
+    let counters: serde_json::Value = serde_json::from_str(
+        &client
+            .request_text(req("GET", "/_testserver/counters", ""))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert!(
         counters
             .as_array()
@@ -631,12 +828,19 @@ async fn injected_failures_and_counters() {
         "{counters}"
     );
     client
-        .request_text(req("POST", "/_testserver/faults/latency", r#"{"ms":300,"verb":"get"}"#))
+        .request_text(req(
+            "POST",
+            "/_testserver/faults/latency",
+            r#"{"ms":300,"verb":"get"}"#,
+        ))
         .await
         .unwrap();
     let t = std::time::Instant::now();
     let _ = secrets.get_opt("x").await;
     assert!(t.elapsed() >= Duration::from_millis(300));
-    client.request_text(req("DELETE", "/_testserver/faults", "")).await.unwrap();
+    client
+        .request_text(req("DELETE", "/_testserver/faults", ""))
+        .await
+        .unwrap();
     server.shutdown().await;
 }

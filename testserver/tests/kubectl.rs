@@ -67,30 +67,60 @@ async fn kubectl_crd_apply_get_patch_wait_label_delete() {
     let server = start().await;
     let k = Kubectl::new(&server);
 
-    let out = k.ok(&["apply", "-f", &fixture("encryptedsecret-crd.yaml")]).await;
-    assert!(out.contains("customresourcedefinition.apiextensions.k8s.io/encryptedsecrets.kmsecrets.dev created"), "{out}");
+    let out = k
+        .ok(&["apply", "-f", &fixture("encryptedsecret-crd.yaml")])
+        .await;
+    assert!(
+        out.contains(
+            "customresourcedefinition.apiextensions.k8s.io/encryptedsecrets.kmsecrets.dev created"
+        ),
+        "{out}"
+    );
     let out = k.ok(&["get", "crd"]).await;
     assert!(out.contains("encryptedsecrets.kmsecrets.dev"), "{out}");
 
     // Client-side apply, then re-apply unchanged.
     let sample = fixture("encryptedsecret-sample.yaml");
     let out = k.ok(&["apply", "-f", &sample]).await;
-    assert!(out.contains("encryptedsecret.kmsecrets.dev/sample created"), "{out}");
+    assert!(
+        out.contains("encryptedsecret.kmsecrets.dev/sample created"),
+        "{out}"
+    );
     let writes = server.counters().total_writes();
     let out = k.ok(&["apply", "-f", &sample]).await;
-    assert!(out.contains("encryptedsecret.kmsecrets.dev/sample unchanged"), "{out}");
-    assert_eq!(server.counters().total_writes(), writes, "unchanged apply sends no write");
+    assert!(
+        out.contains("encryptedsecret.kmsecrets.dev/sample unchanged"),
+        "{out}"
+    );
+    assert_eq!(
+        server.counters().total_writes(),
+        writes,
+        "unchanged apply sends no write"
+    );
 
     // Server-side apply, twice.
     let ssa = fixture("encryptedsecret-ssa.yaml");
     let out = k.ok(&["apply", "--server-side", "-f", &ssa]).await;
-    assert!(out.contains("encryptedsecret.kmsecrets.dev/sample-ssa serverside-applied"), "{out}");
+    assert!(
+        out.contains("encryptedsecret.kmsecrets.dev/sample-ssa serverside-applied"),
+        "{out}"
+    );
     let rv = server.resource_version();
     k.ok(&["apply", "--server-side", "-f", &ssa]).await;
-    assert_eq!(server.resource_version(), rv, "identical server-side apply is a no-op");
+    assert_eq!(
+        server.resource_version(),
+        rv,
+        "identical server-side apply is a no-op"
+    );
 
     let yaml = k.ok(&["get", "esec", "sample", "-o", "yaml"]).await;
-    for want in ["kind: EncryptedSecret", "name: sample", "keyId: alias/kmsecrets", "generation: 1", "uid: "] {
+    for want in [
+        "kind: EncryptedSecret",
+        "name: sample",
+        "keyId: alias/kmsecrets",
+        "generation: 1",
+        "uid: ",
+    ] {
         assert!(yaml.contains(want), "missing {want:?} in:\n{yaml}");
     }
 
@@ -136,27 +166,48 @@ async fn kubectl_crd_apply_get_patch_wait_label_delete() {
     assert!(out.contains("labeled"), "{out}");
     let out = k.ok(&["get", "esec", "-l", "tier=web", "-o", "name"]).await;
     assert_eq!(out.trim(), "encryptedsecret.kmsecrets.dev/sample");
-    let out = k.ok(&["get", "esec", "-l", "tier notin (web)", "-o", "name"]).await;
+    let out = k
+        .ok(&["get", "esec", "-l", "tier notin (web)", "-o", "name"])
+        .await;
     assert_eq!(out.trim(), "encryptedsecret.kmsecrets.dev/sample-ssa");
 
     // delete --cascade=orphan keeps the dependent, without its ownerReference.
-    let uid = k.ok(&["get", "esec", "sample-ssa", "-o", "jsonpath={.metadata.uid}"]).await;
+    let uid = k
+        .ok(&[
+            "get",
+            "esec",
+            "sample-ssa",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .await;
     let dependent = format!(
         r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"sample-ssa","namespace":"default","ownerReferences":[{{"apiVersion":"kmsecrets.dev/v1alpha1","kind":"EncryptedSecret","name":"sample-ssa","uid":"{uid}","controller":true}}]}},"stringData":{{"a":"b"}}}}"#
     );
     let dep_file = k._dir.path().join("dependent.json");
     std::fs::write(&dep_file, dependent).unwrap();
     k.ok(&["apply", "-f", dep_file.to_str().unwrap()]).await;
-    let out = k.ok(&["delete", "esec", "sample-ssa", "--cascade=orphan"]).await;
+    let out = k
+        .ok(&["delete", "esec", "sample-ssa", "--cascade=orphan"])
+        .await;
     assert!(out.contains("deleted"), "{out}");
     let refs = k
-        .ok(&["get", "secret", "sample-ssa", "-o", "jsonpath={.metadata.ownerReferences}"])
+        .ok(&[
+            "get",
+            "secret",
+            "sample-ssa",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ])
         .await;
     assert!(refs.trim().is_empty(), "ownerReferences left: {refs}");
 
     // Plain delete waits until the object is gone.
     let out = k.ok(&["delete", "-f", &sample]).await;
-    assert!(out.contains("encryptedsecret.kmsecrets.dev \"sample\" deleted"), "{out}");
+    assert!(
+        out.contains("encryptedsecret.kmsecrets.dev \"sample\" deleted"),
+        "{out}"
+    );
     let out = k.ok(&["get", "esec", "-o", "name"]).await;
     assert!(out.trim().is_empty(), "{out}");
     server.shutdown().await;
@@ -167,40 +218,91 @@ async fn kubectl_secrets_configmaps_namespaces_events() {
     let server = start().await;
     let k = Kubectl::new(&server);
 
-    let out = k.ok(&["create", "secret", "generic", "gen", "--from-literal=user=admin"]).await;
+    let out = k
+        .ok(&[
+            "create",
+            "secret",
+            "generic",
+            "gen",
+            "--from-literal=user=admin",
+        ])
+        .await;
     assert!(out.contains("secret/gen created"), "{out}");
-    let v = k.ok(&["get", "secret", "gen", "-o", "jsonpath={.type} {.data.user}"]).await;
+    let v = k
+        .ok(&[
+            "get",
+            "secret",
+            "gen",
+            "-o",
+            "jsonpath={.type} {.data.user}",
+        ])
+        .await;
     assert_eq!(v, "Opaque YWRtaW4=");
 
     // stringData is merged into data; re-applying is unchanged.
     let plain = fixture("secret-stringdata.yaml");
     k.ok(&["apply", "-f", &plain]).await;
-    let data = k.ok(&["get", "secret", "plain", "-o", "jsonpath={.data}"]).await;
-    assert!(data.contains(r#""username":"YWRtaW4=""#) && data.contains(r#""token":"dG9rZW4=""#), "{data}");
+    let data = k
+        .ok(&["get", "secret", "plain", "-o", "jsonpath={.data}"])
+        .await;
+    assert!(
+        data.contains(r#""username":"YWRtaW4=""#) && data.contains(r#""token":"dG9rZW4=""#),
+        "{data}"
+    );
     let out = k.ok(&["get", "secret", "plain", "-o", "yaml"]).await;
     assert!(!out.contains("\nstringData:"), "{out}");
     let table = k.ok(&["get", "secrets"]).await;
-    assert!(table.lines().next().unwrap_or_default().contains("TYPE"), "{table}");
-    assert!(table.contains("plain") && table.contains("Opaque"), "{table}");
+    assert!(
+        table.lines().next().unwrap_or_default().contains("TYPE"),
+        "{table}"
+    );
+    assert!(
+        table.contains("plain") && table.contains("Opaque"),
+        "{table}"
+    );
 
-    k.ok(&["create", "configmap", "cm", "--from-literal=a=b"]).await;
+    k.ok(&["create", "configmap", "cm", "--from-literal=a=b"])
+        .await;
     k.ok(&["create", "namespace", "scratch"]).await;
-    k.ok(&["-n", "scratch", "create", "secret", "generic", "inner", "--from-literal=a=b"]).await;
+    k.ok(&[
+        "-n",
+        "scratch",
+        "create",
+        "secret",
+        "generic",
+        "inner",
+        "--from-literal=a=b",
+    ])
+    .await;
     let out = k.ok(&["delete", "namespace", "scratch"]).await;
     assert!(out.contains("deleted"), "{out}");
     let out = k.ok(&["get", "namespaces", "-o", "name"]).await;
     assert!(!out.contains("scratch"), "{out}");
-    assert_eq!(server.object_count("", "secrets"), 2, "namespace content deleted");
+    assert_eq!(
+        server.object_count("", "secrets"),
+        2,
+        "namespace content deleted"
+    );
 
     k.ok(&["create", "-f", &fixture("event.yaml")]).await;
     let out = k.ok(&["get", "events.events.k8s.io"]).await;
-    assert!(out.contains("Synced") && out.contains("encryptedsecret/sample"), "{out}");
+    assert!(
+        out.contains("Synced") && out.contains("encryptedsecret/sample"),
+        "{out}"
+    );
     let out = k.ok(&["get", "events"]).await;
     assert!(
         out.contains("Synced") && out.contains("Secret default/sample written"),
         "{out}"
     );
-    let msg = k.ok(&["get", "events", "-o", "jsonpath={.items[0].involvedObject.kind}"]).await;
+    let msg = k
+        .ok(&[
+            "get",
+            "events",
+            "-o",
+            "jsonpath={.items[0].involvedObject.kind}",
+        ])
+        .await;
     assert_eq!(msg, "EncryptedSecret");
     server.shutdown().await;
 }

@@ -7,9 +7,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
-use kube::CustomResource;
 use kmsecrets_testserver::TestServer;
+use kube::CustomResource;
+use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 
 pub const CRD_YAML: &str = include_str!("../fixtures/encryptedsecret-crd.yaml");
@@ -98,7 +98,8 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn client(server: &TestServer) -> kube::Client {
-    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).expect("kubeconfig parses");
+    let kc =
+        kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).expect("kubeconfig parses");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .expect("kubeconfig loads");
@@ -110,7 +111,9 @@ pub async fn client(server: &TestServer) -> kube::Client {
 pub async fn install_crd(client: &kube::Client) {
     let crd: CustomResourceDefinition = serde_saphyr::from_str(CRD_YAML).expect("fixture parses");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.create(&PostParams::default(), &crd).await.expect("CRD created");
+    api.create(&PostParams::default(), &crd)
+        .await
+        .expect("CRD created");
     eventually("CRD Established", || async {
         let crd = api.get("encryptedsecrets.kmsecrets.dev").await.ok()?;
         let established = crd
@@ -134,7 +137,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
