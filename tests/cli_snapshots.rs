@@ -10,6 +10,9 @@
 #[test]
 fn cli_snapshots() {
     trycmd::TestCases::new()
-        .register_bin("kmsecrets", std::path::PathBuf::from(env!("CARGO_BIN_EXE_kmsecrets")))
+        .register_bin(
+            "kmsecrets",
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_kmsecrets")),
+        )
         .case("tests/cmd/*.toml");
 }
