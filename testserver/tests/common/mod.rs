@@ -12,6 +12,8 @@ use kube::CustomResource;
 use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 
+pub mod load;
+
 pub const CRD_YAML: &str = include_str!("../fixtures/encryptedsecret-crd.yaml");
 
 /// How long a test waits for something the server does asynchronously.
