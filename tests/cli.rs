@@ -1037,6 +1037,25 @@ fn bad_flags() {
     );
     usage_error(&kms(["decrypt", "-o", "xml"]).run(), "invalid value 'xml'");
     usage_error(&kms(["frobnicate"]).run(), "unrecognized subcommand");
+    // Kubernetes key-name rules: not "." or "..", at most 253 characters.
+    for bad in [".", "..", "sp ace", "ü"] {
+        fails(
+            &base(&["--from-literal", &format!("{bad}=v")]),
+            "invalid key name",
+        );
+    }
+    let long = "k".repeat(254);
+    fails(
+        &base(&["--from-literal", &format!("{long}=v")]),
+        "invalid key name",
+    );
+    let longest = "k".repeat(253);
+    ok(base(&[
+        "--from-literal",
+        &format!("{longest}=v"),
+        "--from-literal",
+        "a-b_c.d=v",
+    ]));
 }
 
 // ---------------------------------------------------------------------------
@@ -2335,4 +2354,102 @@ fn kubectl_plugin_name() {
     ])
     .run());
     assert_eq!(yaml(&out.stdout())["kind"], "EncryptedSecret");
+}
+
+/// The DEK cache and single-flight of `decrypt` must not launder a tampered
+/// copy: a good document followed (or preceded) by a copy whose binding was
+/// changed still fails on the copy, whatever the order.
+#[test]
+fn dek_cache_does_not_bypass_the_binding() {
+    let t = T::new();
+    let key = t.keygen("k.key");
+    let good = encrypt_fixture(&key, &["--context", "team=payments"]);
+    let orig = yaml(&good);
+    let tampers: [(&str, Tamper); 4] = [
+        ("context", |v| {
+            v["spec"]["encryptionContext"]["team"] = json!("billing")
+        }),
+        ("scope", |v| v["spec"]["scope"] = json!("namespace")),
+        ("namespace", |v| v["metadata"]["namespace"] = json!("other")),
+        ("name", |v| v["metadata"]["name"] = json!("other")),
+    ];
+    for (what, tamper) in tampers {
+        let mut bad = orig.clone();
+        tamper(&mut bad);
+        let bad = to_yaml(&bad);
+        for (stream, doc) in [(format!("{good}---\n{bad}"), 2), (format!("---\n{bad}{good}"), 1)] {
+            let out = kms(["decrypt", "--local-key", &key]).stdin(stream).run();
+            eprintln!("{what}: {}", out.stderr.trim_end());
+            fails(&out, &format!("document {doc} "));
+            fails(&out, DEK_REJECTED);
+        }
+    }
+}
+
+#[test]
+fn large_and_empty_values_round_trip() {
+    let t = T::new();
+    let key = t.keygen("k.key");
+    let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 31 % 251) as u8).collect();
+    let bigf = t.write("big.bin", &big);
+    let emptyf = t.write("empty", "");
+    let out = ok(kms([
+        "encrypt",
+        "--from-file",
+        &format!("big={bigf}"),
+        "--from-file",
+        &emptyf,
+        "--from-literal",
+        "blank=",
+        "--name",
+        "x",
+        "-n",
+        "y",
+        "--key",
+        &format!("file:{key}"),
+    ])
+    .run());
+    let f = t.write("es.yaml", out.stdout());
+    let v = decrypt_values(&f, &[&key]);
+    assert_eq!(v["big"], big);
+    assert_eq!(v["empty"], b"");
+    assert_eq!(v["blank"], b"");
+    // An empty value is still nonce + tag on the wire.
+    let es = yaml(&t.read_str("es.yaml"));
+    assert_eq!(B64.decode(ct(&es, "blank")).unwrap().len(), 28);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Each case runs the binary three times; a few dozen cases are enough
+        // on top of the envelope module's own property tests.
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Any bytes round-trip, and flipping any single bit of the stored
+        /// value makes decrypt fail (never return altered plaintext).
+        #[test]
+        fn any_value_round_trips_and_any_bit_flip_is_caught(
+            value in proptest::collection::vec(any::<u8>(), 0..300),
+            bit in any::<proptest::sample::Index>(),
+        ) {
+            let t = T::new();
+            let key = t.keygen("k.key");
+            let vf = t.write("value", &value);
+            let out = ok(kms(["encrypt", "--from-file", &format!("v={vf}"), "--name", "x", "-n", "y", "--key", &format!("file:{key}")]).run());
+            let f = t.write("es.yaml", out.stdout());
+            prop_assert_eq!(&decrypt_values(&f, &[&key])["v"], &value);
+
+            let mut es = yaml(&out.stdout());
+            let raw = B64.decode(ct(&es, "v")).unwrap();
+            let i = bit.index(raw.len() * 8);
+            let mut flipped = raw.clone();
+            flipped[i / 8] ^= 1 << (i % 8);
+            es["spec"]["encryptedData"]["v"] = json!(B64.encode(&flipped));
+            let g = t.write("bad.yaml", to_yaml(&es));
+            fails(&kms(["decrypt", "-f", &g, "--local-key", &key]).run(), VALUE_REJECTED);
+        }
+    }
 }
