@@ -2377,7 +2377,10 @@ fn dek_cache_does_not_bypass_the_binding() {
         let mut bad = orig.clone();
         tamper(&mut bad);
         let bad = to_yaml(&bad);
-        for (stream, doc) in [(format!("{good}---\n{bad}"), 2), (format!("---\n{bad}{good}"), 1)] {
+        for (stream, doc) in [
+            (format!("{good}---\n{bad}"), 2),
+            (format!("---\n{bad}{good}"), 1),
+        ] {
             let out = kms(["decrypt", "--local-key", &key]).stdin(stream).run();
             eprintln!("{what}: {}", out.stderr.trim_end());
             fails(&out, &format!("document {doc} "));
