@@ -1295,10 +1295,19 @@ fn edit_without_changes_or_failing_editor_leaves_file_untouched() {
     let ed = script(
         &t,
         "fail.sh",
-        "sed 's/^  password: .*/  password: x/' \"$1\" > \"$1.new\"\nmv \"$1.new\" \"$1\"\nexit 3",
+        &format!(
+            "echo \"$1\" > '{}'\nsed 's/^  password: .*/  password: x/' \"$1\" > \"$1.new\"\nmv \"$1.new\" \"$1\"\nexit 3",
+            t.s("scratch-path")
+        ),
     );
     fails(&edit(format!("sh {ed}")), "exited with");
     assert_eq!(t.read("es.yaml"), snapshot);
+    // The plaintext scratch file is removed on the error path too.
+    let scratch = t.read_str("scratch-path");
+    assert!(
+        !Path::new(scratch.trim_end()).exists(),
+        "scratch file {scratch} left behind"
+    );
 
     fails(&edit(t.s("no-such-editor")), "cannot start editor");
     assert_eq!(t.read("es.yaml"), snapshot);
@@ -2037,6 +2046,7 @@ stringData:
     let out = ok(kms(["decrypt", "-f", &f, "--local-key", &key]).run());
     let secret = yaml(&out.stdout());
     assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["immutable"], true);
     assert_eq!(secret["metadata"]["labels"]["tier"], "frontend");
     assert_eq!(secret["metadata"]["annotations"]["team"], "web-platform");
     assert_eq!(
