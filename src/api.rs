@@ -41,10 +41,10 @@ pub const KEY_NAME_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
     namespaced,
     status = "EncryptedSecretStatus",
     doc = "A Secret whose values are sealed with a data key wrapped by KMS",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Key","type":"string","jsonPath":".status.keyId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EncryptedSecretSpec {
@@ -269,7 +269,12 @@ mod tests {
             Some(&["esec".to_string()][..])
         );
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
         let cols: Vec<_> = v
             .additional_printer_columns
             .iter()

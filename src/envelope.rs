@@ -102,7 +102,10 @@ impl Binding {
         let namespace = namespace.unwrap_or_default().to_string();
         let name = name.unwrap_or_default().to_string();
         if matches!(scope, Scope::Strict | Scope::Namespace) && namespace.is_empty() {
-            return Err(EnvelopeError::MissingBinding("metadata.namespace", scope.as_str()));
+            return Err(EnvelopeError::MissingBinding(
+                "metadata.namespace",
+                scope.as_str(),
+            ));
         }
         if scope == Scope::Strict && name.is_empty() {
             return Err(EnvelopeError::MissingBinding("metadata.name", "strict"));
@@ -112,7 +115,12 @@ impl Binding {
                 return Err(EnvelopeError::ReservedContextKey(k.clone()));
             }
         }
-        Ok(Binding { scope, namespace, name, context })
+        Ok(Binding {
+            scope,
+            namespace,
+            name,
+            context,
+        })
     }
 
     fn bound_namespace(&self) -> &str {
@@ -236,10 +244,13 @@ pub fn open_value(
     key: &str,
     value_b64: &str,
 ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-    let sealed = Zeroizing::new(
-        B64.decode(value_b64.trim())
-            .map_err(|_| EnvelopeError::BadBase64 { key: key.to_string() })?,
-    );
+    let sealed =
+        Zeroizing::new(
+            B64.decode(value_b64.trim())
+                .map_err(|_| EnvelopeError::BadBase64 {
+                    key: key.to_string(),
+                })?,
+        );
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(EnvelopeError::Truncated {
             key: key.to_string(),
@@ -247,8 +258,9 @@ pub fn open_value(
             min: NONCE_LEN + TAG_LEN,
         });
     }
-    open_raw(dek, &binding.aad(key), &sealed)
-        .ok_or_else(|| EnvelopeError::Authentication { key: key.to_string() })
+    open_raw(dek, &binding.aad(key), &sealed).ok_or_else(|| EnvelopeError::Authentication {
+        key: key.to_string(),
+    })
 }
 
 /// Decrypt every value of a resource; fails on the first bad one.
@@ -296,7 +308,10 @@ mod tests {
         assert_eq!(&c.aad("k")[26 + 4 + 7..][..8], &[0, 0, 0, 0, 0, 0, 0, 0]);
         // namespace scope binds namespace but not name
         let n = binding(Scope::Namespace, "ns", "n");
-        assert_eq!(n.aad("k"), binding(Scope::Namespace, "ns", "other").aad("k"));
+        assert_eq!(
+            n.aad("k"),
+            binding(Scope::Namespace, "ns", "other").aad("k")
+        );
         assert_ne!(n.aad("k"), binding(Scope::Namespace, "ns2", "n").aad("k"));
     }
 
@@ -373,7 +388,8 @@ mod tests {
             let dek = Dek::generate();
             let b = binding(Scope::Strict, &ns, &name);
             let v = seal_value(&dek, &b, &key, &pt);
-            prop_assert_eq!(open_value(&dek, &b, &key, &v).unwrap().as_slice(), pt.as_slice());
+            let opened = open_value(&dek, &b, &key, &v).unwrap();
+            prop_assert_eq!(opened.as_slice(), pt.as_slice());
         }
 
         #[test]

@@ -1,3 +1,5 @@
 fn main() {
-    std::process::exit(kmsecrets::cli::main_with_args(std::env::args_os().collect()));
+    std::process::exit(kmsecrets::cli::main_with_args(
+        std::env::args_os().collect(),
+    ));
 }

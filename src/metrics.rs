@@ -5,8 +5,8 @@
 //! resource name or an error string.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::kms::Operation;
@@ -33,7 +33,8 @@ pub struct Metrics {
 // at compile time here; a test renders every family.
 #[allow(clippy::expect_used)]
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique and valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
     c
 }
 
@@ -42,47 +43,168 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         // KMS latencies run ~5 ms (same region) to seconds (throttled/remote).
-        let kms_buckets = vec![0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let kms_buckets = vec![
+            0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         let m = Metrics {
-            kms_requests: reg(&r, IntCounterVec::new(
-                Opts::new("kmsecrets_kms_requests_total", "KMS request attempts by operation and result"),
-                &["operation", "result"]).expect("valid")),
-            kms_throttled: reg(&r, IntCounterVec::new(
-                Opts::new("kmsecrets_kms_throttled_total", "KMS attempts rejected with ThrottlingException"),
-                &["operation"]).expect("valid")),
-            kms_duration: reg(&r, HistogramVec::new(
-                HistogramOpts::new("kmsecrets_kms_request_duration_seconds", "Duration of one KMS attempt")
-                    .buckets(kms_buckets), &["operation"]).expect("valid")),
-            kms_retries: reg(&r, IntCounterVec::new(
-                Opts::new("kmsecrets_kms_retries_total", "KMS attempts that were retries"), &["operation"]).expect("valid")),
-            rate_limit_wait: reg(&r, Histogram::with_opts(
-                HistogramOpts::new("kmsecrets_kms_rate_limit_wait_seconds", "Time spent waiting for the client-side KMS rate limiter")
-                    .buckets(vec![0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])).expect("valid")),
-            cache_hits: reg(&r, IntCounter::new("kmsecrets_dek_cache_hits_total", "DEK unwraps served from the cache").expect("valid")),
-            cache_misses: reg(&r, IntCounter::new("kmsecrets_dek_cache_misses_total", "DEK unwraps that called KMS").expect("valid")),
-            cache_coalesced: reg(&r, IntCounter::new("kmsecrets_dek_cache_coalesced_total", "DEK unwraps served by another caller's in-flight KMS call").expect("valid")),
-            cache_evictions: reg(&r, IntCounterVec::new(
-                Opts::new("kmsecrets_dek_cache_evictions_total", "DEK cache evictions"), &["reason"]).expect("valid")),
-            cache_entries: reg(&r, IntGauge::new("kmsecrets_dek_cache_entries", "DEKs currently cached").expect("valid")),
-            reconcile: reg(&r, IntCounterVec::new(
-                Opts::new("kmsecrets_reconcile_total", "Reconciles by result (success or the Ready reason)"), &["result"]).expect("valid")),
-            reconcile_duration: reg(&r, Histogram::with_opts(
-                HistogramOpts::new("kmsecrets_reconcile_duration_seconds", "Reconcile duration")
-                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])).expect("valid")),
-            encryptedsecrets: reg(&r, IntGaugeVec::new(
-                Opts::new("kmsecrets_encryptedsecrets", "EncryptedSecrets by readiness"), &["ready"]).expect("valid")),
-            build_info: reg(&r, IntGaugeVec::new(
-                Opts::new("kmsecrets_build_info", "Build information"), &["version"]).expect("valid")),
+            kms_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kmsecrets_kms_requests_total",
+                        "KMS request attempts by operation and result",
+                    ),
+                    &["operation", "result"],
+                )
+                .expect("valid"),
+            ),
+            kms_throttled: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kmsecrets_kms_throttled_total",
+                        "KMS attempts rejected with ThrottlingException",
+                    ),
+                    &["operation"],
+                )
+                .expect("valid"),
+            ),
+            kms_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "kmsecrets_kms_request_duration_seconds",
+                        "Duration of one KMS attempt",
+                    )
+                    .buckets(kms_buckets),
+                    &["operation"],
+                )
+                .expect("valid"),
+            ),
+            kms_retries: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kmsecrets_kms_retries_total",
+                        "KMS attempts that were retries",
+                    ),
+                    &["operation"],
+                )
+                .expect("valid"),
+            ),
+            rate_limit_wait: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "kmsecrets_kms_rate_limit_wait_seconds",
+                        "Time spent waiting for the client-side KMS rate limiter",
+                    )
+                    .buckets(vec![
+                        0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            cache_hits: reg(
+                &r,
+                IntCounter::new(
+                    "kmsecrets_dek_cache_hits_total",
+                    "DEK unwraps served from the cache",
+                )
+                .expect("valid"),
+            ),
+            cache_misses: reg(
+                &r,
+                IntCounter::new(
+                    "kmsecrets_dek_cache_misses_total",
+                    "DEK unwraps that called KMS",
+                )
+                .expect("valid"),
+            ),
+            cache_coalesced: reg(
+                &r,
+                IntCounter::new(
+                    "kmsecrets_dek_cache_coalesced_total",
+                    "DEK unwraps served by another caller's in-flight KMS call",
+                )
+                .expect("valid"),
+            ),
+            cache_evictions: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("kmsecrets_dek_cache_evictions_total", "DEK cache evictions"),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            cache_entries: reg(
+                &r,
+                IntGauge::new("kmsecrets_dek_cache_entries", "DEKs currently cached")
+                    .expect("valid"),
+            ),
+            reconcile: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kmsecrets_reconcile_total",
+                        "Reconciles by result (success or the Ready reason)",
+                    ),
+                    &["result"],
+                )
+                .expect("valid"),
+            ),
+            reconcile_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "kmsecrets_reconcile_duration_seconds",
+                        "Reconcile duration",
+                    )
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            encryptedsecrets: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "kmsecrets_encryptedsecrets",
+                        "EncryptedSecrets by readiness",
+                    ),
+                    &["ready"],
+                )
+                .expect("valid"),
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("kmsecrets_build_info", "Build information"),
+                    &["version"],
+                )
+                .expect("valid"),
+            ),
             registry: r,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         // Pre-create series so dashboards and alerts see zeros, not gaps.
         for op in Operation::ALL {
             m.kms_throttled.with_label_values(&[op.as_str()]);
             m.kms_retries.with_label_values(&[op.as_str()]);
         }
         for op in [Operation::Decrypt] {
-            for result in ["success", "throttled", "access_denied", "key_disabled", "invalid_ciphertext", "unavailable", "error"] {
+            for result in [
+                "success",
+                "throttled",
+                "access_denied",
+                "key_disabled",
+                "invalid_ciphertext",
+                "unavailable",
+                "error",
+            ] {
                 m.kms_requests.with_label_values(&[op.as_str(), result]);
             }
             m.kms_duration.with_label_values(&[op.as_str()]);
@@ -136,7 +258,10 @@ mod tests {
             ("kmsecrets_build_info", "gauge"),
         ];
         for (name, ty) in want {
-            assert!(text.contains(&format!("# TYPE {name} {ty}\n")), "{name} {ty} missing in\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {name} {ty}\n")),
+                "{name} {ty} missing in\n{text}"
+            );
         }
         assert!(text.contains("kmsecrets_build_info{version=\""));
     }

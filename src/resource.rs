@@ -30,9 +30,9 @@ pub enum ResourceError {
 impl From<EnvelopeError> for ResourceError {
     fn from(e: EnvelopeError) -> Self {
         match e {
-            EnvelopeError::Authentication { .. } | EnvelopeError::Truncated { .. } | EnvelopeError::BadBase64 { .. } => {
-                ResourceError::Decrypt(e)
-            }
+            EnvelopeError::Authentication { .. }
+            | EnvelopeError::Truncated { .. }
+            | EnvelopeError::BadBase64 { .. } => ResourceError::Decrypt(e),
             other => ResourceError::InvalidSpec(other.to_string()),
         }
     }
@@ -66,19 +66,31 @@ pub fn binding_of(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
 /// Decode `spec.dataKeys`.
 pub fn wrapped_keys(spec: &EncryptedSecretSpec) -> Result<Vec<WrappedKey>, ResourceError> {
     if spec.data_keys.is_empty() {
-        return Err(ResourceError::InvalidSpec("spec.dataKeys is empty: at least one wrapped data key is required".into()));
+        return Err(ResourceError::InvalidSpec(
+            "spec.dataKeys is empty: at least one wrapped data key is required".into(),
+        ));
     }
     spec.data_keys
         .iter()
         .enumerate()
         .map(|(i, dk)| {
             if dk.key_id.trim().is_empty() {
-                return Err(ResourceError::InvalidSpec(format!("spec.dataKeys[{i}].keyId is empty")));
+                return Err(ResourceError::InvalidSpec(format!(
+                    "spec.dataKeys[{i}].keyId is empty"
+                )));
             }
             let ciphertext = envelope::unb64(&dk.ciphertext)
                 .filter(|c| !c.is_empty())
-                .ok_or_else(|| ResourceError::InvalidSpec(format!("spec.dataKeys[{i}].ciphertext is not valid base64")))?;
-            Ok(WrappedKey { provider: dk.provider, key_id: dk.key_id.clone(), ciphertext })
+                .ok_or_else(|| {
+                    ResourceError::InvalidSpec(format!(
+                        "spec.dataKeys[{i}].ciphertext is not valid base64"
+                    ))
+                })?;
+            Ok(WrappedKey {
+                provider: dk.provider,
+                key_id: dk.key_id.clone(),
+                ciphertext,
+            })
         })
         .collect()
 }
@@ -92,7 +104,12 @@ pub fn validate(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
         let raw = envelope::unb64(v).ok_or(EnvelopeError::BadBase64 { key: k.clone() })?;
         let min = envelope::NONCE_LEN + envelope::TAG_LEN;
         if raw.len() < min {
-            return Err(EnvelopeError::Truncated { key: k.clone(), len: raw.len(), min }.into());
+            return Err(EnvelopeError::Truncated {
+                key: k.clone(),
+                len: raw.len(),
+                min,
+            }
+            .into());
         }
     }
     Ok(binding)
@@ -100,7 +117,10 @@ pub fn validate(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
 
 /// Unwrap the resource's DEK (first usable copy). Returns the DEK and the
 /// key id of the copy used.
-pub async fn unwrap_dek(kms: &Kms, es: &EncryptedSecret) -> Result<(Arc<Dek>, String), ResourceError> {
+pub async fn unwrap_dek(
+    kms: &Kms,
+    es: &EncryptedSecret,
+) -> Result<(Arc<Dek>, String), ResourceError> {
     let binding = binding_of(es)?;
     let keys = wrapped_keys(&es.spec)?;
     let (dek, i) = kms.unwrap_any(&keys, &binding.encryption_context()).await?;
@@ -108,7 +128,11 @@ pub async fn unwrap_dek(kms: &Kms, es: &EncryptedSecret) -> Result<(Arc<Dek>, St
 }
 
 /// Open every value.
-pub fn open(dek: &Dek, binding: &Binding, spec: &EncryptedSecretSpec) -> Result<Plaintext, ResourceError> {
+pub fn open(
+    dek: &Dek,
+    binding: &Binding,
+    spec: &EncryptedSecretSpec,
+) -> Result<Plaintext, ResourceError> {
     Ok(envelope::open_all(dek, binding, &spec.encrypted_data)?)
 }
 
@@ -127,7 +151,10 @@ pub fn seal(
             (Some(c), Some(p)) if p.as_slice() == v.as_slice() => Some(c.clone()),
             _ => None,
         });
-        out.insert(k.clone(), reuse.unwrap_or_else(|| envelope::seal_value(dek, binding, k, v)));
+        out.insert(
+            k.clone(),
+            reuse.unwrap_or_else(|| envelope::seal_value(dek, binding, k, v)),
+        );
     }
     Ok(out)
 }
@@ -140,26 +167,44 @@ pub struct KeyRef {
 }
 
 fn data_key(w: WrappedKey) -> DataKey {
-    DataKey { provider: w.provider, key_id: w.key_id, ciphertext: envelope::b64(&w.ciphertext) }
+    DataKey {
+        provider: w.provider,
+        key_id: w.key_id,
+        ciphertext: envelope::b64(&w.ciphertext),
+    }
 }
 
 /// A fresh DEK wrapped under every key: GenerateDataKey with the first,
 /// Encrypt of the same DEK with the rest.
-pub async fn new_dek(kms: &Kms, keys: &[KeyRef], ctx: &Context) -> Result<(Dek, Vec<DataKey>), ResourceError> {
+pub async fn new_dek(
+    kms: &Kms,
+    keys: &[KeyRef],
+    ctx: &Context,
+) -> Result<(Dek, Vec<DataKey>), ResourceError> {
     let (first, rest) = keys
         .split_first()
         .ok_or_else(|| ResourceError::InvalidSpec("at least one --key is required".into()))?;
-    let (dek, w) = kms.generate_data_key(first.provider, &first.key_id, ctx).await?;
+    let (dek, w) = kms
+        .generate_data_key(first.provider, &first.key_id, ctx)
+        .await?;
     let mut out = vec![data_key(w)];
     out.extend(wrap_more(kms, &dek, rest, ctx).await?);
     Ok((dek, out))
 }
 
 /// Wrap an existing DEK under more keys.
-pub async fn wrap_more(kms: &Kms, dek: &Dek, keys: &[KeyRef], ctx: &Context) -> Result<Vec<DataKey>, ResourceError> {
+pub async fn wrap_more(
+    kms: &Kms,
+    dek: &Dek,
+    keys: &[KeyRef],
+    ctx: &Context,
+) -> Result<Vec<DataKey>, ResourceError> {
     let mut out = Vec::new();
     for k in keys {
-        out.push(data_key(kms.encrypt(k.provider, &k.key_id, dek.expose(), ctx).await?));
+        out.push(data_key(
+            kms.encrypt(k.provider, &k.key_id, dek.expose(), ctx)
+                .await?,
+        ));
     }
     Ok(out)
 }
@@ -167,11 +212,17 @@ pub async fn wrap_more(kms: &Kms, dek: &Dek, keys: &[KeyRef], ctx: &Context) -> 
 /// A fresh DEK that never leaves KMS in plaintext (for `init`): generated
 /// wrapped under the first key, moved under the others with ReEncrypt when
 /// they are KMS keys too.
-pub async fn new_dek_without_plaintext(kms: &Kms, keys: &[KeyRef], ctx: &Context) -> Result<Vec<DataKey>, ResourceError> {
+pub async fn new_dek_without_plaintext(
+    kms: &Kms,
+    keys: &[KeyRef],
+    ctx: &Context,
+) -> Result<Vec<DataKey>, ResourceError> {
     let (first, rest) = keys
         .split_first()
         .ok_or_else(|| ResourceError::InvalidSpec("at least one --key is required".into()))?;
-    let w = kms.generate_data_key_without_plaintext(first.provider, &first.key_id, ctx).await?;
+    let w = kms
+        .generate_data_key_without_plaintext(first.provider, &first.key_id, ctx)
+        .await?;
     let mut out = Vec::new();
     for k in rest {
         out.push(data_key(rewrap(kms, &w, k, ctx).await?));
@@ -182,11 +233,20 @@ pub async fn new_dek_without_plaintext(kms: &Kms, keys: &[KeyRef], ctx: &Context
 
 /// Move a wrapped DEK under `dest`: ReEncrypt within one provider (the DEK
 /// stays inside KMS), unwrap + Encrypt across providers.
-pub async fn rewrap(kms: &Kms, src: &WrappedKey, dest: &KeyRef, ctx: &Context) -> Result<WrappedKey, ResourceError> {
+pub async fn rewrap(
+    kms: &Kms,
+    src: &WrappedKey,
+    dest: &KeyRef,
+    ctx: &Context,
+) -> Result<WrappedKey, ResourceError> {
     if src.provider == dest.provider {
-        Ok(kms.re_encrypt(src, dest.provider, &dest.key_id, ctx).await?)
+        Ok(kms
+            .re_encrypt(src, dest.provider, &dest.key_id, ctx)
+            .await?)
     } else {
         let dek = kms.unwrap(src, ctx).await?;
-        Ok(kms.encrypt(dest.provider, &dest.key_id, dek.expose(), ctx).await?)
+        Ok(kms
+            .encrypt(dest.provider, &dest.key_id, dek.expose(), ctx)
+            .await?)
     }
 }

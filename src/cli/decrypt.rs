@@ -12,7 +12,12 @@ use crate::resource;
 #[derive(Args, Debug)]
 pub struct DecryptArgs {
     /// EncryptedSecret manifest(s) (multi-document; - for stdin)
-    #[arg(short = 'f', long = "filename", value_name = "FILE", default_value = "-")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        default_value = "-"
+    )]
     pub file: String,
     /// Copy documents of other kinds through unchanged (manifest renderers, e.g. Argo CD plugins)
     #[arg(long)]
@@ -59,7 +64,9 @@ pub async fn run(g: &GlobalArgs, a: DecryptArgs) -> CliResult {
     let mut out: Vec<Value> = Vec::new();
     for ((doc, res), _) in docs.iter().zip(results).zip(items.iter()) {
         match res {
-            Ok(Some(secret)) => out.push(serde_json::to_value::<Secret>(secret).unwrap_or_default()),
+            Ok(Some(secret)) => {
+                out.push(serde_json::to_value::<Secret>(secret).unwrap_or_default())
+            }
             Ok(None) => out.push(doc.value.clone()),
             Err(e) => return Err(msg(format!("{source}: {}: {e}", doc.describe()))),
         }

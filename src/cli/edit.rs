@@ -46,7 +46,11 @@ fn editor() -> String {
     std::env::var("VISUAL")
         .ok()
         .filter(|s| !s.trim().is_empty())
-        .or_else(|| std::env::var("EDITOR").ok().filter(|s| !s.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("EDITOR")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
         .unwrap_or_else(|| "vi".into())
 }
 
@@ -60,7 +64,9 @@ fn run_editor(path: &Path) -> CliResult {
         .status()
         .map_err(|e| msg(format!("cannot start editor {prog:?}: {e}; set EDITOR")))?;
     if !status.success() {
-        return Err(msg(format!("editor {prog:?} exited with {status}; nothing changed")));
+        return Err(msg(format!(
+            "editor {prog:?} exited with {status}; nothing changed"
+        )));
     }
     Ok(())
 }
@@ -96,35 +102,82 @@ pub async fn run(g: &GlobalArgs, a: EditArgs) -> CliResult {
         manifest::render(&[doc], manifest::Format::Yaml)
     ));
 
-    let dir = tempfile::Builder::new().prefix("kmsecrets-edit-").tempdir().map_err(|e| msg(format!("cannot create a temp dir: {e}")))?;
-    let scratch = Scratch { path: dir.path().join("secret.yaml"), _dir: dir };
-    crate::fsutil::write_atomic(&scratch.path, text.as_bytes(), 0o600).map_err(|e| msg(format!("cannot write temp file: {e}")))?;
+    let dir = tempfile::Builder::new()
+        .prefix("kmsecrets-edit-")
+        .tempdir()
+        .map_err(|e| msg(format!("cannot create a temp dir: {e}")))?;
+    let scratch = Scratch {
+        path: dir.path().join("secret.yaml"),
+        _dir: dir,
+    };
+    crate::fsutil::write_atomic(&scratch.path, text.as_bytes(), 0o600)
+        .map_err(|e| msg(format!("cannot write temp file: {e}")))?;
     run_editor(&scratch.path)?;
-    let edited = Zeroizing::new(std::fs::read(&scratch.path).map_err(|e| msg(format!("cannot read the edited file: {e}")))?);
+    let edited = Zeroizing::new(
+        std::fs::read(&scratch.path)
+            .map_err(|e| msg(format!("cannot read the edited file: {e}")))?,
+    );
     let docs = manifest::parse_stream(&edited, "the edited Secret")?;
     let [doc] = docs.as_slice() else {
-        return Err(msg("the edited file must hold exactly one Secret; nothing changed"));
+        return Err(msg(
+            "the edited file must hold exactly one Secret; nothing changed",
+        ));
     };
     let input = parse_secret(doc, "the edited Secret")?;
     if input.name != es.metadata.name || input.namespace != es.metadata.namespace {
-        return Err(msg("name and namespace are bound into the ciphertext and cannot be edited; nothing changed (encrypt a new resource instead)"));
+        return Err(msg(
+            "name and namespace are bound into the ciphertext and cannot be edited; nothing changed (encrypt a new resource instead)",
+        ));
     }
     let new_template = crate::api::SecretTemplate {
         type_: input.type_.clone().or(template.type_.clone()),
         immutable: template.immutable,
-        metadata: (!input.labels.is_empty() || !input.annotations.is_empty())
-            .then(|| TemplateMetadata { labels: input.labels.clone(), annotations: input.annotations.clone() }),
+        metadata: (!input.labels.is_empty() || !input.annotations.is_empty()).then(|| {
+            TemplateMetadata {
+                labels: input.labels.clone(),
+                annotations: input.annotations.clone(),
+            }
+        }),
     };
     let same_values = old.len() == input.values.len()
-        && old.iter().all(|(k, v)| input.values.get(k).is_some_and(|n| n.as_slice() == v.as_slice()));
-    if same_values && Some(&new_template) == es.spec.template.as_ref() {
+        && old.iter().all(|(k, v)| {
+            input
+                .values
+                .get(k)
+                .is_some_and(|n| n.as_slice() == v.as_slice())
+        });
+    if same_values && normalized(&new_template) == normalized(&template) {
         eprintln!("no changes");
         return Ok(());
     }
-    es.spec.encrypted_data = resource::seal(&dek, &binding, &input.values, Some((&es.spec.encrypted_data, &old)))?;
+    es.spec.encrypted_data = resource::seal(
+        &dek,
+        &binding,
+        &input.values,
+        Some((&es.spec.encrypted_data, &old)),
+    )?;
     es.spec.template = Some(new_template);
     let out = manifest::render(std::slice::from_ref(&es), file_format(&a.file));
-    crate::fsutil::rewrite_atomic(&a.file, out.as_bytes()).map_err(|e| msg(format!("cannot write {}: {e}", a.file.display())))?;
-    eprintln!("updated {} ({} values)", a.file.display(), es.spec.encrypted_data.len());
+    crate::fsutil::rewrite_atomic(&a.file, out.as_bytes())
+        .map_err(|e| msg(format!("cannot write {}: {e}", a.file.display())))?;
+    eprintln!(
+        "updated {} ({} values)",
+        a.file.display(),
+        es.spec.encrypted_data.len()
+    );
     Ok(())
+}
+
+/// Templates compared as the Secret would come out (absent type = Opaque,
+/// empty metadata = none), so opening and saving changes nothing.
+fn normalized(t: &crate::api::SecretTemplate) -> crate::api::SecretTemplate {
+    let mut t = t.clone();
+    t.type_.get_or_insert_with(|| "Opaque".into());
+    if t.metadata
+        .as_ref()
+        .is_some_and(|m| m.labels.is_empty() && m.annotations.is_empty())
+    {
+        t.metadata = None;
+    }
+    t
 }

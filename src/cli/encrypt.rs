@@ -8,7 +8,10 @@ use kube::api::ObjectMeta;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::{CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, msg, parse_key_arg, read_one_encrypted, split_kv};
+use super::{
+    CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, msg, parse_key_arg, read_one_encrypted,
+    split_kv,
+};
 use crate::api::{EncryptedSecret, EncryptedSecretSpec, Scope, SecretTemplate, TemplateMetadata};
 use crate::envelope::{self, Binding};
 use crate::manifest::{self, Doc, Format};
@@ -73,16 +76,24 @@ pub struct SecretInput {
 }
 
 fn string_map(v: Option<&Value>, what: &str, doc: &str) -> CliResult<BTreeMap<String, String>> {
-    let Some(v) = v else { return Ok(BTreeMap::new()) };
+    let Some(v) = v else {
+        return Ok(BTreeMap::new());
+    };
     if v.is_null() {
         return Ok(BTreeMap::new());
     }
-    let obj = v.as_object().ok_or_else(|| msg(format!("{doc}: {what} must be a mapping")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| msg(format!("{doc}: {what} must be a mapping")))?;
     obj.iter()
         .map(|(k, v)| {
             v.as_str()
                 .map(|s| (k.clone(), s.to_string()))
-                .ok_or_else(|| msg(format!("{doc}: {what}.{k} must be a string (quote it in YAML)")))
+                .ok_or_else(|| {
+                    msg(format!(
+                        "{doc}: {what}.{k} must be a string (quote it in YAML)"
+                    ))
+                })
         })
         .collect()
 }
@@ -91,11 +102,17 @@ fn string_map(v: Option<&Value>, what: &str, doc: &str) -> CliResult<BTreeMap<St
 pub fn parse_secret(doc: &Doc, source: &str) -> CliResult<SecretInput> {
     let d = format!("{source}: {}", doc.describe());
     if doc.kind() != "Secret" || doc.api_version() != "v1" {
-        return Err(msg(format!("{d} is not a Secret (apiVersion v1, kind Secret expected)")));
+        return Err(msg(format!(
+            "{d} is not a Secret (apiVersion v1, kind Secret expected)"
+        )));
     }
     let mut values = Plaintext::new();
     for (k, v) in string_map(doc.value.get("data"), "data", &d)? {
-        let bytes = envelope::unb64(&v).ok_or_else(|| msg(format!("{d}: data.{k} is not valid base64 (use stringData for plain text)")))?;
+        let bytes = envelope::unb64(&v).ok_or_else(|| {
+            msg(format!(
+                "{d}: data.{k} is not valid base64 (use stringData for plain text)"
+            ))
+        })?;
         values.insert(k, Zeroizing::new(bytes));
     }
     // stringData wins over data, as on the API server.
@@ -103,12 +120,20 @@ pub fn parse_secret(doc: &Doc, source: &str) -> CliResult<SecretInput> {
         values.insert(k, Zeroizing::new(v.into_bytes()));
     }
     let meta = doc.value.get("metadata");
-    let mut annotations = string_map(meta.and_then(|m| m.get("annotations")), "metadata.annotations", &d)?;
+    let mut annotations = string_map(
+        meta.and_then(|m| m.get("annotations")),
+        "metadata.annotations",
+        &d,
+    )?;
     annotations.remove(LAST_APPLIED);
     Ok(SecretInput {
         name: doc.name().map(str::to_string),
         namespace: doc.namespace().map(str::to_string),
-        type_: doc.value.get("type").and_then(Value::as_str).map(str::to_string),
+        type_: doc
+            .value
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         immutable: doc.value.get("immutable").and_then(Value::as_bool),
         labels: string_map(meta.and_then(|m| m.get("labels")), "metadata.labels", &d)?,
         annotations,
@@ -116,7 +141,12 @@ pub fn parse_secret(doc: &Doc, source: &str) -> CliResult<SecretInput> {
     })
 }
 
-fn insert_unique(values: &mut Plaintext, k: &str, v: Zeroizing<Vec<u8>>, overriding: bool) -> CliResult {
+fn insert_unique(
+    values: &mut Plaintext,
+    k: &str,
+    v: Zeroizing<Vec<u8>>,
+    overriding: bool,
+) -> CliResult {
     envelope::validate_key_name(k).map_err(|e| msg(e.to_string()))?;
     if values.insert(k.to_string(), v).is_some() && !overriding {
         return Err(msg(format!("key {k:?} is given more than once")));
@@ -136,16 +166,21 @@ fn flag_values(a: &EncryptArgs) -> CliResult<Plaintext> {
             Some((k, p)) if !k.is_empty() => (k.to_string(), PathBuf::from(p)),
             _ => {
                 let p = PathBuf::from(f);
-                let k = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let k = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 (k, p)
             }
         };
-        let bytes = std::fs::read(&path).map_err(|e| msg(format!("--from-file: cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| msg(format!("--from-file: cannot read {}: {e}", path.display())))?;
         insert_unique(&mut values, &k, Zeroizing::new(bytes), false)?;
     }
     for p in &a.from_env_file {
         let text = Zeroizing::new(
-            std::fs::read_to_string(p).map_err(|e| msg(format!("--from-env-file: cannot read {}: {e}", p.display())))?,
+            std::fs::read_to_string(p)
+                .map_err(|e| msg(format!("--from-env-file: cannot read {}: {e}", p.display())))?,
         );
         for (n, line) in text.lines().enumerate() {
             let line = line.trim_start();
@@ -153,9 +188,18 @@ fn flag_values(a: &EncryptArgs) -> CliResult<Plaintext> {
                 continue;
             }
             let (k, v) = line.split_once('=').ok_or_else(|| {
-                msg(format!("--from-env-file {} line {}: expected KEY=VALUE", p.display(), n + 1))
+                msg(format!(
+                    "--from-env-file {} line {}: expected KEY=VALUE",
+                    p.display(),
+                    n + 1
+                ))
             })?;
-            insert_unique(&mut values, k.trim_end(), Zeroizing::new(v.as_bytes().to_vec()), false)?;
+            insert_unique(
+                &mut values,
+                k.trim_end(),
+                Zeroizing::new(v.as_bytes().to_vec()),
+                false,
+            )?;
         }
     }
     Ok(values)
@@ -171,7 +215,11 @@ fn parse_generate(a: &EncryptArgs) -> CliResult<Vec<(String, usize)>> {
                 .parse()
                 .ok()
                 .filter(|n| (1..=1024).contains(n))
-                .ok_or_else(|| msg(format!("--generate {k}=N: N must be a byte count from 1 to 1024")))?;
+                .ok_or_else(|| {
+                    msg(format!(
+                        "--generate {k}=N: N must be a byte count from 1 to 1024"
+                    ))
+                })?;
             Ok((k.to_string(), n))
         })
         .collect()
@@ -182,7 +230,9 @@ fn user_context(a: &EncryptArgs) -> CliResult<BTreeMap<String, String>> {
     for c in &a.context {
         let (k, v) = split_kv(c, "--context")?;
         if k.starts_with(crate::api::PREFIX) {
-            return Err(msg(format!("--context {k}: keys under kmsecrets.dev/ are reserved (set from the resource's metadata)")));
+            return Err(msg(format!(
+                "--context {k}: keys under kmsecrets.dev/ are reserved (set from the resource's metadata)"
+            )));
         }
         ctx.insert(k.to_string(), v.to_string());
     }
@@ -190,7 +240,11 @@ fn user_context(a: &EncryptArgs) -> CliResult<BTreeMap<String, String>> {
 }
 
 pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
-    let key_args = a.keys.iter().map(|k| parse_key_arg(k).map_err(msg)).collect::<CliResult<Vec<KeyArg>>>()?;
+    let key_args = a
+        .keys
+        .iter()
+        .map(|k| parse_key_arg(k).map_err(msg))
+        .collect::<CliResult<Vec<KeyArg>>>()?;
     let extra = flag_values(&a)?;
     let generate = parse_generate(&a)?;
 
@@ -204,7 +258,9 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
     }
     if inputs.is_empty() {
         if extra.is_empty() && generate.is_empty() {
-            return Err(msg("nothing to encrypt: pass -f FILE, --from-literal, --from-file, --from-env-file or --generate"));
+            return Err(msg(
+                "nothing to encrypt: pass -f FILE, --from-literal, --from-file, --from-env-file or --generate",
+            ));
         }
         inputs.push(SecretInput {
             name: None,
@@ -216,8 +272,16 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             values: Plaintext::new(),
         });
     }
-    if inputs.len() > 1 && (a.name.is_some() || a.namespace.is_some() || !extra.is_empty() || !generate.is_empty() || a.merge_into.is_some()) {
-        return Err(msg("--name, --namespace, --merge-into and value flags need a single input document"));
+    if inputs.len() > 1
+        && (a.name.is_some()
+            || a.namespace.is_some()
+            || !extra.is_empty()
+            || !generate.is_empty()
+            || a.merge_into.is_some())
+    {
+        return Err(msg(
+            "--name, --namespace, --merge-into and value flags need a single input document",
+        ));
     }
     for (k, v) in extra {
         let input = &mut inputs[0];
@@ -225,14 +289,26 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
     }
 
     if let Some(path) = &a.merge_into {
-        if !key_args.is_empty() || a.scope.is_some() || !a.context.is_empty() || a.name.is_some() || a.namespace.is_some() {
-            return Err(msg("--merge-into reuses the file's data key and binding; drop --key/--scope/--context/--name/--namespace (use `rotate --rewrap --key` to change keys)"));
+        if !key_args.is_empty()
+            || a.scope.is_some()
+            || !a.context.is_empty()
+            || a.name.is_some()
+            || a.namespace.is_some()
+        {
+            return Err(msg(
+                "--merge-into reuses the file's data key and binding; drop --key/--scope/--context/--name/--namespace (use `rotate --rewrap --key` to change keys)",
+            ));
         }
-        return merge_into(g, &a, path, inputs.pop().unwrap_or_else(|| unreachable_input()), &generate).await;
+        let Some(input) = inputs.pop() else {
+            return Err(msg("nothing to merge"));
+        };
+        return merge_into(g, &a, path, input, &generate).await;
     }
 
     if key_args.is_empty() {
-        return Err(msg("no --key given: pass a KMS key (ARN, alias/NAME, key id) or a local key file (--key file:PATH)"));
+        return Err(msg(
+            "no --key given: pass a KMS key (ARN, alias/NAME, key id) or a local key file (--key file:PATH)",
+        ));
     }
     let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
     let kms = &setup.kms;
@@ -240,12 +316,20 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
     let scope = a.scope.unwrap_or_default();
     let mut out = Vec::new();
     for mut input in inputs {
-        let name = a.name.clone().or(input.name.take()).ok_or_else(|| msg("no name: pass --name or set metadata.name"))?;
+        let name = a
+            .name
+            .clone()
+            .or(input.name.take())
+            .ok_or_else(|| msg("no name: pass --name or set metadata.name"))?;
         let namespace = a.namespace.clone().or(input.namespace.take());
         if namespace.is_none() && scope != Scope::Cluster {
-            return Err(msg(format!("no namespace for {name}: pass --namespace or set metadata.namespace (scope {} binds it)", scope.as_str())));
+            return Err(msg(format!(
+                "no namespace for {name}: pass --namespace or set metadata.namespace (scope {} binds it)",
+                scope.as_str()
+            )));
         }
-        let binding = Binding::new(scope, namespace.as_deref(), Some(&name), user_ctx.clone()).map_err(|e| msg(e.to_string()))?;
+        let binding = Binding::new(scope, namespace.as_deref(), Some(&name), user_ctx.clone())
+            .map_err(|e| msg(e.to_string()))?;
         for (k, n) in &generate {
             let bytes = kms.generate_random(refs[0].provider, *n).await?;
             insert_unique(&mut input.values, k, bytes, false)?;
@@ -254,10 +338,21 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
         let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
         let encrypted_data = resource::seal(&dek, &binding, &input.values, None)?;
         let template = SecretTemplate {
-            type_: Some(a.type_.clone().or(input.type_).unwrap_or_else(|| "Opaque".into())),
+            type_: Some(
+                a.type_
+                    .clone()
+                    .or(input.type_)
+                    .unwrap_or_else(|| "Opaque".into()),
+            ),
             immutable: input.immutable,
-            metadata: (!input.labels.is_empty() || !input.annotations.is_empty())
-                .then(|| TemplateMetadata { labels: input.labels, annotations: input.annotations }),
+            metadata: if input.labels.is_empty() && input.annotations.is_empty() {
+                None
+            } else {
+                Some(TemplateMetadata {
+                    labels: input.labels,
+                    annotations: input.annotations,
+                })
+            },
         };
         let mut es = EncryptedSecret::new(
             &name,
@@ -270,19 +365,24 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
                 deletion_policy: Default::default(),
             },
         );
-        es.metadata = ObjectMeta { name: Some(name), namespace, ..Default::default() };
+        es.metadata = ObjectMeta {
+            name: Some(name),
+            namespace,
+            ..Default::default()
+        };
         out.push(es);
     }
     super::write_output(&out, a.output);
     Ok(())
 }
 
-fn unreachable_input() -> SecretInput {
-    // inputs always holds exactly one element on the merge path (checked above).
-    SecretInput { name: None, namespace: None, type_: None, immutable: None, labels: BTreeMap::new(), annotations: BTreeMap::new(), values: Plaintext::new() }
-}
-
-async fn merge_into(g: &GlobalArgs, a: &EncryptArgs, path: &std::path::Path, input: SecretInput, generate: &[(String, usize)]) -> CliResult {
+async fn merge_into(
+    g: &GlobalArgs,
+    a: &EncryptArgs,
+    path: &std::path::Path,
+    input: SecretInput,
+    generate: &[(String, usize)],
+) -> CliResult {
     let mut es = read_one_encrypted(path)?;
     let binding = resource::validate(&es)?;
     let (setup, _) = build_kms(g, &[], &a.layer)?;
@@ -297,12 +397,22 @@ async fn merge_into(g: &GlobalArgs, a: &EncryptArgs, path: &std::path::Path, inp
         let provider = es.spec.data_keys[0].provider;
         values.insert(k.clone(), kms.generate_random(provider, *n).await?);
     }
-    es.spec.encrypted_data = resource::seal(&dek, &binding, &values, Some((&es.spec.encrypted_data, &old)))?;
+    es.spec.encrypted_data = resource::seal(
+        &dek,
+        &binding,
+        &values,
+        Some((&es.spec.encrypted_data, &old)),
+    )?;
     if let Some(t) = &a.type_ {
         es.spec.template.get_or_insert_with(Default::default).type_ = Some(t.clone());
     }
     let text = manifest::render(std::slice::from_ref(&es), super::file_format(path));
-    crate::fsutil::rewrite_atomic(path, text.as_bytes()).map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
-    eprintln!("updated {} ({} values)", path.display(), es.spec.encrypted_data.len());
+    crate::fsutil::rewrite_atomic(path, text.as_bytes())
+        .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
+    eprintln!(
+        "updated {} ({} values)",
+        path.display(),
+        es.spec.encrypted_data.len()
+    );
     Ok(())
 }

@@ -34,7 +34,11 @@ pub struct InitArgs {
 }
 
 pub async fn run(g: &GlobalArgs, a: InitArgs) -> CliResult {
-    let key_args = a.keys.iter().map(|k| parse_key_arg(k).map_err(msg)).collect::<CliResult<Vec<KeyArg>>>()?;
+    let key_args = a
+        .keys
+        .iter()
+        .map(|k| parse_key_arg(k).map_err(msg))
+        .collect::<CliResult<Vec<KeyArg>>>()?;
     let scope = a.scope.unwrap_or_default();
     let mut ctx = BTreeMap::new();
     for c in &a.context {
@@ -42,11 +46,17 @@ pub async fn run(g: &GlobalArgs, a: InitArgs) -> CliResult {
         ctx.insert(k.to_string(), v.to_string());
     }
     if a.namespace.is_none() && scope != Scope::Cluster {
-        return Err(msg(format!("--namespace is required for scope {}", scope.as_str())));
+        return Err(msg(format!(
+            "--namespace is required for scope {}",
+            scope.as_str()
+        )));
     }
-    let binding = Binding::new(scope, a.namespace.as_deref(), Some(&a.name), ctx.clone()).map_err(|e| msg(e.to_string()))?;
+    let binding = Binding::new(scope, a.namespace.as_deref(), Some(&a.name), ctx.clone())
+        .map_err(|e| msg(e.to_string()))?;
     let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
-    let data_keys = resource::new_dek_without_plaintext(&setup.kms, &refs, &binding.encryption_context()).await?;
+    let data_keys =
+        resource::new_dek_without_plaintext(&setup.kms, &refs, &binding.encryption_context())
+            .await?;
     let mut es = EncryptedSecret::new(
         &a.name,
         EncryptedSecretSpec {
@@ -54,11 +64,18 @@ pub async fn run(g: &GlobalArgs, a: InitArgs) -> CliResult {
             encryption_context: ctx,
             data_keys,
             encrypted_data: BTreeMap::new(),
-            template: Some(SecretTemplate { type_: Some(a.type_), ..Default::default() }),
+            template: Some(SecretTemplate {
+                type_: Some(a.type_),
+                ..Default::default()
+            }),
             deletion_policy: Default::default(),
         },
     );
-    es.metadata = ObjectMeta { name: Some(a.name), namespace: a.namespace, ..Default::default() };
+    es.metadata = ObjectMeta {
+        name: Some(a.name),
+        namespace: a.namespace,
+        ..Default::default()
+    };
     super::write_output(&[es], a.output);
     Ok(())
 }

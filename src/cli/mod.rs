@@ -68,10 +68,21 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "REGION")]
     pub region: Option<String>,
     /// KMS endpoint URL (VPC endpoint, tests); default: AWS_ENDPOINT_URL_KMS / AWS_ENDPOINT_URL
-    #[arg(long, global = true, value_name = "URL", env = "KMSECRETS_KMS_ENDPOINT")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "KMSECRETS_KMS_ENDPOINT"
+    )]
     pub kms_endpoint: Option<String>,
     /// Local key file offered for unwrapping (repeatable; matched by key id)
-    #[arg(long = "local-key", global = true, value_name = "PATH", env = "KMSECRETS_LOCAL_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "local-key",
+        global = true,
+        value_name = "PATH",
+        env = "KMSECRETS_LOCAL_KEYS",
+        value_delimiter = ','
+    )]
     pub local_keys: Vec<PathBuf>,
 }
 
@@ -79,10 +90,20 @@ pub struct GlobalArgs {
 #[derive(Args, Debug, Clone)]
 pub struct LayerArgs {
     /// Client-side KMS request rate ceiling (requests/s), shared by all workers; adapts down on throttling
-    #[arg(long, default_value_t = 50.0, env = "KMSECRETS_KMS_QPS", value_name = "QPS")]
+    #[arg(
+        long,
+        default_value_t = 50.0,
+        env = "KMSECRETS_KMS_QPS",
+        value_name = "QPS"
+    )]
     pub kms_qps: f64,
     /// Token-bucket burst for KMS requests
-    #[arg(long, default_value_t = 100, env = "KMSECRETS_KMS_BURST", value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 100,
+        env = "KMSECRETS_KMS_BURST",
+        value_name = "N"
+    )]
     pub kms_burst: u32,
     /// How long an unwrapped data key stays cached (0 disables). Trade-off: a
     /// disabled or revoked KMS key keeps working for cached data keys until
@@ -90,7 +111,12 @@ pub struct LayerArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration, env = "KMSECRETS_DEK_CACHE_TTL", value_name = "DURATION")]
     pub dek_cache_ttl: Duration,
     /// Maximum cached data keys (LRU)
-    #[arg(long, default_value_t = 10_000, env = "KMSECRETS_DEK_CACHE_SIZE", value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        env = "KMSECRETS_DEK_CACHE_SIZE",
+        value_name = "N"
+    )]
     pub dek_cache_size: usize,
     /// Attempts per KMS call (throttling and transient errors are retried with exponential backoff)
     #[arg(long, default_value_t = 8, env = "KMSECRETS_KMS_MAX_ATTEMPTS", value_name = "N",
@@ -135,7 +161,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 30s, 10m, 1h or 0"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 30s, 10m, 1h or 0"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,7 +198,11 @@ pub enum Command {
 pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
     let invoked_as = args
         .first()
-        .and_then(|a| std::path::Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
         .unwrap_or_default();
     let mut cmd = Cli::command();
     if invoked_as.starts_with("kubectl-kmsecrets") {
@@ -191,7 +222,10 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
             return e.exit_code();
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -220,7 +254,11 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Keygen { path } => {
             let key = LocalKey::write_new(&path)?;
             println!("{}", key.id());
-            eprintln!("wrote local key {} to {} (mode 0600); keep it out of git", key.id(), path.display());
+            eprintln!(
+                "wrote local key {} to {} (mode 0600); keep it out of git",
+                key.id(),
+                path.display()
+            );
             Ok(())
         }
         Command::Crd => {
@@ -228,7 +266,12 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kmsecrets", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kmsecrets",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     }
@@ -252,7 +295,9 @@ pub fn parse_key_arg(s: &str) -> Result<KeyArg, String> {
         return Err("--key is empty; pass a KMS key ARN, alias/NAME, key id, or file:PATH".into());
     }
     if s.starts_with("local:") {
-        return Err(format!("{s} is a local key id; pass the key file instead: --key file:PATH"));
+        return Err(format!(
+            "{s} is a local key id; pass the key file instead: --key file:PATH"
+        ));
     }
     Ok(KeyArg::Kms(s.to_string()))
 }
@@ -264,7 +309,11 @@ pub struct KmsSetup {
 
 /// Build the KMS layer: local keys from `--local-key` plus those named by
 /// `--key file:`; AWS is only contacted if an aws-kms key is used.
-pub fn build_kms(g: &GlobalArgs, key_args: &[KeyArg], layer: &LayerArgs) -> CliResult<(KmsSetup, Vec<KeyRef>)> {
+pub fn build_kms(
+    g: &GlobalArgs,
+    key_args: &[KeyArg],
+    layer: &LayerArgs,
+) -> CliResult<(KmsSetup, Vec<KeyRef>)> {
     let mut local = LocalProvider::default();
     let mut refs = Vec::new();
     for p in &g.local_keys {
@@ -274,23 +323,43 @@ pub fn build_kms(g: &GlobalArgs, key_args: &[KeyArg], layer: &LayerArgs) -> CliR
         match k {
             KeyArg::Local(p) => {
                 let key = LocalKey::load(p)?;
-                refs.push(KeyRef { provider: Provider::Local, key_id: key.id().to_string() });
+                refs.push(KeyRef {
+                    provider: Provider::Local,
+                    key_id: key.id().to_string(),
+                });
                 local.add(key);
             }
-            KeyArg::Kms(id) => refs.push(KeyRef { provider: Provider::AwsKms, key_id: id.clone() }),
+            KeyArg::Kms(id) => refs.push(KeyRef {
+                provider: Provider::AwsKms,
+                key_id: id.clone(),
+            }),
         }
     }
-    let aws = AwsOptions { region: g.region.clone(), endpoint: g.kms_endpoint.clone(), attempt_timeout: None };
+    let aws = AwsOptions {
+        region: g.region.clone(),
+        endpoint: g.kms_endpoint.clone(),
+        ..Default::default()
+    };
     let providers = Providers::new(aws).with(Arc::new(local));
     let cfg = layer.config().map_err(msg)?;
-    Ok((KmsSetup { kms: Kms::new(providers, cfg, Arc::new(Metrics::new())) }, refs))
+    Ok((
+        KmsSetup {
+            kms: Kms::new(providers, cfg, Arc::new(Metrics::new())),
+        },
+        refs,
+    ))
 }
 
 /// Parse `k=v` pairs (`--context`, `--from-literal`).
 pub fn split_kv<'a>(s: &'a str, flag: &str) -> CliResult<(&'a str, &'a str)> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| msg(format!("{flag} expects KEY=VALUE, got {:?}", s.split('=').next().unwrap_or(""))))
+        .ok_or_else(|| {
+            msg(format!(
+                "{flag} expects KEY=VALUE, got {:?}",
+                s.split('=').next().unwrap_or("")
+            ))
+        })
 }
 
 /// Read exactly one EncryptedSecret from FILE (for edit/rotate/merge).
@@ -299,7 +368,10 @@ pub fn read_one_encrypted(path: &std::path::Path) -> CliResult<EncryptedSecret> 
     let bytes = manifest::read_source(&name)?;
     let docs = manifest::parse_stream(&bytes, &name)?;
     if docs.len() != 1 {
-        return Err(msg(format!("{name} holds {} documents; edit, rotate and --merge-into take exactly one EncryptedSecret", docs.len())));
+        return Err(msg(format!(
+            "{name} holds {} documents; edit, rotate and --merge-into take exactly one EncryptedSecret",
+            docs.len()
+        )));
     }
     to_encrypted(&docs[0], &name)
 }
@@ -313,7 +385,11 @@ pub fn to_encrypted(doc: &manifest::Doc, source: &str) -> CliResult<EncryptedSec
         )));
     }
     serde_json::from_value::<EncryptedSecret>(doc.value.clone()).map_err(|e| {
-        msg(format!("{source}: {} is not a valid EncryptedSecret: {}", doc.describe(), first_line(&e.to_string())))
+        msg(format!(
+            "{source}: {} is not a valid EncryptedSecret: {}",
+            doc.describe(),
+            first_line(&e.to_string())
+        ))
     })
 }
 
@@ -327,5 +403,12 @@ pub fn write_output<T: serde::Serialize>(docs: &[T], format: Format) {
 
 /// Rewrites keep the file's format: JSON for `.json`, YAML otherwise.
 pub fn file_format(path: &std::path::Path) -> Format {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) { Format::Json } else { Format::Yaml }
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        Format::Json
+    } else {
+        Format::Yaml
+    }
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, file_format, msg, parse_key_arg, read_one_encrypted};
+use super::{
+    CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, file_format, msg, parse_key_arg,
+    read_one_encrypted,
+};
 use crate::manifest;
 use crate::resource::{self, KeyRef, ResourceError};
 
@@ -25,9 +28,15 @@ pub struct RotateArgs {
 }
 
 pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
-    let key_args = a.keys.iter().map(|k| parse_key_arg(k).map_err(msg)).collect::<CliResult<Vec<KeyArg>>>()?;
+    let key_args = a
+        .keys
+        .iter()
+        .map(|k| parse_key_arg(k).map_err(msg))
+        .collect::<CliResult<Vec<KeyArg>>>()?;
     if a.rewrap && key_args.is_empty() {
-        return Err(msg("--rewrap needs --key NEW (the key(s) to move the data key under)"));
+        return Err(msg(
+            "--rewrap needs --key NEW (the key(s) to move the data key under)",
+        ));
     }
     let mut es = read_one_encrypted(&a.file)?;
     let binding = resource::validate(&es)?;
@@ -35,7 +44,15 @@ pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
     let (setup, mut refs) = build_kms(g, &key_args, &a.layer)?;
     let kms = &setup.kms;
     if refs.is_empty() {
-        refs = es.spec.data_keys.iter().map(|d| KeyRef { provider: d.provider, key_id: d.key_id.clone() }).collect();
+        refs = es
+            .spec
+            .data_keys
+            .iter()
+            .map(|d| KeyRef {
+                provider: d.provider,
+                key_id: d.key_id.clone(),
+            })
+            .collect();
     }
     if a.rewrap {
         let copies = resource::wrapped_keys(&es.spec)?;
@@ -52,7 +69,9 @@ pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
                     Err(e) => last = Some(e),
                 }
             }
-            let w = done.ok_or_else(|| last.unwrap_or_else(|| ResourceError::InvalidSpec("no dataKeys".into())))?;
+            let w = done.ok_or_else(|| {
+                last.unwrap_or_else(|| ResourceError::InvalidSpec("no dataKeys".into()))
+            })?;
             new_keys.push(crate::api::DataKey {
                 provider: w.provider,
                 key_id: w.key_id,
@@ -68,7 +87,8 @@ pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
         es.spec.data_keys = data_keys;
     }
     let text = manifest::render(std::slice::from_ref(&es), file_format(&a.file));
-    crate::fsutil::rewrite_atomic(&a.file, text.as_bytes()).map_err(|e| msg(format!("cannot write {}: {e}", a.file.display())))?;
+    crate::fsutil::rewrite_atomic(&a.file, text.as_bytes())
+        .map_err(|e| msg(format!("cannot write {}: {e}", a.file.display())))?;
     eprintln!(
         "{} {} ({} data keys, {} values)",
         if a.rewrap { "re-wrapped" } else { "rotated" },

@@ -21,7 +21,11 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(g: &GlobalArgs, a: VerifyArgs) -> CliResult {
-    let kms = if a.decrypt { Some(build_kms(g, &[], &a.layer)?.0.kms) } else { None };
+    let kms = if a.decrypt {
+        Some(build_kms(g, &[], &a.layer)?.0.kms)
+    } else {
+        None
+    };
     let mut count = 0;
     for f in &a.files {
         let name = f.display().to_string();
@@ -32,11 +36,21 @@ pub async fn run(g: &GlobalArgs, a: VerifyArgs) -> CliResult {
             let what = format!("{source}: {}", doc.describe());
             let binding = resource::validate(&es).map_err(|e| msg(format!("{what}: {e}")))?;
             if let Some(kms) = &kms {
-                let (dek, key) = resource::unwrap_dek(kms, &es).await.map_err(|e| msg(format!("{what}: {e}")))?;
-                let values = resource::open(&dek, &binding, &es.spec).map_err(|e| msg(format!("{what}: {e}")))?;
-                println!("ok: {what}: {} values decrypt (data key via {key})", values.len());
+                let (dek, key) = resource::unwrap_dek(kms, &es)
+                    .await
+                    .map_err(|e| msg(format!("{what}: {e}")))?;
+                let values = resource::open(&dek, &binding, &es.spec)
+                    .map_err(|e| msg(format!("{what}: {e}")))?;
+                println!(
+                    "ok: {what}: {} values decrypt (data key via {key})",
+                    values.len()
+                );
             } else {
-                println!("ok: {what}: {} values, {} data keys (structure only)", es.spec.encrypted_data.len(), es.spec.data_keys.len());
+                println!(
+                    "ok: {what}: {} values, {} data keys (structure only)",
+                    es.spec.encrypted_data.len(),
+                    es.spec.data_keys.len()
+                );
             }
             count += 1;
         }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ObjectMeta;
 use kube::Resource;
+use kube::api::ObjectMeta;
 
 use crate::api::EncryptedSecret;
 use crate::resource::Plaintext;
@@ -29,7 +29,12 @@ fn base(es: &EncryptedSecret, values: &Plaintext) -> Secret {
         },
         type_: Some(t.type_.unwrap_or_else(|| "Opaque".into())),
         immutable: t.immutable,
-        data: Some(values.iter().map(|(k, v)| (k.clone(), ByteString(v.to_vec()))).collect::<BTreeMap<_, _>>()),
+        data: Some(
+            values
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.to_vec())))
+                .collect::<BTreeMap<_, _>>(),
+        ),
         ..Default::default()
     }
 }
@@ -43,7 +48,10 @@ pub fn build_plain(es: &EncryptedSecret, values: &Plaintext) -> Secret {
 /// managed-by label, and a controller ownerReference for garbage collection.
 pub fn build_owned(es: &EncryptedSecret, values: &Plaintext) -> Secret {
     let mut s = base(es, values);
-    s.metadata.labels.get_or_insert_with(BTreeMap::new).insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    s.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     if let Some(oref) = es.controller_owner_ref(&()) {
         s.metadata.owner_references = Some(vec![oref]);
     }

@@ -34,6 +34,8 @@ pub struct AwsOptions {
     /// Per-attempt timeout; sized so a slow KMS shows as `KmsUnavailable`
     /// well before a reconcile's own deadline.
     pub attempt_timeout: Option<Duration>,
+    /// Fixed credentials instead of the AWS chain (tests, emulators).
+    pub static_credentials: Option<aws_credential_types::Credentials>,
 }
 
 pub struct AwsKms {
@@ -56,7 +58,9 @@ impl AwsKms {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(opts.attempt_timeout.unwrap_or(Duration::from_secs(10)))
+                    .operation_attempt_timeout(
+                        opts.attempt_timeout.unwrap_or(Duration::from_secs(10)),
+                    )
                     .build(),
             );
         if let Some(r) = &opts.region {
@@ -65,8 +69,15 @@ impl AwsKms {
         if let Some(e) = &opts.endpoint {
             loader = loader.endpoint_url(e.clone());
         }
+        if let Some(c) = &opts.static_credentials {
+            loader = loader.credentials_provider(c.clone());
+        }
         let base = loader.load().await;
-        AwsKms { base, opts, clients: Mutex::new(HashMap::new()) }
+        AwsKms {
+            base,
+            opts,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     fn client_for(&self, key_id: &str) -> Result<Client, KmsError> {
@@ -80,7 +91,8 @@ impl AwsKms {
         if let Some(c) = clients.get(&region) {
             return Ok(c.clone());
         }
-        let mut conf = aws_sdk_kms::config::Builder::from(&self.base).region(aws_config::Region::new(region.clone()));
+        let mut conf = aws_sdk_kms::config::Builder::from(&self.base)
+            .region(aws_config::Region::new(region.clone()));
         if let Some(e) = &self.opts.endpoint {
             conf = conf.endpoint_url(e.clone());
         }
@@ -127,7 +139,13 @@ where
         SdkError::TimeoutError(_) => KmsError::Unavailable("request timed out".into()),
         SdkError::DispatchFailure(d) => KmsError::Unavailable(format!(
             "cannot reach KMS ({})",
-            if d.is_timeout() { "timeout" } else if d.is_io() { "connection failed" } else { "dispatch failure" }
+            if d.is_timeout() {
+                "timeout"
+            } else if d.is_io() {
+                "connection failed"
+            } else {
+                "dispatch failure"
+            }
         )),
         SdkError::ResponseError(_) => KmsError::Unavailable("unreadable response from KMS".into()),
         SdkError::ConstructionFailure(_) => KmsError::Invalid(
@@ -139,19 +157,29 @@ where
 
 pub fn classify_code(code: &str, msg: String) -> KmsError {
     match code {
-        "ThrottlingException" | "Throttling" | "TooManyRequestsException" | "RequestLimitExceeded" => {
-            KmsError::Throttled(msg)
-        }
-        "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException"
-        | "ExpiredTokenException" | "InvalidClientTokenId" => KmsError::AccessDenied(msg),
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded" => KmsError::Throttled(msg),
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId" => KmsError::AccessDenied(msg),
         "DisabledException" | "KMSInvalidStateException" => KmsError::KeyDisabled(msg),
         "NotFoundException" => KmsError::NotFound(msg),
         "InvalidCiphertextException" => KmsError::InvalidCiphertext(msg),
         "IncorrectKeyException" => KmsError::IncorrectKey(msg),
-        "KeyUnavailableException" | "DependencyTimeoutException" | "KMSInternalException"
-        | "InternalFailure" | "InternalFailureException" | "ServiceUnavailable"
+        "KeyUnavailableException"
+        | "DependencyTimeoutException"
+        | "KMSInternalException"
+        | "InternalFailure"
+        | "InternalFailureException"
+        | "ServiceUnavailable"
         | "ServiceUnavailableException" => KmsError::Unavailable(msg),
-        "ValidationException" | "InvalidKeyUsageException" | "InvalidGrantTokenException"
+        "ValidationException"
+        | "InvalidKeyUsageException"
+        | "InvalidGrantTokenException"
         | "UnsupportedOperationException" => KmsError::Invalid(msg),
         _ => KmsError::Other(msg),
     }
@@ -168,7 +196,12 @@ impl KmsProvider for AwsKms {
         Provider::AwsKms
     }
 
-    async fn decrypt(&self, key_id: &str, ciphertext: &[u8], ctx: &Context) -> Result<Dek, KmsError> {
+    async fn decrypt(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        ctx: &Context,
+    ) -> Result<Dek, KmsError> {
         let out = self
             .client_for(key_id)?
             .decrypt()
@@ -179,10 +212,17 @@ impl KmsProvider for AwsKms {
             .await
             .map_err(classify)?;
         let pt = take_blob(out.plaintext, "plaintext")?;
-        Dek::from_slice(&pt).map_err(|_| KmsError::InvalidCiphertext("unwrapped key is not a 32-byte data key".into()))
+        Dek::from_slice(&pt).map_err(|_| {
+            KmsError::InvalidCiphertext("unwrapped key is not a 32-byte data key".into())
+        })
     }
 
-    async fn encrypt(&self, key_id: &str, plaintext: &[u8], ctx: &Context) -> Result<WrappedKey, KmsError> {
+    async fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         if plaintext.len() > ENCRYPT_MAX_BYTES {
             return Err(KmsError::TooLarge(plaintext.len()));
         }
@@ -202,7 +242,11 @@ impl KmsProvider for AwsKms {
         })
     }
 
-    async fn generate_data_key(&self, key_id: &str, ctx: &Context) -> Result<(Dek, WrappedKey), KmsError> {
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<(Dek, WrappedKey), KmsError> {
         let out = self
             .client_for(key_id)?
             .generate_data_key()
@@ -213,7 +257,9 @@ impl KmsProvider for AwsKms {
             .await
             .map_err(classify)?;
         let pt = take_blob(out.plaintext, "plaintext")?;
-        let dek = Dek::from_slice(&pt).map_err(|_| KmsError::Other("GenerateDataKey returned a key of the wrong size".into()))?;
+        let dek = Dek::from_slice(&pt).map_err(|_| {
+            KmsError::Other("GenerateDataKey returned a key of the wrong size".into())
+        })?;
         Ok((
             dek,
             WrappedKey {
@@ -224,7 +270,11 @@ impl KmsProvider for AwsKms {
         ))
     }
 
-    async fn generate_data_key_without_plaintext(&self, key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
+    async fn generate_data_key_without_plaintext(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         let out = self
             .client_for(key_id)?
             .generate_data_key_without_plaintext()
@@ -241,7 +291,12 @@ impl KmsProvider for AwsKms {
         })
     }
 
-    async fn re_encrypt(&self, src: &WrappedKey, dest_key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
+    async fn re_encrypt(
+        &self,
+        src: &WrappedKey,
+        dest_key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         // The call goes to the destination key's region; KMS reads the source
         // key from the ciphertext.
         let out = self
@@ -264,7 +319,9 @@ impl KmsProvider for AwsKms {
 
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         if len == 0 || len > 1024 {
-            return Err(KmsError::Invalid(format!("random length must be 1..=1024 bytes, got {len}")));
+            return Err(KmsError::Invalid(format!(
+                "random length must be 1..=1024 bytes, got {len}"
+            )));
         }
         let client = self.client_for("")?;
         let out = client
@@ -277,13 +334,24 @@ impl KmsProvider for AwsKms {
     }
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
-        let out = self.client_for(key_id)?.describe_key().key_id(key_id).send().await.map_err(classify)?;
-        let md = out.key_metadata.ok_or_else(|| KmsError::Other("DescribeKey returned no metadata".into()))?;
+        let out = self
+            .client_for(key_id)?
+            .describe_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(classify)?;
+        let md = out
+            .key_metadata
+            .ok_or_else(|| KmsError::Other("DescribeKey returned no metadata".into()))?;
         Ok(KeyInfo {
             key_id: md.key_id.clone(),
             arn: md.arn.clone().unwrap_or_else(|| md.key_id.clone()),
             enabled: md.enabled,
-            state: md.key_state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            state: md
+                .key_state
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
         })
     }
 }
@@ -294,8 +362,14 @@ mod tests {
 
     #[test]
     fn region_from_arn() {
-        assert_eq!(region_of("arn:aws:kms:eu-west-1:111122223333:key/abc"), Some("eu-west-1"));
-        assert_eq!(region_of("arn:aws-cn:kms:cn-north-1:1:alias/x"), Some("cn-north-1"));
+        assert_eq!(
+            region_of("arn:aws:kms:eu-west-1:111122223333:key/abc"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region_of("arn:aws-cn:kms:cn-north-1:1:alias/x"),
+            Some("cn-north-1")
+        );
         assert_eq!(region_of("alias/x"), None);
         assert_eq!(region_of("1234abcd-12ab"), None);
     }

@@ -87,7 +87,10 @@ impl FakeKms {
             provider,
             latency: Mutex::new(Duration::ZERO),
             kek,
-            state: Mutex::new(State { keys, ..Default::default() }),
+            state: Mutex::new(State {
+                keys,
+                ..Default::default()
+            }),
             calls: Default::default(),
             throttled: AtomicU64::new(0),
         }
@@ -100,7 +103,12 @@ impl FakeKms {
 
     /// Throttle like a KMS quota: `rate` requests/s with `burst` headroom.
     pub fn with_quota(self, rate: f64, burst: f64) -> FakeKms {
-        self.state().quota = Some(Quota { rate, burst, tokens: burst, last: Instant::now() });
+        self.state().quota = Some(Quota {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        });
         self
     }
 
@@ -154,33 +162,45 @@ impl FakeKms {
         }
         if throttled {
             self.throttled.fetch_add(1, Ordering::SeqCst);
-            return Err(KmsError::Throttled("ThrottlingException: Rate exceeded".into()));
+            return Err(KmsError::Throttled(
+                "ThrottlingException: Rate exceeded".into(),
+            ));
         }
         let mut st = self.state();
         if st.unavailable {
-            return Err(KmsError::Unavailable("cannot reach KMS (connection failed)".into()));
+            return Err(KmsError::Unavailable(
+                "cannot reach KMS (connection failed)".into(),
+            ));
         }
         if let Some(e) = st.fail_next.pop_front() {
             return Err(e);
         }
-        let Some(key_id) = key_id else { return Ok(None) };
-        let (kek, state) = st
-            .keys
-            .get(key_id)
-            .cloned()
-            .ok_or_else(|| KmsError::NotFound(format!("NotFoundException: key {key_id} does not exist")))?;
+        let Some(key_id) = key_id else {
+            return Ok(None);
+        };
+        let (kek, state) = st.keys.get(key_id).cloned().ok_or_else(|| {
+            KmsError::NotFound(format!("NotFoundException: key {key_id} does not exist"))
+        })?;
         match state {
             KeyState::Enabled => Ok(Some(kek)),
-            KeyState::Disabled => Err(KmsError::KeyDisabled(format!("DisabledException: {key_id} is disabled"))),
+            KeyState::Disabled => Err(KmsError::KeyDisabled(format!(
+                "DisabledException: {key_id} is disabled"
+            ))),
             KeyState::PendingDeletion => Err(KmsError::KeyDisabled(format!(
                 "KMSInvalidStateException: {key_id} is pending deletion"
             ))),
-            KeyState::AccessDenied => Err(KmsError::AccessDenied(format!("AccessDeniedException: not allowed to use {key_id}"))),
+            KeyState::AccessDenied => Err(KmsError::AccessDenied(format!(
+                "AccessDeniedException: not allowed to use {key_id}"
+            ))),
         }
     }
 
     fn wrapped(&self, key_id: &str, w: WrappedKey) -> WrappedKey {
-        WrappedKey { provider: self.provider, key_id: key_id.to_string(), ..w }
+        WrappedKey {
+            provider: self.provider,
+            key_id: key_id.to_string(),
+            ..w
+        }
     }
 }
 
@@ -190,39 +210,81 @@ impl KmsProvider for FakeKms {
         self.provider
     }
 
-    async fn decrypt(&self, key_id: &str, ciphertext: &[u8], ctx: &Context) -> Result<Dek, KmsError> {
-        let kek = self.admit(Operation::Decrypt, Some(key_id)).await?.unwrap_or_default();
-        self.kek.decrypt(&kek, ciphertext, ctx).await.map_err(|_| {
-            KmsError::InvalidCiphertext("InvalidCiphertextException".into())
-        })
+    async fn decrypt(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        ctx: &Context,
+    ) -> Result<Dek, KmsError> {
+        let kek = self
+            .admit(Operation::Decrypt, Some(key_id))
+            .await?
+            .unwrap_or_default();
+        self.kek
+            .decrypt(&kek, ciphertext, ctx)
+            .await
+            .map_err(|_| KmsError::InvalidCiphertext("InvalidCiphertextException".into()))
     }
 
-    async fn encrypt(&self, key_id: &str, plaintext: &[u8], ctx: &Context) -> Result<WrappedKey, KmsError> {
-        let kek = self.admit(Operation::Encrypt, Some(key_id)).await?.unwrap_or_default();
+    async fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
+        let kek = self
+            .admit(Operation::Encrypt, Some(key_id))
+            .await?
+            .unwrap_or_default();
         Ok(self.wrapped(key_id, self.kek.encrypt(&kek, plaintext, ctx).await?))
     }
 
-    async fn generate_data_key(&self, key_id: &str, ctx: &Context) -> Result<(Dek, WrappedKey), KmsError> {
-        let kek = self.admit(Operation::GenerateDataKey, Some(key_id)).await?.unwrap_or_default();
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<(Dek, WrappedKey), KmsError> {
+        let kek = self
+            .admit(Operation::GenerateDataKey, Some(key_id))
+            .await?
+            .unwrap_or_default();
         let (dek, w) = self.kek.generate_data_key(&kek, ctx).await?;
         Ok((dek, self.wrapped(key_id, w)))
     }
 
-    async fn generate_data_key_without_plaintext(&self, key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
-        let kek = self.admit(Operation::GenerateDataKeyWithoutPlaintext, Some(key_id)).await?.unwrap_or_default();
+    async fn generate_data_key_without_plaintext(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
+        let kek = self
+            .admit(Operation::GenerateDataKeyWithoutPlaintext, Some(key_id))
+            .await?
+            .unwrap_or_default();
         let (_, w) = self.kek.generate_data_key(&kek, ctx).await?;
         Ok(self.wrapped(key_id, w))
     }
 
-    async fn re_encrypt(&self, src: &WrappedKey, dest_key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
-        let dest = self.admit(Operation::ReEncrypt, Some(dest_key_id)).await?.unwrap_or_default();
+    async fn re_encrypt(
+        &self,
+        src: &WrappedKey,
+        dest_key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
+        let dest = self
+            .admit(Operation::ReEncrypt, Some(dest_key_id))
+            .await?
+            .unwrap_or_default();
         let src_kek = kek_for(&src.key_id);
         let dek = self
             .kek
             .decrypt(src_kek.id(), &src.ciphertext, ctx)
             .await
             .map_err(|_| KmsError::InvalidCiphertext("InvalidCiphertextException".into()))?;
-        Ok(self.wrapped(dest_key_id, self.kek.encrypt(&dest, dek.expose(), ctx).await?))
+        Ok(self.wrapped(
+            dest_key_id,
+            self.kek.encrypt(&dest, dek.expose(), ctx).await?,
+        ))
     }
 
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {

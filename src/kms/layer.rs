@@ -74,7 +74,9 @@ impl Default for LayerConfig {
 
 /// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^n)].
 pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, rng: &mut impl Rng) -> Duration {
-    let ceiling = base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX)).min(cap);
+    let ceiling = base
+        .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .min(cap);
     Duration::from_secs_f64(rng.gen_range(0.0..=ceiling.as_secs_f64()))
 }
 
@@ -82,7 +84,12 @@ type CacheKey = [u8; 32];
 
 pub fn cache_key(w: &WrappedKey, ctx: &Context) -> CacheKey {
     let mut h = Sha256::new();
-    for part in [w.provider.as_str().as_bytes(), w.key_id.as_bytes(), &w.ciphertext, &canonical_context(ctx)] {
+    for part in [
+        w.provider.as_str().as_bytes(),
+        w.key_id.as_bytes(),
+        &w.ciphertext,
+        &canonical_context(ctx),
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -99,11 +106,16 @@ type Flight = Shared<BoxFuture<'static, Result<Arc<Dek>, KmsError>>>;
 /// Adaptive token bucket shared by all workers.
 ///
 /// Additive-increase / multiplicative-decrease around the rate at which KMS
-/// last throttled: on a throttle the rate is cut (×0.9, or ×0.7 if the last
-/// cut was recent and we are still too fast) and the accumulated burst is
-/// dropped; afterwards it climbs back quickly to 90% of the rate that was
-/// throttled, then probes slowly (1%/s) above it. The aim is to sit just
-/// under a quota shared with other KMS users, not to bounce off it.
+/// last throttled. Each permit carries the limiter's *epoch* (number of cuts
+/// so far); only a throttle of a request admitted in the current epoch cuts
+/// the rate again, so a burst of throttles already in flight counts as one
+/// signal (TCP's "one decrease per window"). A cut is ×0.9, or ×0.7 when the
+/// previous cut was less than a second ago (still far too fast); the
+/// accumulated burst is dropped. Afterwards the rate climbs back quickly to
+/// 90% of the rate that was throttled, then probes slowly (1%/s) above it.
+/// Waiters re-check the bucket when they wake, so a cut slows everyone at
+/// once. The aim is to sit just under a quota shared with other KMS users,
+/// not to bounce off it.
 pub struct RateLimiter {
     max_rate: f64,
     burst: f64,
@@ -117,6 +129,14 @@ struct LimState {
     last_growth: Instant,
     last_cut: Option<Instant>,
     throttled_at: Option<f64>,
+    epoch: u64,
+}
+
+/// Proof of admission; hand it back on throttle.
+#[derive(Clone, Copy, Debug)]
+pub struct Permit {
+    epoch: u64,
+    pub waited: Duration,
 }
 
 const MIN_RATE: f64 = 1.0;
@@ -136,6 +156,7 @@ impl RateLimiter {
                 last_growth: now,
                 last_cut: None,
                 throttled_at: None,
+                epoch: 0,
             }),
         }
     }
@@ -149,42 +170,53 @@ impl RateLimiter {
         self.lock().rate
     }
 
-    /// Reserve one token; returns how long the caller must wait for it.
-    /// Tokens may go negative: each caller waits for its own slot, in order.
-    pub fn reserve(&self) -> Duration {
+    /// Take a token now, or say how long until one is due.
+    fn try_take(&self) -> Result<u64, Duration> {
         let mut st = self.lock();
         let now = Instant::now();
         let dt = now.saturating_duration_since(st.last_refill).as_secs_f64();
         st.last_refill = now;
         st.tokens = (st.tokens + dt * st.rate).min(self.burst);
-        st.tokens -= 1.0;
-        if st.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-st.tokens / st.rate) }
-    }
-
-    pub async fn acquire(&self) -> Duration {
-        let wait = self.reserve();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        if st.tokens >= 1.0 {
+            st.tokens -= 1.0;
+            Ok(st.epoch)
+        } else {
+            Err(Duration::from_secs_f64((1.0 - st.tokens) / st.rate)
+                .max(Duration::from_micros(100)))
         }
-        wait
     }
 
-    pub fn on_throttle(&self) {
+    pub async fn acquire(&self) -> Permit {
+        let start = Instant::now();
+        loop {
+            match self.try_take() {
+                Ok(epoch) => {
+                    return Permit {
+                        epoch,
+                        waited: start.elapsed(),
+                    };
+                }
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    pub fn on_throttle(&self, permit: Permit) {
         let mut st = self.lock();
-        let now = Instant::now();
-        // One cut per "round trip" of the current rate: throttles already in
-        // flight when we cut describe the old rate, not the new one.
-        let cooldown = Duration::from_secs_f64((2.0 / st.rate).max(0.05));
-        if st.last_cut.is_some_and(|t| now.saturating_duration_since(t) < cooldown) {
-            return;
+        if permit.epoch != st.epoch {
+            return; // admitted before the last cut: already accounted for
         }
-        let recent = st.last_cut.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(2));
+        let now = Instant::now();
+        let recent = st
+            .last_cut
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
         let factor = if recent { 0.7 } else { 0.9 };
         st.throttled_at = Some(st.rate);
         st.rate = (st.rate * factor).max(MIN_RATE);
         st.tokens = st.tokens.min(0.0);
         st.last_cut = Some(now);
         st.last_growth = now;
+        st.epoch += 1;
     }
 
     pub fn on_success(&self) {
@@ -215,7 +247,11 @@ pub struct Providers {
 
 impl Providers {
     pub fn new(aws_opts: AwsOptions) -> Providers {
-        Providers { fixed: HashMap::new(), aws_opts, aws: OnceCell::new() }
+        Providers {
+            fixed: HashMap::new(),
+            aws_opts,
+            aws: OnceCell::new(),
+        }
     }
 
     /// Register a provider (local keys, or a fake standing in for either kind).
@@ -231,7 +267,9 @@ impl Providers {
         match kind {
             Provider::AwsKms => Ok(self
                 .aws
-                .get_or_init(|| async { Arc::new(AwsKms::new(self.aws_opts.clone()).await) as Arc<dyn KmsProvider> })
+                .get_or_init(|| async {
+                    Arc::new(AwsKms::new(self.aws_opts.clone()).await) as Arc<dyn KmsProvider>
+                })
                 .await
                 .clone()),
             Provider::Local => Err(KmsError::NoKey {
@@ -291,7 +329,11 @@ impl Kms {
     /// failing copy (unreachable region, revoked key, missing local key)
     /// falls through to the next — that is what multi-region copies are for.
     /// Returns the DEK and the index of the copy that worked.
-    pub async fn unwrap_any(&self, copies: &[WrappedKey], ctx: &Context) -> Result<(Arc<Dek>, usize), KmsError> {
+    pub async fn unwrap_any(
+        &self,
+        copies: &[WrappedKey],
+        ctx: &Context,
+    ) -> Result<(Arc<Dek>, usize), KmsError> {
         let mut errors = Vec::new();
         for (i, w) in copies.iter().enumerate() {
             match self.unwrap(w, ctx).await {
@@ -319,8 +361,10 @@ impl Kms {
             m.cache_misses.inc();
             let provider = self.provider(w.provider).await?;
             let dek = Arc::new(
-                self.call(Operation::Decrypt, || provider.decrypt(&w.key_id, &w.ciphertext, ctx))
-                    .await?,
+                self.call(Operation::Decrypt, || {
+                    provider.decrypt(&w.key_id, &w.ciphertext, ctx)
+                })
+                .await?,
             );
             self.cache_put(key, dek.clone());
             return Ok(dek);
@@ -343,19 +387,26 @@ impl Kms {
                 let task = tokio::spawn(async move {
                     let res = async {
                         let provider = this.provider(w.provider).await?;
-                        this.call(Operation::Decrypt, || provider.decrypt(&w.key_id, &w.ciphertext, &ctx))
-                            .await
-                            .map(Arc::new)
+                        this.call(Operation::Decrypt, || {
+                            provider.decrypt(&w.key_id, &w.ciphertext, &ctx)
+                        })
+                        .await
+                        .map(Arc::new)
                     }
                     .await;
                     if let Ok(dek) = &res {
                         this.cache_put(key, dek.clone());
                     }
-                    this.inner.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    this.inner
+                        .flights
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
                     res
                 });
                 let f: Flight = async move {
-                    task.await.unwrap_or_else(|_| Err(KmsError::Other("KMS call task failed".into())))
+                    task.await
+                        .unwrap_or_else(|_| Err(KmsError::Other("KMS call task failed".into())))
                 }
                 .boxed()
                 .shared();
@@ -373,7 +424,11 @@ impl Kms {
         let expired = cache.peek(key).map(|c| c.inserted.elapsed() >= ttl)?;
         if expired {
             cache.pop(key);
-            self.inner.metrics.cache_evictions.with_label_values(&["expired"]).inc();
+            self.inner
+                .metrics
+                .cache_evictions
+                .with_label_values(&["expired"])
+                .inc();
             self.inner.metrics.cache_entries.set(cache.len() as i64);
             return None;
         }
@@ -394,8 +449,13 @@ impl Kms {
             cache.pop_lru();
             m.cache_evictions.with_label_values(&["expired"]).inc();
         }
-        if let Some((old, _)) = cache.push(key, Cached { dek, inserted: Instant::now() })
-            && old != key
+        if let Some((old, _)) = cache.push(
+            key,
+            Cached {
+                dek,
+                inserted: Instant::now(),
+            },
+        ) && old != key
         {
             m.cache_evictions.with_label_values(&["capacity"]).inc();
         }
@@ -408,16 +468,29 @@ impl Kms {
         let mut guard = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         let Some(cache) = guard.as_mut() else { return };
         let ttl = self.inner.cfg.cache_ttl;
-        let dead: Vec<CacheKey> = cache.iter().filter(|(_, c)| c.inserted.elapsed() >= ttl).map(|(k, _)| *k).collect();
+        let dead: Vec<CacheKey> = cache
+            .iter()
+            .filter(|(_, c)| c.inserted.elapsed() >= ttl)
+            .map(|(k, _)| *k)
+            .collect();
         for k in &dead {
             cache.pop(k);
         }
-        self.inner.metrics.cache_evictions.with_label_values(&["expired"]).inc_by(dead.len() as u64);
+        self.inner
+            .metrics
+            .cache_evictions
+            .with_label_values(&["expired"])
+            .inc_by(dead.len() as u64);
         self.inner.metrics.cache_entries.set(cache.len() as i64);
     }
 
     pub fn cache_len(&self) -> usize {
-        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |c| c.len())
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |c| c.len())
     }
 
     /// One logical KMS operation: rate limit, attempt, classify, count,
@@ -431,29 +504,40 @@ impl Kms {
         let cfg = &self.inner.cfg;
         let mut attempt = 0u32;
         loop {
-            let waited = self.inner.limiter.acquire().await;
-            m.rate_limit_wait.observe(waited.as_secs_f64());
+            let permit = self.inner.limiter.acquire().await;
+            m.rate_limit_wait.observe(permit.waited.as_secs_f64());
             let start = Instant::now();
             let res = attempt_fn().await;
-            m.kms_duration.with_label_values(&[op.as_str()]).observe(start.elapsed().as_secs_f64());
+            m.kms_duration
+                .with_label_values(&[op.as_str()])
+                .observe(start.elapsed().as_secs_f64());
             match res {
                 Ok(v) => {
-                    m.kms_requests.with_label_values(&[op.as_str(), "success"]).inc();
+                    m.kms_requests
+                        .with_label_values(&[op.as_str(), "success"])
+                        .inc();
                     self.inner.limiter.on_success();
                     return Ok(v);
                 }
                 Err(e) => {
-                    m.kms_requests.with_label_values(&[op.as_str(), e.metric_result()]).inc();
+                    m.kms_requests
+                        .with_label_values(&[op.as_str(), e.metric_result()])
+                        .inc();
                     if matches!(e, KmsError::Throttled(_)) {
                         m.kms_throttled.with_label_values(&[op.as_str()]).inc();
-                        self.inner.limiter.on_throttle();
+                        self.inner.limiter.on_throttle(permit);
                     }
                     attempt += 1;
                     if !e.is_transient() || attempt >= cfg.max_attempts {
                         return Err(e);
                     }
                     m.kms_retries.with_label_values(&[op.as_str()]).inc();
-                    let delay = backoff_delay(attempt - 1, cfg.backoff_base, cfg.backoff_cap, &mut rand::thread_rng());
+                    let delay = backoff_delay(
+                        attempt - 1,
+                        cfg.backoff_base,
+                        cfg.backoff_cap,
+                        &mut rand::thread_rng(),
+                    );
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -462,33 +546,69 @@ impl Kms {
 
     // ---- the other operations: limiter + retry + metrics, no cache ----
 
-    pub async fn encrypt(&self, kind: Provider, key_id: &str, plaintext: &[u8], ctx: &Context) -> Result<WrappedKey, KmsError> {
+    pub async fn encrypt(
+        &self,
+        kind: Provider,
+        key_id: &str,
+        plaintext: &[u8],
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::Encrypt, || p.encrypt(key_id, plaintext, ctx)).await
+        self.call(Operation::Encrypt, || p.encrypt(key_id, plaintext, ctx))
+            .await
     }
 
-    pub async fn generate_data_key(&self, kind: Provider, key_id: &str, ctx: &Context) -> Result<(Dek, WrappedKey), KmsError> {
+    pub async fn generate_data_key(
+        &self,
+        kind: Provider,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<(Dek, WrappedKey), KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::GenerateDataKey, || p.generate_data_key(key_id, ctx)).await
+        self.call(Operation::GenerateDataKey, || {
+            p.generate_data_key(key_id, ctx)
+        })
+        .await
     }
 
-    pub async fn generate_data_key_without_plaintext(&self, kind: Provider, key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
+    pub async fn generate_data_key_without_plaintext(
+        &self,
+        kind: Provider,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::GenerateDataKeyWithoutPlaintext, || p.generate_data_key_without_plaintext(key_id, ctx)).await
+        self.call(Operation::GenerateDataKeyWithoutPlaintext, || {
+            p.generate_data_key_without_plaintext(key_id, ctx)
+        })
+        .await
     }
 
-    pub async fn re_encrypt(&self, src: &WrappedKey, kind: Provider, dest_key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
+    pub async fn re_encrypt(
+        &self,
+        src: &WrappedKey,
+        kind: Provider,
+        dest_key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::ReEncrypt, || p.re_encrypt(src, dest_key_id, ctx)).await
+        self.call(Operation::ReEncrypt, || p.re_encrypt(src, dest_key_id, ctx))
+            .await
     }
 
-    pub async fn generate_random(&self, kind: Provider, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    pub async fn generate_random(
+        &self,
+        kind: Provider,
+        len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::GenerateRandom, || p.generate_random(len)).await
+        self.call(Operation::GenerateRandom, || p.generate_random(len))
+            .await
     }
 
     pub async fn describe_key(&self, kind: Provider, key_id: &str) -> Result<KeyInfo, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::DescribeKey, || p.describe_key(key_id)).await
+        self.call(Operation::DescribeKey, || p.describe_key(key_id))
+            .await
     }
 }

@@ -21,11 +21,19 @@ use crate::envelope::{self, Dek, canonical_context};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("cannot read local key {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("local key {path} is not a 32-byte key in base64 on one line (create one with `kmsecrets keygen PATH`)")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "local key {path} is not a 32-byte key in base64 on one line (create one with `kmsecrets keygen PATH`)"
+    )]
     Format { path: String },
     #[error("cannot write local key {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} already exists; refusing to overwrite a key (delete it first if you mean it)")]
     Exists { path: String },
 }
@@ -38,32 +46,43 @@ pub struct LocalKey {
 
 impl LocalKey {
     pub fn from_bytes(bytes: &[u8]) -> Option<LocalKey> {
-        let kek = Dek::from_slice(bytes).ok()?;
+        Some(LocalKey::from_dek(Dek::from_slice(bytes).ok()?))
+    }
+
+    fn from_dek(kek: Dek) -> LocalKey {
         let digest = Sha256::digest(kek.expose());
         let id = format!("local:{}", &hex::encode(digest)[..16]);
-        Some(LocalKey { id, kek })
+        LocalKey { id, kek }
     }
 
     pub fn generate() -> LocalKey {
-        let kek = Dek::generate();
-        // 32 bytes always make a valid key.
-        LocalKey::from_bytes(kek.expose()).unwrap_or_else(|| unreachable_key())
+        LocalKey::from_dek(Dek::generate())
     }
 
     pub fn load(path: &Path) -> Result<LocalKey, KeyFileError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            );
         let bytes = Zeroizing::new(envelope::unb64(&text).unwrap_or_default());
-        LocalKey::from_bytes(&bytes).ok_or_else(|| KeyFileError::Format { path: path.display().to_string() })
+        LocalKey::from_bytes(&bytes).ok_or_else(|| KeyFileError::Format {
+            path: path.display().to_string(),
+        })
     }
 
     /// Write a new key file atomically with mode 0600; never overwrites.
     pub fn write_new(path: &Path) -> Result<LocalKey, KeyFileError> {
-        let err = |source| KeyFileError::Write { path: path.display().to_string(), source };
+        let err = |source| KeyFileError::Write {
+            path: path.display().to_string(),
+            source,
+        };
         if path.exists() {
-            return Err(KeyFileError::Exists { path: path.display().to_string() });
+            return Err(KeyFileError::Exists {
+                path: path.display().to_string(),
+            });
         }
         let key = LocalKey::generate();
         let text = Zeroizing::new(format!("{}\n", envelope::b64(key.kek.expose())));
@@ -84,11 +103,6 @@ impl LocalKey {
     }
 }
 
-fn unreachable_key() -> LocalKey {
-    // Dek::from_slice accepts exactly 32 bytes and generate() makes 32.
-    LocalKey { id: "local:invalid".into(), kek: Dek::generate() }
-}
-
 /// Holds every local key offered (`--local-key`, repeatable), by id.
 #[derive(Default)]
 pub struct LocalProvider {
@@ -97,7 +111,9 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     pub fn new(keys: impl IntoIterator<Item = LocalKey>) -> LocalProvider {
-        LocalProvider { keys: keys.into_iter().map(|k| (k.id.clone(), k)).collect() }
+        LocalProvider {
+            keys: keys.into_iter().map(|k| (k.id.clone(), k)).collect(),
+        }
     }
 
     pub fn add(&mut self, key: LocalKey) {
@@ -117,7 +133,10 @@ impl LocalProvider {
             hint: if self.keys.is_empty() {
                 "offer the key file with --local-key PATH".to_string()
             } else {
-                format!("offered keys are {}; pass the right one with --local-key PATH", self.ids().join(", "))
+                format!(
+                    "offered keys are {}; pass the right one with --local-key PATH",
+                    self.ids().join(", ")
+                )
             },
         })
     }
@@ -129,40 +148,70 @@ impl KmsProvider for LocalProvider {
         Provider::Local
     }
 
-    async fn decrypt(&self, key_id: &str, ciphertext: &[u8], ctx: &Context) -> Result<Dek, KmsError> {
+    async fn decrypt(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        ctx: &Context,
+    ) -> Result<Dek, KmsError> {
         let key = self.key(key_id)?;
         let pt = key
             .unwrap(ciphertext, ctx)
             .ok_or_else(|| KmsError::InvalidCiphertext(format!("local key {key_id}")))?;
-        Dek::from_slice(&pt).map_err(|_| KmsError::InvalidCiphertext(format!("local key {key_id}: not a data key")))
+        Dek::from_slice(&pt)
+            .map_err(|_| KmsError::InvalidCiphertext(format!("local key {key_id}: not a data key")))
     }
 
-    async fn encrypt(&self, key_id: &str, plaintext: &[u8], ctx: &Context) -> Result<WrappedKey, KmsError> {
+    async fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         if plaintext.len() > ENCRYPT_MAX_BYTES {
             return Err(KmsError::TooLarge(plaintext.len()));
         }
         let key = self.key(key_id)?;
-        Ok(WrappedKey { provider: Provider::Local, key_id: key.id.clone(), ciphertext: key.wrap(plaintext, ctx) })
+        Ok(WrappedKey {
+            provider: Provider::Local,
+            key_id: key.id.clone(),
+            ciphertext: key.wrap(plaintext, ctx),
+        })
     }
 
-    async fn generate_data_key(&self, key_id: &str, ctx: &Context) -> Result<(Dek, WrappedKey), KmsError> {
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<(Dek, WrappedKey), KmsError> {
         let dek = Dek::generate();
         let wrapped = self.encrypt(key_id, dek.expose(), ctx).await?;
         Ok((dek, wrapped))
     }
 
-    async fn generate_data_key_without_plaintext(&self, key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
+    async fn generate_data_key_without_plaintext(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         Ok(self.generate_data_key(key_id, ctx).await?.1)
     }
 
-    async fn re_encrypt(&self, src: &WrappedKey, dest_key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError> {
+    async fn re_encrypt(
+        &self,
+        src: &WrappedKey,
+        dest_key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError> {
         let dek = self.decrypt(&src.key_id, &src.ciphertext, ctx).await?;
         self.encrypt(dest_key_id, dek.expose(), ctx).await
     }
 
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         if len == 0 || len > 1024 {
-            return Err(KmsError::Invalid(format!("random length must be 1..=1024 bytes, got {len}")));
+            return Err(KmsError::Invalid(format!(
+                "random length must be 1..=1024 bytes, got {len}"
+            )));
         }
         let mut out = Zeroizing::new(vec![0u8; len]);
         rand::rngs::OsRng.fill_bytes(&mut out);
@@ -171,7 +220,12 @@ impl KmsProvider for LocalProvider {
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyInfo, KmsError> {
         let key = self.key(key_id)?;
-        Ok(KeyInfo { key_id: key.id.clone(), arn: key.id.clone(), enabled: true, state: "Enabled".into() })
+        Ok(KeyInfo {
+            key_id: key.id.clone(),
+            arn: key.id.clone(),
+            enabled: true,
+            state: "Enabled".into(),
+        })
     }
 }
 
@@ -180,7 +234,10 @@ mod tests {
     use super::*;
 
     fn ctx(pairs: &[(&str, &str)]) -> Context {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[tokio::test]
@@ -195,9 +252,18 @@ mod tests {
         let back = p.decrypt(&id, &w.ciphertext, &c).await.unwrap();
         assert_eq!(back.expose(), dek.expose());
         let other = ctx(&[("kmsecrets.dev/scope", "strict")]);
-        assert!(matches!(p.decrypt(&id, &w.ciphertext, &other).await, Err(KmsError::InvalidCiphertext(_))));
-        assert!(matches!(p.decrypt("local:ffffffffffffffff", &w.ciphertext, &c).await, Err(KmsError::NoKey { .. })));
-        assert!(matches!(p.encrypt(&id, &[0u8; 4097], &c).await, Err(KmsError::TooLarge(4097))));
+        assert!(matches!(
+            p.decrypt(&id, &w.ciphertext, &other).await,
+            Err(KmsError::InvalidCiphertext(_))
+        ));
+        assert!(matches!(
+            p.decrypt("local:ffffffffffffffff", &w.ciphertext, &c).await,
+            Err(KmsError::NoKey { .. })
+        ));
+        assert!(matches!(
+            p.encrypt(&id, &[0u8; 4097], &c).await,
+            Err(KmsError::TooLarge(4097))
+        ));
     }
 
     #[test]
@@ -208,9 +274,18 @@ mod tests {
         let back = LocalKey::load(&path).unwrap();
         assert_eq!(k.id(), back.id());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(matches!(LocalKey::write_new(&path), Err(KeyFileError::Exists { .. })));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            LocalKey::write_new(&path),
+            Err(KeyFileError::Exists { .. })
+        ));
         std::fs::write(&path, "bm90IGEga2V5\n").unwrap();
-        assert!(matches!(LocalKey::load(&path), Err(KeyFileError::Format { .. })));
+        assert!(matches!(
+            LocalKey::load(&path),
+            Err(KeyFileError::Format { .. })
+        ));
     }
 }

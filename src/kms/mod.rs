@@ -104,7 +104,11 @@ pub enum KmsError {
     )]
     TooLarge(usize),
     #[error("no {provider} key available for {key_id}; {hint}")]
-    NoKey { provider: &'static str, key_id: String, hint: String },
+    NoKey {
+        provider: &'static str,
+        key_id: String,
+        hint: String,
+    },
     #[error("invalid KMS request: {0}")]
     Invalid(String),
     #[error("KMS error: {0}")]
@@ -150,21 +154,44 @@ pub trait KmsProvider: Send + Sync {
     fn provider(&self) -> Provider;
 
     /// Unwrap a DEK. `key_id` is the id recorded next to the ciphertext.
-    async fn decrypt(&self, key_id: &str, ciphertext: &[u8], ctx: &Context) -> Result<Dek, KmsError>;
+    async fn decrypt(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        ctx: &Context,
+    ) -> Result<Dek, KmsError>;
 
     /// Wrap arbitrary bytes (≤ 4096) — used to wrap an existing DEK under an
     /// additional key.
-    async fn encrypt(&self, key_id: &str, plaintext: &[u8], ctx: &Context) -> Result<WrappedKey, KmsError>;
+    async fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError>;
 
     /// A fresh DEK, in plaintext and wrapped.
-    async fn generate_data_key(&self, key_id: &str, ctx: &Context) -> Result<(Dek, WrappedKey), KmsError>;
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<(Dek, WrappedKey), KmsError>;
 
     /// A fresh DEK, wrapped only: no plaintext key leaves KMS.
-    async fn generate_data_key_without_plaintext(&self, key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError>;
+    async fn generate_data_key_without_plaintext(
+        &self,
+        key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError>;
 
     /// Move a wrapped DEK under another key of the same provider without
     /// exposing it.
-    async fn re_encrypt(&self, src: &WrappedKey, dest_key_id: &str, ctx: &Context) -> Result<WrappedKey, KmsError>;
+    async fn re_encrypt(
+        &self,
+        src: &WrappedKey,
+        dest_key_id: &str,
+        ctx: &Context,
+    ) -> Result<WrappedKey, KmsError>;
 
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError>;
 

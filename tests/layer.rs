@@ -1,0 +1,404 @@
+//! The KMS resilience layer against the fake provider, under tokio paused
+//! time: cache, single-flight, limiter, retries, metrics. Deterministic: no
+//! wall-clock sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kmsecrets::kms::fake::{FakeKms, KeyState};
+use kmsecrets::kms::layer::{Kms, LayerConfig, Providers, backoff_delay};
+use kmsecrets::kms::{Context, KmsError, KmsProvider, Operation, Provider, WrappedKey};
+use kmsecrets::metrics::Metrics;
+use rand::SeedableRng;
+
+const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/fake";
+
+fn ctx(i: usize) -> Context {
+    [
+        ("kmsecrets.dev/scope".to_string(), "cluster".to_string()),
+        ("n".to_string(), i.to_string()),
+    ]
+    .into()
+}
+
+fn layer(fake: Arc<FakeKms>, cfg: LayerConfig) -> Kms {
+    let providers = Providers::new(Default::default()).with(fake);
+    Kms::new(providers, cfg, Arc::new(Metrics::new()))
+}
+
+fn fast_cfg() -> LayerConfig {
+    LayerConfig {
+        qps: 1e6,
+        burst: 1_000_000,
+        ..LayerConfig::default()
+    }
+}
+
+async fn wrapped(fake: &FakeKms, n: usize) -> Vec<(WrappedKey, Context)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let c = ctx(i);
+        let (_, w) = fake.generate_data_key(KEY, &c).await.unwrap();
+        out.push((w, c));
+    }
+    out
+}
+
+fn metric(kms: &Kms, line_prefix: &str) -> f64 {
+    let text = kms.metrics().render();
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn thousand_concurrent_unwraps_make_one_call() {
+    let fake =
+        Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]).with_latency(Duration::from_millis(5)));
+    let (w, c) = wrapped(&fake, 1).await.remove(0);
+    let base = fake.calls(Operation::Decrypt);
+    let kms = layer(fake.clone(), fast_cfg());
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (kms, w, c) = (kms.clone(), w.clone(), c.clone());
+            tokio::spawn(async move { kms.unwrap(&w, &c).await.map(|d| *d.expose()) })
+        })
+        .collect();
+    let mut keys = std::collections::HashSet::new();
+    for t in tasks {
+        keys.insert(t.await.unwrap().unwrap());
+    }
+    assert_eq!(keys.len(), 1, "every waiter gets the same DEK");
+    assert_eq!(fake.calls(Operation::Decrypt) - base, 1);
+    assert_eq!(metric(&kms, "kmsecrets_dek_cache_misses_total"), 1.0);
+    assert_eq!(
+        metric(&kms, "kmsecrets_dek_cache_coalesced_total")
+            + metric(&kms, "kmsecrets_dek_cache_hits_total"),
+        999.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_over_thousand_deks_make_thousand_calls() {
+    let fake =
+        Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]).with_latency(Duration::from_millis(5)));
+    let keys = Arc::new(wrapped(&fake, 1000).await);
+    let base = fake.calls(Operation::Decrypt);
+    let kms = layer(fake.clone(), fast_cfg());
+    let ok = futures::stream::iter(0..10_000usize)
+        .map(|i| {
+            let (kms, keys) = (kms.clone(), keys.clone());
+            async move {
+                // interleave so the same DEK is requested concurrently too
+                let (w, c) = &keys[(i * 7919) % 1000];
+                kms.unwrap(w, c).await.is_ok()
+            }
+        })
+        .buffer_unordered(64)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    assert_eq!(ok, 10_000);
+    assert_eq!(fake.calls(Operation::Decrypt) - base, 1000);
+    assert_eq!(kms.cache_len(), 1000);
+    assert_eq!(metric(&kms, "kmsecrets_dek_cache_entries"), 1000.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_expiry_refetches_and_ttl_zero_disables() {
+    let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+    let (w, c) = wrapped(&fake, 1).await.remove(0);
+    let base = fake.calls(Operation::Decrypt);
+    let kms = layer(
+        fake.clone(),
+        LayerConfig {
+            cache_ttl: Duration::from_secs(60),
+            ..fast_cfg()
+        },
+    );
+    kms.unwrap(&w, &c).await.unwrap();
+    kms.unwrap(&w, &c).await.unwrap();
+    assert_eq!(fake.calls(Operation::Decrypt) - base, 1);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    kms.unwrap(&w, &c).await.unwrap();
+    assert_eq!(fake.calls(Operation::Decrypt) - base, 2);
+    assert_eq!(
+        metric(
+            &kms,
+            "kmsecrets_dek_cache_evictions_total{reason=\"expired\"}"
+        ),
+        1.0
+    );
+
+    let off = layer(
+        fake.clone(),
+        LayerConfig {
+            cache_ttl: Duration::ZERO,
+            ..fast_cfg()
+        },
+    );
+    let before = fake.calls(Operation::Decrypt);
+    for _ in 0..3 {
+        off.unwrap(&w, &c).await.unwrap();
+    }
+    assert_eq!(fake.calls(Operation::Decrypt) - before, 3);
+    assert_eq!(off.cache_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lru_capacity_evicts_least_recently_used() {
+    let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+    let ks = wrapped(&fake, 3).await;
+    let kms = layer(
+        fake.clone(),
+        LayerConfig {
+            cache_size: 2,
+            ..fast_cfg()
+        },
+    );
+    let calls = || fake.calls(Operation::Decrypt);
+    let base = calls();
+    kms.unwrap(&ks[0].0, &ks[0].1).await.unwrap(); // A
+    kms.unwrap(&ks[1].0, &ks[1].1).await.unwrap(); // B
+    kms.unwrap(&ks[0].0, &ks[0].1).await.unwrap(); // A is now most recent
+    kms.unwrap(&ks[2].0, &ks[2].1).await.unwrap(); // C evicts B
+    assert_eq!(calls() - base, 3);
+    kms.unwrap(&ks[0].0, &ks[0].1).await.unwrap(); // A still cached
+    assert_eq!(calls() - base, 3);
+    kms.unwrap(&ks[1].0, &ks[1].1).await.unwrap(); // B was evicted
+    assert_eq!(calls() - base, 4);
+    assert_eq!(
+        metric(
+            &kms,
+            "kmsecrets_dek_cache_evictions_total{reason=\"capacity\"}"
+        ),
+        2.0
+    );
+    assert_eq!(kms.cache_len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_reach_every_waiter_and_are_not_cached() {
+    let fake =
+        Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]).with_latency(Duration::from_millis(5)));
+    let (w, c) = wrapped(&fake, 1).await.remove(0);
+    let base = fake.calls(Operation::Decrypt);
+    let kms = layer(fake.clone(), fast_cfg());
+    fake.fail_next(1, KmsError::AccessDenied("AccessDeniedException".into()));
+    let results = futures::future::join_all((0..50).map(|_| kms.unwrap(&w, &c))).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(KmsError::AccessDenied(_))))
+    );
+    assert_eq!(
+        fake.calls(Operation::Decrypt) - base,
+        1,
+        "one call, permanent error not retried"
+    );
+    assert!(
+        kms.unwrap(&w, &c).await.is_ok(),
+        "the next call tries again"
+    );
+    assert_eq!(fake.calls(Operation::Decrypt) - base, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_caller_does_not_poison_the_flight() {
+    let fake =
+        Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]).with_latency(Duration::from_millis(50)));
+    let (w, c) = wrapped(&fake, 1).await.remove(0);
+    let base = fake.calls(Operation::Decrypt);
+    let kms = layer(fake.clone(), fast_cfg());
+    let first = tokio::time::timeout(Duration::from_millis(10), kms.unwrap(&w, &c)).await;
+    assert!(first.is_err(), "the first caller gave up");
+    let second = kms.unwrap(&w, &c).await;
+    assert!(second.is_ok());
+    assert_eq!(
+        fake.calls(Operation::Decrypt) - base,
+        1,
+        "the flight went on and was shared"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_make_exactly_one_call() {
+    for (state, reason) in [
+        (KeyState::Disabled, "KmsKeyDisabled"),
+        (KeyState::PendingDeletion, "KmsKeyDisabled"),
+        (KeyState::AccessDenied, "KmsAccessDenied"),
+    ] {
+        let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+        let (w, c) = wrapped(&fake, 1).await.remove(0);
+        fake.set_key_state(KEY, state);
+        let base = fake.calls(Operation::Decrypt);
+        let kms = layer(fake.clone(), fast_cfg());
+        let err = kms.unwrap(&w, &c).await.err().expect("expected an error");
+        assert_eq!(err.reason(), reason);
+        assert!(!err.is_transient());
+        assert_eq!(fake.calls(Operation::Decrypt) - base, 1, "{state:?}");
+        assert_eq!(
+            metric(&kms, "kmsecrets_kms_retries_total{operation=\"decrypt\"}"),
+            0.0
+        );
+    }
+    // wrong context = invalid ciphertext, not retried
+    let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+    let (w, _) = wrapped(&fake, 1).await.remove(0);
+    let base = fake.calls(Operation::Decrypt);
+    let kms = layer(fake.clone(), fast_cfg());
+    let err = kms
+        .unwrap(&w, &ctx(99))
+        .await
+        .err()
+        .expect("expected an error");
+    assert!(matches!(err, KmsError::InvalidCiphertext(_)));
+    assert_eq!(fake.calls(Operation::Decrypt) - base, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_retry_with_backoff_then_give_up() {
+    let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+    let (w, c) = wrapped(&fake, 1).await.remove(0);
+    let base = fake.calls(Operation::Decrypt);
+    let kms = layer(fake.clone(), fast_cfg());
+    fake.fail_next(3, KmsError::Unavailable("KMSInternalException".into()));
+    let start = tokio::time::Instant::now();
+    kms.unwrap(&w, &c).await.unwrap();
+    assert_eq!(fake.calls(Operation::Decrypt) - base, 4);
+    assert_eq!(
+        metric(&kms, "kmsecrets_kms_retries_total{operation=\"decrypt\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &kms,
+            "kmsecrets_kms_requests_total{operation=\"decrypt\",result=\"unavailable\"}"
+        ),
+        3.0
+    );
+    // base 100 ms: at most 100 + 200 + 400 ms of backoff
+    assert!(start.elapsed() <= Duration::from_millis(700));
+
+    let down = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+    let (w, c) = wrapped(&down, 1).await.remove(0);
+    down.set_unavailable(true);
+    let base = down.calls(Operation::Decrypt);
+    let kms = layer(
+        down.clone(),
+        LayerConfig {
+            max_attempts: 5,
+            ..fast_cfg()
+        },
+    );
+    let err = kms.unwrap(&w, &c).await.err().expect("expected an error");
+    assert_eq!(err.reason(), "KmsUnavailable");
+    assert_eq!(down.calls(Operation::Decrypt) - base, 5, "bounded attempts");
+}
+
+#[test]
+fn backoff_is_exponential_with_full_jitter_and_capped() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let base = Duration::from_millis(100);
+    let cap = Duration::from_secs(5);
+    let mut prev_max = Duration::ZERO;
+    for attempt in 0..10 {
+        let ceiling = (base * 2u32.pow(attempt)).min(cap);
+        let samples: Vec<Duration> = (0..2000)
+            .map(|_| backoff_delay(attempt, base, cap, &mut rng))
+            .collect();
+        let max = *samples.iter().max().unwrap();
+        let min = *samples.iter().min().unwrap();
+        let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+        assert!(max <= ceiling, "attempt {attempt}: {max:?} > {ceiling:?}");
+        assert!(max >= ceiling.mul_f64(0.95), "full range used");
+        assert!(min <= ceiling.mul_f64(0.05), "full jitter reaches ~0");
+        assert!(
+            mean >= ceiling.mul_f64(0.4) && mean <= ceiling.mul_f64(0.6),
+            "uniform"
+        );
+        assert!(max >= prev_max.mul_f64(0.95), "grows until the cap");
+        prev_max = max;
+    }
+    assert!(prev_max <= cap);
+    assert!(
+        backoff_delay(200, base, cap, &mut rng) <= cap,
+        "no overflow for huge attempts"
+    );
+}
+
+/// Under a quota the adaptive limiter converges: after warm-up, throttled
+/// attempts stay ≤ 2% while throughput stays near the quota.
+#[tokio::test(start_paused = true)]
+async fn limiter_converges_under_a_throttling_quota() {
+    let fake = Arc::new(
+        FakeKms::new(Provider::AwsKms, &[KEY])
+            .with_latency(Duration::from_millis(5))
+            .with_quota(100.0, 10.0),
+    );
+    let keys = Arc::new(wrapped(&FakeKms::new(Provider::AwsKms, &[KEY]), 3000).await);
+    // configured twice as fast as the (unknown to us) quota
+    let kms = layer(
+        fake.clone(),
+        LayerConfig {
+            qps: 200.0,
+            burst: 20,
+            ..LayerConfig::default()
+        },
+    );
+    let start = tokio::time::Instant::now();
+    let warm = Arc::new(std::sync::Mutex::new(None));
+    let ok = futures::stream::iter(0..3000usize)
+        .map(|i| {
+            let (kms, keys, fake, warm) = (kms.clone(), keys.clone(), fake.clone(), warm.clone());
+            async move {
+                let r = kms.unwrap(&keys[i].0, &keys[i].1).await.is_ok();
+                if std::env::var("TRACE").is_ok() && i % 100 == 0 {
+                    eprintln!(
+                        "t={:.2} rate={:.1} calls={} thr={}",
+                        start.elapsed().as_secs_f64(),
+                        kms.limiter().rate(),
+                        fake.total_calls(),
+                        fake.throttled()
+                    );
+                }
+                if start.elapsed() >= Duration::from_secs(3) {
+                    warm.lock()
+                        .unwrap()
+                        .get_or_insert((fake.total_calls(), fake.throttled()));
+                }
+                r
+            }
+        })
+        .buffer_unordered(64)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(ok, 3000, "every unwrap succeeded (throttles were retried)");
+    let (calls0, thr0) = warm.lock().unwrap().unwrap();
+    let calls = fake.total_calls() - calls0;
+    let throttled = fake.throttled() - thr0;
+    let ratio = throttled as f64 / calls as f64;
+    eprintln!(
+        "quota 100/s: {ok} unwraps in {elapsed:.1}s virtual, after warm-up {throttled}/{calls} throttled ({:.2}%), final rate {:.1}/s",
+        ratio * 100.0,
+        kms.limiter().rate()
+    );
+    assert!(
+        ratio <= 0.02,
+        "throttled after warm-up {:.2}% > 2%",
+        ratio * 100.0
+    );
+    // 3000 calls at a 100/s quota need ≥ 29.9 s; stay within 20% of it.
+    assert!(elapsed <= 30.0 * 1.2, "too slow: {elapsed:.1}s");
+    assert!(
+        metric(&kms, "kmsecrets_kms_throttled_total{operation=\"decrypt\"}") as u64
+            == fake.throttled(),
+        "every throttled attempt is counted"
+    );
+}
