@@ -91,12 +91,8 @@ fn resource_json(rt: &ResourceType) -> Value {
         if !rt.short_names.is_empty() {
             m.insert("shortNames".into(), json!(rt.short_names));
         }
-        let mut cats = rt.categories.clone();
-        if !rt.custom && !rt.group.contains("apiextensions") && rt.plural != "events" {
-            cats.push("all".into());
-        }
-        if !cats.is_empty() && rt.custom {
-            m.insert("categories".into(), json!(cats));
+        if !rt.categories.is_empty() {
+            m.insert("categories".into(), json!(rt.categories));
         }
     }
     v

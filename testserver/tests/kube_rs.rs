@@ -844,3 +844,110 @@ async fn injected_failures_and_counters() {
         .unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn watch_semantics() {
+    use kube::api::{WatchEvent, WatchParams};
+    let server = start().await;
+    let client = client(&server).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let apply = |name: &str, labels: serde_json::Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": labels}});
+    let pp = PatchParams::apply("t");
+    secrets
+        .patch("w1", &pp, &Patch::Apply(apply("w1", json!({}))))
+        .await
+        .unwrap();
+
+    // resourceVersion 0: existing objects arrive as ADDED, then bookmarks;
+    // timeoutSeconds ends the stream.
+    let mut s = secrets
+        .watch(&WatchParams::default().timeout(2), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert!(
+        matches!(next(&mut s, DEADLINE).await, Some(Ok(WatchEvent::Added(o))) if o.name_any() == "w1")
+    );
+    assert!(matches!(
+        next(&mut s, DEADLINE).await,
+        Some(Ok(WatchEvent::Bookmark(_)))
+    ));
+    while let Some(ev) = next(&mut s, DEADLINE).await {
+        assert!(matches!(ev, Ok(WatchEvent::Bookmark(_))), "{ev:?}");
+    }
+
+    // Streaming list: ADDED for existing objects, then the initial-events-end bookmark.
+    let mut s = secrets
+        .watch(&WatchParams::streaming_lists().timeout(5), "")
+        .await
+        .unwrap()
+        .boxed();
+    assert!(matches!(
+        next(&mut s, DEADLINE).await,
+        Some(Ok(WatchEvent::Added(_)))
+    ));
+    match next(&mut s, DEADLINE).await {
+        Some(Ok(WatchEvent::Bookmark(b))) => {
+            assert_eq!(
+                b.metadata
+                    .annotations
+                    .get("k8s.io/initial-events-end")
+                    .map(String::as_str),
+                Some("true")
+            );
+        }
+        other => panic!("expected the initial-events-end bookmark, got {other:?}"),
+    }
+
+    // Selector transitions: entering the selection is ADDED, leaving is DELETED.
+    let rv = server.resource_version().to_string();
+    let mut s = secrets
+        .watch(
+            &WatchParams::default()
+                .labels("app=x")
+                .disable_bookmarks()
+                .timeout(10),
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    secrets
+        .patch("w1", &pp, &Patch::Apply(apply("w1", json!({"app": "x"}))))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut s, DEADLINE).await,
+        Some(Ok(WatchEvent::Added(_)))
+    ));
+    secrets
+        .patch("w1", &pp, &Patch::Apply(apply("w1", json!({"app": "y"}))))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut s, DEADLINE).await,
+        Some(Ok(WatchEvent::Deleted(_)))
+    ));
+
+    // A too-old resourceVersion is an in-stream 410 on a 200 response.
+    server.faults().expire_watches();
+    let mut s = secrets
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("HTTP 200 even for an expired version")
+        .boxed();
+    match next(&mut s, DEADLINE).await {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!(e.code, 410),
+        other => panic!("expected an in-stream 410, got {other:?}"),
+    }
+    server.shutdown().await;
+}
+
+async fn next<T>(
+    s: &mut futures::stream::BoxStream<'static, kube::Result<T>>,
+    deadline: Duration,
+) -> Option<kube::Result<T>> {
+    tokio::time::timeout(deadline, s.next())
+        .await
+        .expect("watch event in time")
+}

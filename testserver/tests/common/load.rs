@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::PartialObjectMeta;
-use kube::ResourceExt;
 
 use super::{EncryptedSecret, client, esec, install_crd};
 
@@ -27,7 +27,10 @@ pub struct Report {
     pub list_label_selected: Duration,
     pub watchers: usize,
     pub watch_fanout: Duration,
+    pub list_secrets_raw: Duration,
+    pub list_esecs_raw: Duration,
     pub rss_before_kib: u64,
+    pub rss_loaded_kib: u64,
     pub rss_after_kib: u64,
 }
 
@@ -69,6 +72,22 @@ pub async fn run(n: usize, watchers: usize) -> Report {
         })
         .await;
     let load_time = t.elapsed();
+    let rss_loaded_kib = rss_kib();
+
+    // Server side only: the response body as text, no typed decoding.
+    let raw = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::get(path).body(Vec::new()).unwrap();
+            let t = Instant::now();
+            let body = client.request_text(req).await.unwrap();
+            assert!(body.len() > 1000);
+            t.elapsed()
+        }
+    };
+    let list_secrets_raw = raw("/api/v1/namespaces/default/secrets").await;
+    let list_esecs_raw =
+        raw("/apis/kmsecrets.dev/v1alpha1/namespaces/default/encryptedsecrets").await;
 
     let t = Instant::now();
     let list = secrets.list(&ListParams::default()).await.unwrap();
@@ -84,7 +103,10 @@ pub async fn run(n: usize, watchers: usize) -> Report {
     let list_secrets_metadata = t.elapsed();
     assert_eq!(list.items.len(), n);
     let t = Instant::now();
-    let list = secrets.list(&ListParams::default().labels("shard=3")).await.unwrap();
+    let list = secrets
+        .list(&ListParams::default().labels("shard=3"))
+        .await
+        .unwrap();
     let list_label_selected = t.elapsed();
     assert_eq!(list.items.len(), (0..n).filter(|i| i % 10 == 3).count());
 
@@ -103,11 +125,11 @@ pub async fn run(n: usize, watchers: usize) -> Report {
                 .unwrap()
                 .boxed();
             while let Some(Ok(ev)) = s.next().await {
-                if let kube::api::WatchEvent::Added(o) = ev {
-                    if o.name_any() == "fanout" {
-                        seen.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
+                if let kube::api::WatchEvent::Added(o) = ev
+                    && o.name_any() == "fanout"
+                {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    return;
                 }
             }
         }));
@@ -118,7 +140,10 @@ pub async fn run(n: usize, watchers: usize) -> Report {
     })
     .await;
     let t = Instant::now();
-    esecs.create(&PostParams::default(), &esec("fanout", &[])).await.unwrap();
+    esecs
+        .create(&PostParams::default(), &esec("fanout", &[]))
+        .await
+        .unwrap();
     for task in tasks {
         task.await.unwrap();
     }
@@ -136,7 +161,10 @@ pub async fn run(n: usize, watchers: usize) -> Report {
         list_label_selected,
         watchers,
         watch_fanout,
+        list_secrets_raw,
+        list_esecs_raw,
         rss_before_kib,
+        rss_loaded_kib,
         rss_after_kib,
     }
 }
