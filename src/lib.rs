@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controller;
 pub mod envelope;
 pub mod fsutil;
+pub mod http;
 pub mod kms;
 pub mod manifest;
 pub mod metrics;

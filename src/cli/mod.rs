@@ -5,7 +5,9 @@
 //! Errors surface as one line on stderr (what is wrong, and what to do) and
 //! exit code 1; usage errors exit 2 (clap). Never a backtrace.
 
+pub mod controller;
 mod decrypt;
+pub mod dev;
 mod edit;
 mod encrypt;
 mod init;
@@ -186,6 +188,10 @@ pub enum Command {
     },
     /// Print the EncryptedSecret CustomResourceDefinition
     Crd,
+    /// Run the operator (watches EncryptedSecrets, materialises Secrets)
+    Controller(controller::ControllerArgs),
+    /// Run an in-memory API server + CRD + local key + controller: the product on a laptop
+    Dev(dev::DevArgs),
     /// Print shell completions
     Completion {
         #[arg(value_enum)]
@@ -261,6 +267,8 @@ pub async fn run(cli: Cli) -> CliResult {
             );
             Ok(())
         }
+        Command::Controller(a) => controller::run(&g, a).await,
+        Command::Dev(a) => dev::run(&g, a).await,
         Command::Crd => {
             print!("{}", crate::api::crd_yaml());
             Ok(())

@@ -57,3 +57,89 @@ pub fn build_owned(es: &EncryptedSecret, values: &Plaintext) -> Secret {
     }
     s
 }
+
+/// `sha256:` over everything that determines the Secret's content: binding
+/// (namespace, name, scope, context), wrapped keys, ciphertexts and template.
+/// Never over plaintext: a hash of a low-entropy secret would leak it to
+/// anyone who can read the status.
+pub fn source_hash(es: &EncryptedSecret) -> String {
+    use sha2::{Digest, Sha256};
+    let material = serde_json::json!({
+        "namespace": es.metadata.namespace,
+        "name": es.metadata.name,
+        "scope": es.spec.scope,
+        "encryptionContext": es.spec.encryption_context,
+        "dataKeys": es.spec.data_keys,
+        "encryptedData": es.spec.encrypted_data,
+        "template": es.spec.template,
+    });
+    let bytes = serde_json::to_vec(&material).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DataKey, EncryptedSecretSpec, Provider};
+    use zeroize::Zeroizing;
+
+    fn es() -> EncryptedSecret {
+        let mut es = EncryptedSecret::new(
+            "db",
+            EncryptedSecretSpec {
+                scope: Default::default(),
+                encryption_context: Default::default(),
+                data_keys: vec![DataKey {
+                    provider: Provider::Local,
+                    key_id: "local:1".into(),
+                    ciphertext: "AA==".into(),
+                }],
+                encrypted_data: [("a".to_string(), "Y2lwaGVy".to_string())].into(),
+                template: Some(crate::api::SecretTemplate {
+                    type_: Some("kubernetes.io/basic-auth".into()),
+                    immutable: Some(true),
+                    metadata: Some(crate::api::TemplateMetadata {
+                        labels: [("app".to_string(), "x".to_string())].into(),
+                        annotations: Default::default(),
+                    }),
+                }),
+                deletion_policy: Default::default(),
+            },
+        );
+        es.metadata.namespace = Some("ns".into());
+        es.metadata.uid = Some("uid-1".into());
+        es
+    }
+
+    #[test]
+    fn owned_secret_shape() {
+        let values: Plaintext = [("a".to_string(), Zeroizing::new(b"v".to_vec()))].into();
+        let s = build_owned(&es(), &values);
+        assert_eq!(s.metadata.name.as_deref(), Some("db"));
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        assert_eq!(s.immutable, Some(true));
+        let labels = s.metadata.labels.unwrap();
+        assert_eq!(labels["app"], "x");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        let oref = &s.metadata.owner_references.unwrap()[0];
+        assert_eq!(oref.uid, "uid-1");
+        assert_eq!(oref.controller, Some(true));
+        assert_eq!(s.data.unwrap()["a"].0, b"v");
+    }
+
+    #[test]
+    fn source_hash_tracks_ciphertext_and_template_not_policy() {
+        let a = es();
+        let h = source_hash(&a);
+        assert!(h.starts_with("sha256:"));
+        let mut b = a.clone();
+        b.spec.deletion_policy = crate::api::DeletionPolicy::Retain;
+        assert_eq!(source_hash(&b), h);
+        let mut c = a.clone();
+        c.spec.encrypted_data.insert("a".into(), "b3RoZXI=".into());
+        assert_ne!(source_hash(&c), h);
+        let mut d = a.clone();
+        d.metadata.namespace = Some("other".into());
+        assert_ne!(source_hash(&d), h);
+    }
+}

@@ -1,0 +1,236 @@
+//! `kmsecrets controller`: run the operator. Every flag has an env var.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::sync::watch;
+
+use super::{CliResult, GlobalArgs, LayerArgs, build_kms, msg, parse_duration};
+use crate::controller::{Config, LeaderElection, State};
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (repeatable; default: all namespaces)
+    #[arg(
+        long = "namespace",
+        value_name = "NS",
+        env = "KMSECRETS_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Only reconcile EncryptedSecrets matching this label selector
+    #[arg(long, value_name = "SELECTOR", env = "KMSECRETS_LABEL_SELECTOR")]
+    pub label_selector: Option<String>,
+    /// Reconciles running in parallel
+    #[arg(long, default_value_t = 8, env = "KMSECRETS_CONCURRENCY", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Periodic re-check of every resource (cheap when nothing changed: no KMS call, no write)
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KMSECRETS_RESYNC_INTERVAL", value_name = "DURATION")]
+    pub resync_interval: Duration,
+    /// Retry interval for permanent errors such as AccessDenied (IAM may be fixed later)
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "KMSECRETS_PERMANENT_ERROR_RETRY", value_name = "DURATION")]
+    pub permanent_error_retry: Duration,
+    /// Elect a leader through a coordination.k8s.io Lease (required for replicas > 1)
+    #[arg(long, env = "KMSECRETS_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else kmsecrets-system)
+    #[arg(long, value_name = "NS", env = "KMSECRETS_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease
+    #[arg(
+        long,
+        default_value = "kmsecrets-controller",
+        value_name = "NAME",
+        env = "KMSECRETS_LEADER_ELECTION_NAME"
+    )]
+    pub leader_election_name: String,
+    /// How long a leader's Lease is valid without renewal (failover time)
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION", env = "KMSECRETS_LEADER_ELECTION_LEASE_DURATION")]
+    pub leader_election_lease_duration: Duration,
+    /// Address for /healthz, /readyz and /metrics ("" disables)
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8080",
+        env = "KMSECRETS_HTTP_ADDR",
+        value_name = "ADDR"
+    )]
+    pub http_addr: String,
+    /// Log format
+    #[arg(long, value_enum, default_value = "text", env = "KMSECRETS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log level / filter (tracing EnvFilter syntax, e.g. info,kmsecrets=debug)
+    #[arg(
+        long,
+        default_value = "info",
+        env = "KMSECRETS_LOG_LEVEL",
+        value_name = "LEVEL"
+    )]
+    pub log_level: String,
+    /// Kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster)
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Validate all flags, print the effective configuration and exit
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init_logging(format: LogFormat, level: &str) -> CliResult {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| msg(format!("invalid --log-level {level:?}: {e}")))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    // Already initialised (tests, dev): keep the first subscriber.
+    let _ = res;
+    Ok(())
+}
+
+pub fn identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("kmsecrets-{}", hex::encode(rand::random::<[u8; 4]>())))
+}
+
+/// Parse and validate everything; no network access.
+pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
+    a.layer.config().map_err(msg)?;
+    tracing_subscriber::EnvFilter::try_new(&a.log_level)
+        .map_err(|e| msg(format!("invalid --log-level: {e}")))?;
+    if let Some(sel) = &a.label_selector
+        && sel.split(',').any(|part| part.trim().is_empty())
+    {
+        return Err(msg(format!(
+            "invalid --label-selector {sel:?}: empty requirement"
+        )));
+    }
+    for ns in &a.namespaces {
+        if ns.is_empty()
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(msg(format!("invalid --namespace {ns:?}")));
+        }
+    }
+    if a.resync_interval < Duration::from_secs(1) {
+        return Err(msg("--resync-interval must be at least 1s"));
+    }
+    let http_addr = if a.http_addr.is_empty() {
+        None
+    } else {
+        Some(
+            a.http_addr
+                .parse::<SocketAddr>()
+                .map_err(|e| msg(format!("invalid --http-addr {:?}: {e}", a.http_addr)))?,
+        )
+    };
+    let leader_election = a.leader_elect.then(|| LeaderElection {
+        namespace: a
+            .leader_election_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "kmsecrets-system".into()),
+        name: a.leader_election_name.clone(),
+        lease_duration: a.leader_election_lease_duration,
+        identity: identity(),
+    });
+    if leader_election
+        .as_ref()
+        .is_some_and(|l| l.lease_duration < Duration::from_secs(2))
+    {
+        return Err(msg("--leader-election-lease-duration must be at least 2s"));
+    }
+    Ok(Config {
+        namespaces: a.namespaces.clone(),
+        label_selector: a.label_selector.clone(),
+        concurrency: a.concurrency,
+        resync_interval: a.resync_interval,
+        slow_retry: a.permanent_error_retry,
+        leader_election,
+        http_addr,
+    })
+}
+
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> CliResult<kube::Client> {
+    let config = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .map_err(|e| msg(format!("cannot read kubeconfig {}: {e}", p.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| msg(format!("invalid kubeconfig {}: {e}", p.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            msg(format!(
+                "no Kubernetes configuration found ({e}); set KUBECONFIG or run in a cluster"
+            ))
+        })?,
+    };
+    kube::Client::try_from(config)
+        .map_err(|e| msg(format!("cannot build the Kubernetes client: {e}")))
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => futures::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown signal received; stopping");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
+    let cfg = config_from(&a)?;
+    let (setup, _) = build_kms(g, &[], &a.layer)?;
+    if a.check_config {
+        println!("config ok: {cfg:#?}");
+        println!("kms: {:#?}", a.layer.config().map_err(msg)?);
+        return Ok(());
+    }
+    init_logging(a.log_format, &a.log_level)?;
+    let client = kube_client(a.kubeconfig.as_deref()).await?;
+    let identity = cfg
+        .leader_election
+        .as_ref()
+        .map_or_else(identity, |l| l.identity.clone());
+    let state = Arc::new(State::new(client, setup.kms, cfg, &identity));
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %identity, "kmsecrets controller starting");
+    crate::controller::run(state, shutdown_signal())
+        .await
+        .map_err(msg)
+}

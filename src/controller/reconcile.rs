@@ -1,0 +1,360 @@
+//! The reconcile pipeline for one EncryptedSecret:
+//!
+//! 1. finalizer bookkeeping (only for `deletionPolicy: Retain`)
+//! 2. ownership check of the existing Secret (metadata only)
+//! 3. in-sync check: source hash + Secret resourceVersion → nothing to do
+//! 4. resolve: unwrap the DEK through the KMS layer (async edge)
+//! 5. decrypt values (pure)
+//! 6. build the Secret (pure)
+//! 7. apply it with server-side apply (async edge)
+//! 8. status + event on transitions
+//!
+//! # Guarantees
+//! - A failing KMS or decryption never deletes or empties a Secret: writes
+//!   happen only after a complete, authenticated decrypt.
+//! - A Secret we do not control is never overwritten unless it carries
+//!   `kmsecrets.dev/adopt: "true"`.
+//! - When nothing changed there is no KMS call, no decrypt and no write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::State;
+use super::secret::{build_owned, source_hash};
+use super::status::{Outcome, is_transition, next_condition, ready_condition};
+use crate::api::{
+    ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
+    FINALIZER,
+};
+use crate::resource::{self, ResourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no {0}")]
+    Missing(&'static str),
+}
+
+impl ReconcileError {
+    pub fn reason(&self) -> &'static str {
+        "ApplyFailed"
+    }
+}
+
+type Result<T, E = ReconcileError> = std::result::Result<T, E>;
+
+pub async fn reconcile(es: Arc<EncryptedSecret>, state: Arc<State>) -> Result<Action> {
+    let start = std::time::Instant::now();
+    let res = reconcile_inner(&es, &state).await;
+    state
+        .metrics
+        .reconcile_duration
+        .observe(start.elapsed().as_secs_f64());
+    let label = match &res {
+        Ok((o, _)) if o.ready => "success",
+        Ok((o, _)) => o.reason,
+        Err(e) => e.reason(),
+    };
+    state.metrics.reconcile.with_label_values(&[label]).inc();
+    res.map(|(_, a)| a)
+}
+
+pub fn error_policy(es: Arc<EncryptedSecret>, err: &ReconcileError, state: Arc<State>) -> Action {
+    let key = es.uid().unwrap_or_default();
+    warn!(name = %es.name_any(), namespace = es.namespace().as_deref().unwrap_or(""), error = %err, "reconcile failed");
+    Action::requeue(state.backoff(&key))
+}
+
+async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome, Action)> {
+    let ns = es.namespace().ok_or(ReconcileError::Missing("namespace"))?;
+    let name = es.name_any();
+    let uid = es.uid().ok_or(ReconcileError::Missing("uid"))?;
+    let es_api: Api<EncryptedSecret> = Api::namespaced(state.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &ns);
+
+    // 1. deletion and finalizer
+    if es.meta().deletion_timestamp.is_some() {
+        if es.finalizers().iter().any(|f| f == FINALIZER) {
+            orphan_secret(&secrets, &name, &uid).await?;
+            set_finalizer(&es_api, es, false).await?;
+            info!(%name, namespace = %ns, "deletionPolicy Retain: Secret orphaned");
+        }
+        state.forget(&uid);
+        return Ok((Outcome::synced(&name), Action::await_change()));
+    }
+    let wants_finalizer = es.spec.deletion_policy == DeletionPolicy::Retain;
+    let has_finalizer = es.finalizers().iter().any(|f| f == FINALIZER);
+    if wants_finalizer != has_finalizer {
+        set_finalizer(&es_api, es, wants_finalizer).await?;
+    }
+
+    // 2. who owns the Secret now (metadata only: no plaintext in memory)
+    let current = secrets.get_metadata_opt(&name).await?;
+    if let Some(meta) = &current {
+        let controller = meta
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true));
+        let ours = controller.is_some_and(|o| o.uid == uid);
+        let adopt = meta
+            .annotations()
+            .get(ADOPT_ANNOTATION)
+            .is_some_and(|v| v == "true");
+        if !ours && !adopt {
+            let who = controller.map_or("no controller".to_string(), |o| {
+                format!("controlled by {} {}", o.kind, o.name)
+            });
+            let outcome = Outcome::failed(
+                "SecretConflict",
+                format!(
+                    "Secret {name} already exists ({who}); not overwriting it. Delete it, or annotate it {ADOPT_ANNOTATION}=\"true\" to let kmsecrets take it over"
+                ),
+            );
+            write_status(&es_api, es, state, &outcome, None).await?;
+            return Ok((outcome, Action::requeue(state.slow_retry())));
+        }
+    }
+
+    // 3. in sync? Compare with what we last wrote (memory first: the status
+    //    of our own last write may not have reached the watch cache yet).
+    let hash = source_hash(es);
+    let current_rv = current
+        .as_ref()
+        .and_then(|m| m.metadata.resource_version.clone());
+    let status = es.status.as_ref();
+    let remembered = state.last_write(&uid);
+    let in_sync = current_rv.is_some()
+        && (remembered
+            .as_ref()
+            .is_some_and(|(h, rv)| *h == hash && Some(rv) == current_rv.as_ref())
+            || status.is_some_and(|s| {
+                s.source_hash.as_deref() == Some(hash.as_str())
+                    && s.secret_resource_version == current_rv
+            }));
+    if in_sync && ready_condition(status).is_some_and(|c| c.status == "True") {
+        let outcome = Outcome::synced(&name);
+        let sync = SyncInfo {
+            hash,
+            secret_rv: current_rv,
+            key_id: status.and_then(|s| s.key_id.clone()),
+        };
+        write_status(&es_api, es, state, &outcome, Some(&sync)).await?;
+        state.succeeded(&uid);
+        debug!(%name, namespace = %ns, "in sync; nothing to do");
+        return Ok((outcome, Action::requeue(state.resync())));
+    }
+
+    // 4-5. resolve and decrypt
+    let opened = async {
+        let binding = resource::validate(es)?;
+        let (dek, key_id) = resource::unwrap_dek(&state.kms, es).await?;
+        let values = resource::open(&dek, &binding, &es.spec)?;
+        Ok::<_, ResourceError>((values, key_id))
+    }
+    .await;
+    let (values, key_id) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            let outcome = Outcome::failed(e.reason(), e.to_string());
+            // Keep the previous sync info: the existing Secret stays as it is.
+            write_status(&es_api, es, state, &outcome, None).await?;
+            let action = if e.is_transient() {
+                Action::requeue(state.backoff(&uid))
+            } else {
+                Action::requeue(state.slow_retry())
+            };
+            return Ok((outcome, action));
+        }
+    };
+
+    // 6-7. build and apply
+    let secret = build_owned(es, &values);
+    drop(values);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = match secrets.patch(&name, &params, &Patch::Apply(&secret)).await {
+        Ok(s) => s,
+        Err(e) => {
+            let outcome = Outcome::failed(
+                "ApplyFailed",
+                format!("applying Secret {name} failed: {}", api_error_text(&e)),
+            );
+            write_status(&es_api, es, state, &outcome, None).await?;
+            return Ok((outcome, Action::requeue(state.backoff(&uid))));
+        }
+    };
+    drop(secret);
+    let secret_rv = applied.metadata.resource_version.clone();
+    drop(applied);
+    state.remember_write(&uid, &hash, secret_rv.as_deref().unwrap_or_default());
+
+    // 8. status
+    let outcome = Outcome::synced(&name);
+    let sync = SyncInfo {
+        hash,
+        secret_rv,
+        key_id: Some(key_id),
+    };
+    write_status(&es_api, es, state, &outcome, Some(&sync)).await?;
+    state.succeeded(&uid);
+    info!(%name, namespace = %ns, "Secret applied");
+    Ok((outcome, Action::requeue(state.resync())))
+}
+
+/// API errors in status: code and reason only, never the request body.
+fn api_error_text(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
+        other => other.to_string(),
+    }
+}
+
+struct SyncInfo {
+    hash: String,
+    secret_rv: Option<String>,
+    key_id: Option<String>,
+}
+
+/// Server-side apply of the status; skipped when nothing would change. An
+/// Event is published when Ready flips or its reason changes.
+async fn write_status(
+    api: &Api<EncryptedSecret>,
+    es: &EncryptedSecret,
+    state: &State,
+    outcome: &Outcome,
+    sync: Option<&SyncInfo>,
+) -> Result<()> {
+    let prev = es.status.clone().unwrap_or_default();
+    let prev_cond = ready_condition(es.status.as_ref());
+    let now = Time(jiff::Timestamp::now());
+    let cond = next_condition(prev_cond, outcome, es.meta().generation, now.clone());
+    let mut next = EncryptedSecretStatus {
+        observed_generation: es.meta().generation,
+        secret_name: Some(es.name_any()),
+        key_id: prev.key_id.clone(),
+        source_hash: prev.source_hash.clone(),
+        secret_resource_version: prev.secret_resource_version.clone(),
+        last_sync_time: prev.last_sync_time.clone(),
+        conditions: vec![cond.clone()],
+    };
+    if let Some(s) = sync {
+        let changed = prev.source_hash.as_deref() != Some(&s.hash)
+            || prev.secret_resource_version != s.secret_rv;
+        next.source_hash = Some(s.hash.clone());
+        next.secret_resource_version = s.secret_rv.clone();
+        if s.key_id.is_some() {
+            next.key_id = s.key_id.clone();
+        }
+        if changed || next.last_sync_time.is_none() {
+            next.last_sync_time = Some(now.0.to_string());
+        }
+    }
+    // Conditions compare without timestamps churn: same status/reason/message
+    // and generation means no write.
+    let same = prev.observed_generation == next.observed_generation
+        && prev.secret_name == next.secret_name
+        && prev.key_id == next.key_id
+        && prev.source_hash == next.source_hash
+        && prev.secret_resource_version == next.secret_resource_version
+        && prev.last_sync_time == next.last_sync_time
+        && prev_cond.is_some_and(|p| {
+            p.status == cond.status
+                && p.reason == cond.reason
+                && p.message == cond.message
+                && p.observed_generation == cond.observed_generation
+        })
+        && prev.conditions.len() == 1;
+    if same {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": crate::api::KIND,
+        "status": next,
+    });
+    api.patch_status(
+        &es.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    if is_transition(prev_cond, &cond) {
+        let ev = Event {
+            type_: if outcome.ready {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: outcome.reason.to_string(),
+            note: Some(outcome.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = state.recorder.publish(&ev, &es.object_ref(&())).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+    Ok(())
+}
+
+async fn set_finalizer(
+    api: &Api<EncryptedSecret>,
+    es: &EncryptedSecret,
+    present: bool,
+) -> Result<()> {
+    let mut finalizers: Vec<String> = es
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(FINALIZER.to_string());
+    }
+    // resourceVersion makes this an optimistic write: a concurrent change
+    // gives 409 and a retry with fresh state.
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": es.resource_version()}});
+    api.patch(
+        &es.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Remove our ownerReference from the Secret so garbage collection leaves it.
+async fn orphan_secret(secrets: &Api<Secret>, name: &str, uid: &str) -> Result<()> {
+    let Some(meta) = secrets.get_metadata_opt(name).await? else {
+        return Ok(());
+    };
+    let refs: Vec<_> = meta.metadata.owner_references.clone().unwrap_or_default();
+    if !refs.iter().any(|o| o.uid == uid) {
+        return Ok(());
+    }
+    let keep: Vec<_> = refs.into_iter().filter(|o| o.uid != uid).collect();
+    let patch = json!({"metadata": {"ownerReferences": keep, "resourceVersion": meta.metadata.resource_version}});
+    secrets
+        .patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Slow retry for permanent errors, with ±10% jitter so many failing
+/// objects do not retry in lockstep.
+pub fn jittered(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
+}
