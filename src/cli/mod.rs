@@ -55,6 +55,9 @@ pub fn msg(s: impl Into<String>) -> CliError {
     version,
     about = "Secrets in git as ciphertext, native Secrets in the cluster: AWS KMS envelope encryption for Kubernetes",
     propagate_version = true,
+    // A later flag overrides an earlier one (lets users and tests append to
+    // the args a manifest renders).
+    args_override_self = true,
     max_term_width = 100
 )]
 pub struct Cli {
