@@ -183,7 +183,24 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
     let secret = build_owned(es, &values);
     drop(values);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = match secrets.patch(&name, &params, &Patch::Apply(&secret)).await {
+    let mut result = secrets.patch(&name, &params, &Patch::Apply(&secret)).await;
+    if let Err(e) = &result
+        && is_immutable_conflict(e)
+        && let Some(meta) = &current
+    {
+        // An immutable Secret cannot change in place: replace it. The delete
+        // is preconditioned on the uid we just checked is ours (or adopted),
+        // and happens only after a complete, authenticated decrypt.
+        info!(%name, namespace = %ns, "Secret is immutable; replacing it");
+        let dp = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions { uid: meta.metadata.uid.clone(), resource_version: None }),
+            ..Default::default()
+        };
+        if secrets.delete(&name, &dp).await.is_ok() {
+            result = secrets.patch(&name, &params, &Patch::Apply(&secret)).await;
+        }
+    }
+    let applied = match result {
         Ok(s) => s,
         Err(e) => {
             let outcome = Outcome::failed(
@@ -210,6 +227,10 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
     state.succeeded(&uid);
     info!(%name, namespace = %ns, "Secret applied");
     Ok((outcome, Action::requeue(state.resync())))
+}
+
+fn is_immutable_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422 && s.message.contains("immutable"))
 }
 
 /// API errors in status: code and reason only, never the request body.
