@@ -1,0 +1,86 @@
+//! Property-based fuzzing of the parsers that see untrusted input (manifest
+//! streams, EncryptedSecret documents, wire values): arbitrary bytes and
+//! mutated valid documents must produce errors, never panics. Runs on stable
+//! Rust in the normal suite (cargo-fuzz needs nightly, which we do not ship).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use kmsecrets::api::{EncryptedSecret, Scope};
+use kmsecrets::envelope::{Binding, Dek, open_value, seal_value};
+use kmsecrets::manifest::parse_stream;
+use proptest::prelude::*;
+
+const VALID: &str = r#"apiVersion: kmsecrets.dev/v1alpha1
+kind: EncryptedSecret
+metadata: {name: db, namespace: payments}
+spec:
+  scope: strict
+  encryptionContext: {team: payments}
+  dataKeys:
+  - {provider: local, keyId: "local:0011223344556677", ciphertext: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7"}
+  encryptedData:
+    password: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd"
+  template: {type: Opaque, metadata: {labels: {a: b}}}
+"#;
+
+/// Everything the CLI and controller do with an untrusted document, short
+/// of calling KMS.
+fn exercise(bytes: &[u8]) {
+    let Ok(docs) = parse_stream(bytes, "fuzz") else {
+        return;
+    };
+    for d in docs {
+        let _ = d.describe();
+        if let Ok(es) = serde_json::from_value::<EncryptedSecret>(d.value.clone()) {
+            let _ = kmsecrets::resource::validate(&es);
+            let _ = kmsecrets::controller::secret::source_hash(&es);
+            if let Ok(b) = kmsecrets::resource::binding_of(&es) {
+                let _ = kmsecrets::resource::open(&Dek::generate(), &b, &es.spec);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        exercise(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,512}") {
+        exercise(text.as_bytes());
+    }
+
+    #[test]
+    fn mutated_valid_documents_never_panic(pos in 0usize..VALID.len(), len in 0usize..16, with in "[ -~\n]{0,16}") {
+        let mut s = VALID.as_bytes().to_vec();
+        let end = (pos + len).min(s.len());
+        s.splice(pos..end, with.bytes());
+        exercise(&s);
+    }
+
+    #[test]
+    fn arbitrary_values_never_open(value in "\\PC{0,128}", key in "[-._a-zA-Z0-9]{1,16}") {
+        let b = Binding::new(Scope::Strict, Some("ns"), Some("n"), BTreeMap::new()).unwrap();
+        prop_assert!(open_value(&Dek::generate(), &b, &key, &value).is_err());
+    }
+}
+
+#[test]
+fn valid_document_parses() {
+    let docs = parse_stream(VALID.as_bytes(), "t").unwrap();
+    let es: EncryptedSecret = serde_json::from_value(docs[0].value.clone()).unwrap();
+    kmsecrets::resource::validate(&es).unwrap();
+    // a sealed value of the right binding opens; the fuzzed ones must not
+    let dek = Dek::generate();
+    let b = kmsecrets::resource::binding_of(&es).unwrap();
+    let v = seal_value(&dek, &b, "password", b"x");
+    assert_eq!(
+        open_value(&dek, &b, "password", &v).unwrap().as_slice(),
+        b"x"
+    );
+}
