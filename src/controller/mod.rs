@@ -25,7 +25,6 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::api::EncryptedSecret;
 use crate::kms::layer::{Kms, backoff_delay};
 use crate::metrics::Metrics;
 
@@ -152,7 +151,7 @@ fn watcher_config(cfg: &Config) -> watcher::Config {
 /// Run one controller (one namespace scope) until `shutdown` fires.
 async fn run_scope(state: Arc<State>, ns: Option<String>, shutdown: watch::Receiver<bool>) {
     let client = state.client.clone();
-    let (es_api, secret_api): (Api<EncryptedSecret>, Api<Secret>) = match &ns {
+    let (es_api, secret_api): (Api<reconcile::Watched>, Api<Secret>) = match &ns {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client, ns),
@@ -193,7 +192,7 @@ async fn run_scope(state: Arc<State>, ns: Option<String>, shutdown: watch::Recei
 /// `kmsecrets_encryptedsecrets{ready}` from the watch cache, so deleted
 /// objects drop out without needing a reconcile. Also purges expired DEKs.
 fn spawn_gauge_updater(
-    store: Store<EncryptedSecret>,
+    store: Store<reconcile::Watched>,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -205,8 +204,10 @@ fn spawn_gauge_updater(
                 _ = stopped(&mut shutdown) => return,
             }
             let (mut ready, mut not_ready) = (0i64, 0i64);
-            for es in store.state() {
-                if status::ready_condition(es.status.as_ref()).is_some_and(|c| c.status == "True") {
+            for obj in store.state() {
+                // A malformed object counts as not ready.
+                let status = obj.0.as_ref().ok().and_then(|es| es.status.as_ref());
+                if status::ready_condition(status).is_some_and(|c| c.status == "True") {
                     ready += 1;
                 } else {
                     not_ready += 1;

@@ -22,6 +22,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -53,9 +55,17 @@ impl ReconcileError {
 
 type Result<T, E = ReconcileError> = std::result::Result<T, E>;
 
-pub async fn reconcile(es: Arc<EncryptedSecret>, state: Arc<State>) -> Result<Action> {
+/// What the controller watches: a malformed object deserializes as `Err`
+/// with its metadata only, instead of failing the whole list or watch (a
+/// typed list fails to decode as a whole when one item does not parse).
+pub type Watched = DeserializeGuard<EncryptedSecret>;
+
+pub async fn reconcile(obj: Arc<Watched>, state: Arc<State>) -> Result<Action> {
     let start = std::time::Instant::now();
-    let res = reconcile_inner(&es, &state).await;
+    let res = match &obj.0 {
+        Ok(es) => reconcile_inner(es, &state).await,
+        Err(invalid) => malformed(&obj, invalid, &state).await,
+    };
     state
         .metrics
         .reconcile_duration
@@ -69,7 +79,7 @@ pub async fn reconcile(es: Arc<EncryptedSecret>, state: Arc<State>) -> Result<Ac
     res.map(|(_, a)| a)
 }
 
-pub fn error_policy(es: Arc<EncryptedSecret>, err: &ReconcileError, state: Arc<State>) -> Action {
+pub fn error_policy(es: Arc<Watched>, err: &ReconcileError, state: Arc<State>) -> Action {
     let key = es.uid().unwrap_or_default();
     warn!(name = %es.name_any(), namespace = es.namespace().as_deref().unwrap_or(""), error = %err, "reconcile failed");
     Action::requeue(state.backoff(&key))
@@ -193,7 +203,10 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
         // and happens only after a complete, authenticated decrypt.
         info!(%name, namespace = %ns, "Secret is immutable; replacing it");
         let dp = kube::api::DeleteParams {
-            preconditions: Some(kube::api::Preconditions { uid: meta.metadata.uid.clone(), resource_version: None }),
+            preconditions: Some(kube::api::Preconditions {
+                uid: meta.metadata.uid.clone(),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         if secrets.delete(&name, &dp).await.is_ok() {
@@ -231,6 +244,75 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
 
 fn is_immutable_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 422 && s.message.contains("immutable"))
+}
+
+/// An object whose spec does not parse: Ready=False InvalidSpec (status
+/// merge-patched, other status fields kept), one Warning event, then wait
+/// for a change. Written once per generation (remembered in memory), so
+/// our own status write does not loop. The Secret, if any, is left alone.
+async fn malformed(
+    obj: &Watched,
+    invalid: &InvalidObject,
+    state: &State,
+) -> Result<(Outcome, Action)> {
+    let ns = obj
+        .namespace()
+        .ok_or(ReconcileError::Missing("namespace"))?;
+    let name = obj.name_any();
+    let uid = obj.uid().ok_or(ReconcileError::Missing("uid"))?;
+    let outcome = Outcome::failed(
+        "InvalidSpec",
+        format!("spec cannot be read: {}", redact_quoted(&invalid.error)),
+    );
+    let generation = obj.meta().generation;
+    let marker = format!("invalid:{}", generation.unwrap_or_default());
+    if obj.meta().deletion_timestamp.is_some()
+        || state.last_write(&uid).is_some_and(|(h, _)| h == marker)
+    {
+        return Ok((outcome, Action::await_change()));
+    }
+    warn!(%name, namespace = %ns, error = %outcome.message, "malformed EncryptedSecret");
+    let cond = next_condition(None, &outcome, generation, Time(jiff::Timestamp::now()));
+    let patch = json!({"status": {"observedGeneration": generation, "conditions": [cond]}});
+    let api: Api<Watched> = Api::namespaced(state.client.clone(), &ns);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch_status(&name, &params, &Patch::Merge(&patch))
+        .await?;
+    state.remember_write(&uid, &marker, "");
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: outcome.reason.to_string(),
+        note: Some(outcome.message.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = state.recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(error = %e, "cannot publish event");
+    }
+    Ok((outcome, Action::await_change()))
+}
+
+/// Serde errors quote offending values (`invalid type: string "..."`); a
+/// misplaced ciphertext must not reach status, events or logs.
+fn redact_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in s.chars() {
+        if quoted && escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            out.push_str(if quoted { "...\"" } else { "\"" });
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// API errors in status: code and reason only, never the request body.
@@ -378,4 +460,21 @@ async fn orphan_secret(secrets: &Api<Secret>, name: &str, uid: &str) -> Result<(
 pub fn jittered(d: Duration) -> Duration {
     use rand::Rng;
     d.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_quoted;
+
+    #[test]
+    fn quoted_values_are_redacted_from_parse_errors() {
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "c2VjcmV0\"x", expected a sequence"#),
+            r#"invalid type: string "...", expected a sequence"#
+        );
+        assert_eq!(
+            redact_quoted("missing field `dataKeys`"),
+            "missing field `dataKeys`"
+        );
+    }
 }

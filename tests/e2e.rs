@@ -1,0 +1,1051 @@
+//! End to end: the real `kmsecrets` binary (CLI and `controller` process),
+//! real `kubectl`, and the project's in-memory Kubernetes API server started
+//! in-process. Each test has its own server and its own controller(s), so
+//! tests run in parallel. KMS is the local provider except where the AWS wire
+//! path matters (throttling, outage: moto behind a fault-injecting proxy).
+//!
+//! No sleeps to "wait for it": everything polls with a deadline
+//! ([`eventually`]). Two places wait a fixed time on purpose, because they
+//! prove an *absence* (no hot loop, no writes), and say so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use common::cluster::{Cluster, eventually};
+use common::{KmsProxy, Moto, aws_test_env, create_key, sdk_client};
+use serde_json::{Value, json};
+
+const NS: &str = "default";
+const SECOND: Duration = Duration::from_secs(1);
+
+fn b64(s: &str) -> String {
+    STANDARD.encode(s)
+}
+
+/// Flip one bit in the middle of a base64 value.
+fn flip_bit(v: &str) -> String {
+    let mut raw = STANDARD.decode(v).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x01;
+    STANDARD.encode(raw)
+}
+
+fn to_doc(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_materialises_secret_with_template_owner_status_and_columns() {
+    let c = Cluster::start().await;
+    let _ctl = c.controller(&[]);
+
+    let manifest = c.path("secret.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1
+kind: Secret
+metadata:
+  name: db-creds
+  namespace: default
+  labels: {app: payments, tier: db}
+  annotations: {team: payments, owner: alice}
+type: kubernetes.io/basic-auth
+stringData:
+  username: admin
+  password: s3cret-v1
+",
+    )
+    .unwrap();
+    let es_yaml = c.encrypt(&["-f", manifest.to_str().unwrap()]);
+    let es_file = c.path("db-creds.esec.yaml");
+    std::fs::write(&es_file, &es_yaml).unwrap();
+    c.kubectl(&["apply", "-f", es_file.to_str().unwrap()]).await;
+
+    c.wait_ready(NS, "db-creds", "True", "Synced").await;
+    let es = c.esec(NS, "db-creds").await.unwrap();
+    let s = c.secret(NS, "db-creds").await.expect("Secret materialised");
+
+    // data
+    let data = c.secret_data(NS, "db-creds").await.unwrap();
+    assert_eq!(data.len(), 2, "{:?}", data.keys());
+    assert_eq!(data["username"], "admin");
+    assert_eq!(data["password"], "s3cret-v1");
+    // type, labels, annotations from the template (+ managed-by label)
+    assert_eq!(s.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("app").map(String::as_str), Some("payments"));
+    assert_eq!(labels.get("tier").map(String::as_str), Some("db"));
+    let ann = s.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(ann.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(ann.get("owner").map(String::as_str), Some("alice"));
+    // ownerReference: controller=true, uid of the EncryptedSecret
+    let orefs = s.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(orefs.len(), 1, "{orefs:?}");
+    let o = &orefs[0];
+    assert_eq!(o.controller, Some(true));
+    assert_eq!(o.kind, "EncryptedSecret");
+    assert_eq!(o.api_version, "kmsecrets.dev/v1alpha1");
+    assert_eq!(o.name, "db-creds");
+    assert_eq!(Some(&o.uid), es.metadata.uid.as_ref());
+
+    // status
+    let st = es.status.clone().unwrap();
+    let key_id = es.spec.data_keys[0].key_id.clone();
+    assert!(key_id.starts_with("local:"), "{key_id}");
+    assert_eq!(st.key_id.as_deref(), Some(key_id.as_str()));
+    assert_eq!(st.secret_name.as_deref(), Some("db-creds"));
+    assert_eq!(st.observed_generation, es.metadata.generation);
+    assert!(st.source_hash.unwrap().starts_with("sha256:"));
+    assert_eq!(st.secret_resource_version, s.metadata.resource_version);
+
+    // printer columns through kubectl (Table output)
+    let table = c.kubectl(&["get", "esec", "-n", NS]).await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "REASON", "KEY", "AGE"], "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..4],
+        ["db-creds", "True", "Synced", key_id.as_str()],
+        "{table}"
+    );
+    // the long name and the short name are the same resource
+    let long = c
+        .kubectl(&["get", "encryptedsecrets", "-n", NS, "-o", "name"])
+        .await;
+    assert_eq!(long.trim(), "encryptedsecret.kmsecrets.dev/db-creds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_value_and_removed_key_reach_the_secret() {
+    let c = Cluster::start().await;
+    let _ctl = c.controller(&[]);
+    let file = c.path("app.yaml");
+    let f = file.to_str().unwrap();
+    let yaml = c.encrypt(&[
+        "--from-literal",
+        "a=one",
+        "--from-literal",
+        "b=two",
+        "--name",
+        "app",
+        "--namespace",
+        NS,
+    ]);
+    std::fs::write(&file, yaml).unwrap();
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(NS, "app", &[("a", "one"), ("b", "two")])
+        .await;
+    c.wait_ready(NS, "app", "True", "Synced").await;
+
+    // change one value in place (same DEK; b keeps its ciphertext)
+    let before: Value = serde_json::to_value(c.esec(NS, "app").await.unwrap().spec).unwrap();
+    c.kmsecrets(&["encrypt", "--merge-into", f, "--from-literal", "a=uno"]);
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(NS, "app", &[("a", "uno"), ("b", "two")])
+        .await;
+    c.wait_ready(NS, "app", "True", "Synced").await;
+    let after: Value = serde_json::to_value(c.esec(NS, "app").await.unwrap().spec).unwrap();
+    assert_eq!(after["encryptedData"]["b"], before["encryptedData"]["b"]);
+    assert_ne!(after["encryptedData"]["a"], before["encryptedData"]["a"]);
+
+    // re-encrypt without b: b disappears from the Secret
+    let yaml = c.encrypt(&[
+        "--from-literal",
+        "a=uno",
+        "--name",
+        "app",
+        "--namespace",
+        NS,
+    ]);
+    std::fs::write(&file, yaml).unwrap();
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(NS, "app", &[("a", "uno")]).await;
+    c.wait_ready(NS, "app", "True", "Synced").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_or_edited_secret_is_repaired() {
+    let c = Cluster::start().await;
+    let _ctl = c.controller(&[]);
+    let doc = c.encrypt(&[
+        "--from-literal",
+        "password=pw-1",
+        "--name",
+        "drift",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&doc).await;
+    c.wait_ready(NS, "drift", "True", "Synced").await;
+    let first_uid = c.secret(NS, "drift").await.unwrap().metadata.uid;
+
+    c.kubectl(&["delete", "secret", "drift", "-n", NS]).await;
+    eventually(20 * SECOND, "deleted Secret recreated", async || {
+        c.secret(NS, "drift")
+            .await
+            .is_some_and(|s| s.metadata.uid != first_uid)
+    })
+    .await;
+    c.wait_secret_data(NS, "drift", &[("password", "pw-1")])
+        .await;
+
+    let patch = json!({"data": {"password": b64("hacked")}}).to_string();
+    c.kubectl(&[
+        "patch", "secret", "drift", "-n", NS, "--type", "merge", "-p", &patch,
+    ])
+    .await;
+    c.wait_secret_data(NS, "drift", &[("password", "pw-1")])
+        .await;
+    c.wait_ready(NS, "drift", "True", "Synced").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unowned_secret_is_a_conflict_until_annotated_for_adoption() {
+    let c = Cluster::start().await;
+    // Conflicts are permanent errors: retried on this interval or on change.
+    let _ctl = c.controller(&["--permanent-error-retry", "1s"]);
+    c.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "taken",
+        "-n",
+        NS,
+        "--from-literal=password=theirs",
+    ])
+    .await;
+    let doc = c.encrypt(&[
+        "--from-literal",
+        "password=ours",
+        "--name",
+        "taken",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&doc).await;
+    c.wait_ready(NS, "taken", "False", "SecretConflict").await;
+    // Give the controller a few more retries (1 s each) to (not) touch it.
+    let rv = c
+        .secret(NS, "taken")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let es_rv = c.esec(NS, "taken").await.unwrap().metadata.resource_version;
+    let retries = c.server.counters();
+    eventually(10 * SECOND, "two conflict retries", async || {
+        c.server.counters().since(&retries).get("get", "secrets") >= 2
+    })
+    .await;
+    let s = c.secret(NS, "taken").await.unwrap();
+    assert_eq!(
+        s.metadata.resource_version, rv,
+        "unowned Secret was written"
+    );
+    assert!(s.metadata.owner_references.unwrap_or_default().is_empty());
+    assert_eq!(
+        c.secret_data(NS, "taken").await.unwrap()["password"],
+        "theirs"
+    );
+    assert_eq!(
+        c.esec(NS, "taken").await.unwrap().metadata.resource_version,
+        es_rv,
+        "status rewritten on every retry"
+    );
+    let msg = kmsecrets::controller::status::ready_condition(
+        c.esec(NS, "taken").await.unwrap().status.as_ref(),
+    )
+    .unwrap()
+    .message
+    .clone();
+    assert!(msg.contains("kmsecrets.dev/adopt"), "{msg}");
+
+    c.kubectl(&[
+        "annotate",
+        "secret",
+        "taken",
+        "-n",
+        NS,
+        "kmsecrets.dev/adopt=true",
+    ])
+    .await;
+    c.wait_secret_data(NS, "taken", &[("password", "ours")])
+        .await;
+    c.wait_ready(NS, "taken", "True", "Synced").await;
+    let es_uid = c.esec(NS, "taken").await.unwrap().metadata.uid.unwrap();
+    let orefs = c
+        .secret(NS, "taken")
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap_or_default();
+    assert!(
+        orefs
+            .iter()
+            .any(|o| o.uid == es_uid && o.controller == Some(true)),
+        "{orefs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_moved_renamed_or_widened_resources_fail_closed() {
+    let c = Cluster::start().await;
+    let _ctl = c.controller(&[]);
+    c.kubectl(&["create", "namespace", "other"]).await;
+    let good = c.encrypt_json(&[
+        "--from-literal",
+        "token=good-v1",
+        "--name",
+        "api",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&to_doc(&good)).await;
+    c.wait_ready(NS, "api", "True", "Synced").await;
+    let secret_rv = c.secret(NS, "api").await.unwrap().metadata.resource_version;
+
+    let intact = async || {
+        let s = c.secret(NS, "api").await.expect("Secret must survive");
+        assert_eq!(
+            s.metadata.resource_version, secret_rv,
+            "Secret was rewritten"
+        );
+        assert_eq!(c.secret_data(NS, "api").await.unwrap()["token"], "good-v1");
+    };
+
+    // 1. one bit flipped in a value, same name: DecryptFailed, Secret untouched
+    let mut tampered = good.clone();
+    let v = tampered["spec"]["encryptedData"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tampered["spec"]["encryptedData"]["token"] = json!(flip_bit(&v));
+    c.apply(&to_doc(&tampered)).await;
+    c.wait_ready(NS, "api", "False", "DecryptFailed").await;
+    intact().await;
+
+    // 2. scope widened (strict → cluster) on the same name: DecryptFailed
+    let mut widened = good.clone();
+    widened["spec"]["scope"] = json!("cluster");
+    c.apply(&to_doc(&widened)).await;
+    c.wait_ready(NS, "api", "False", "DecryptFailed").await;
+    intact().await;
+
+    // 3. the same document applied into another namespace
+    let mut moved = good.clone();
+    moved["metadata"]["namespace"] = json!("other");
+    c.apply(&to_doc(&moved)).await;
+    c.wait_ready("other", "api", "False", "DecryptFailed").await;
+    assert!(c.secret("other", "api").await.is_none());
+
+    // 4. renamed within the namespace (strict scope binds the name)
+    let mut renamed = good.clone();
+    renamed["metadata"]["name"] = json!("api-copy");
+    c.apply(&to_doc(&renamed)).await;
+    c.wait_ready(NS, "api-copy", "False", "DecryptFailed").await;
+    assert!(c.secret(NS, "api-copy").await.is_none());
+
+    // 5. two values swapped
+    let two = c.encrypt_json(&[
+        "--from-literal",
+        "x=1",
+        "--from-literal",
+        "y=2",
+        "--name",
+        "swap",
+        "--namespace",
+        NS,
+    ]);
+    let mut swapped = two.clone();
+    swapped["spec"]["encryptedData"]["x"] = two["spec"]["encryptedData"]["y"].clone();
+    swapped["spec"]["encryptedData"]["y"] = two["spec"]["encryptedData"]["x"].clone();
+    c.apply(&to_doc(&swapped)).await;
+    c.wait_ready(NS, "swap", "False", "DecryptFailed").await;
+    assert!(c.secret(NS, "swap").await.is_none());
+
+    intact().await;
+    // the good version heals it
+    c.apply(&to_doc(&good)).await;
+    c.wait_ready(NS, "api", "True", "Synced").await;
+    assert_eq!(c.secret_data(NS, "api").await.unwrap()["token"], "good-v1");
+}
+
+/// moto + proxy + a KMS key; the proxy sits in front of moto for the controller.
+async fn aws() -> (Moto, KmsProxy, String) {
+    let moto = Moto::start();
+    let raw = sdk_client(&moto.url()).await;
+    let key = create_key(&raw, "alias/kmsecrets-e2e").await;
+    let proxy = KmsProxy::start(moto.port);
+    (moto, proxy, key)
+}
+
+fn aws_encrypt(c: &Cluster, moto: &Moto, key: &str, args: &[&str]) -> String {
+    let url = moto.url();
+    let mut all = vec!["encrypt", "--key", key, "--kms-endpoint", &url];
+    all.extend_from_slice(args);
+    c.kmsecrets_env(&all, &aws_test_env())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_throttling_converges_and_is_counted() {
+    let c = Cluster::start().await;
+    let (moto, proxy, key) = aws().await;
+    let ctl = c.controller_env(&["--kms-endpoint", &proxy.url()], &aws_test_env());
+    let doc = aws_encrypt(
+        &c,
+        &moto,
+        &key,
+        &["--from-literal", "k=v", "--name", "thr", "--namespace", NS],
+    );
+    proxy.throttle_next(5);
+    c.apply(&doc).await;
+    c.wait_ready_within(NS, "thr", "True", "Synced", 60 * SECOND)
+        .await;
+    assert_eq!(c.secret_data(NS, "thr").await.unwrap()["k"], "v");
+    assert_eq!(proxy.injected(), 5, "all injected throttles were consumed");
+    let throttled = ctl.metric("kmsecrets_kms_throttled_total", &[("operation", "decrypt")]);
+    assert!(
+        throttled > 0.0,
+        "kmsecrets_kms_throttled_total = {throttled}"
+    );
+    assert!(
+        ctl.metric(
+            "kmsecrets_kms_requests_total",
+            &[("operation", "decrypt"), ("result", "success")]
+        ) >= 1.0
+    );
+    assert!(ctl.metric("kmsecrets_kms_retries_total", &[]) > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_outage_keeps_secrets_backs_off_and_recovers() {
+    let c = Cluster::start().await;
+    let (moto, proxy, key) = aws().await;
+    let _ctl = c.controller_env(
+        &["--kms-endpoint", &proxy.url(), "--kms-max-attempts", "2"],
+        &aws_test_env(),
+    );
+    let steady = aws_encrypt(
+        &c,
+        &moto,
+        &key,
+        &[
+            "--from-literal",
+            "k=old",
+            "--name",
+            "steady",
+            "--namespace",
+            NS,
+        ],
+    );
+    c.apply(&steady).await;
+    c.wait_ready(NS, "steady", "True", "Synced").await;
+
+    proxy.set_down(true);
+    // A new resource (fresh DEK, nothing cached) and a new version of the
+    // existing one (fresh DEK too) while KMS is unreachable.
+    let fresh = aws_encrypt(
+        &c,
+        &moto,
+        &key,
+        &[
+            "--from-literal",
+            "k=fresh",
+            "--name",
+            "fresh",
+            "--namespace",
+            NS,
+        ],
+    );
+    c.apply(&fresh).await;
+    let steady2 = aws_encrypt(
+        &c,
+        &moto,
+        &key,
+        &[
+            "--from-literal",
+            "k=new",
+            "--name",
+            "steady",
+            "--namespace",
+            NS,
+        ],
+    );
+    c.apply(&steady2).await;
+    c.wait_ready_within(NS, "fresh", "False", "KmsUnavailable", 30 * SECOND)
+        .await;
+    c.wait_ready_within(NS, "steady", "False", "KmsUnavailable", 30 * SECOND)
+        .await;
+    assert!(c.secret(NS, "fresh").await.is_none());
+    assert_eq!(c.secret_data(NS, "steady").await.unwrap()["k"], "old");
+
+    // Bounded attempts: a fixed 5 s window on purpose, because what is
+    // proven is the absence of a hot loop (per-object exponential backoff).
+    let refused0 = proxy.refused();
+    tokio::time::sleep(5 * SECOND).await;
+    let during = proxy.refused() - refused0;
+    eprintln!(
+        "KMS attempts during 5 s of outage (2 resources): {during}; total refused {}",
+        proxy.refused()
+    );
+    assert!(
+        during <= 20,
+        "{during} KMS attempts in 5 s: not backing off"
+    );
+    assert!(proxy.refused() >= 2, "the outage was never hit");
+    assert_eq!(c.secret_data(NS, "steady").await.unwrap()["k"], "old");
+
+    proxy.set_down(false);
+    c.wait_ready_within(NS, "fresh", "True", "Synced", 60 * SECOND)
+        .await;
+    c.wait_ready_within(NS, "steady", "True", "Synced", 60 * SECOND)
+        .await;
+    assert_eq!(c.secret_data(NS, "fresh").await.unwrap()["k"], "fresh");
+    assert_eq!(c.secret_data(NS, "steady").await.unwrap()["k"], "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_policy_delete_collects_and_retain_orphans() {
+    let c = Cluster::start().await;
+    let _ctl = c.controller(&[]);
+
+    // Delete (default): the Secret goes with its EncryptedSecret (GC).
+    let del = c.encrypt(&["--from-literal", "k=v", "--name", "gone", "--namespace", NS]);
+    c.apply(&del).await;
+    c.wait_ready(NS, "gone", "True", "Synced").await;
+    c.kubectl(&["delete", "esec", "gone", "-n", NS]).await;
+    eventually(20 * SECOND, "Secret gone garbage-collected", async || {
+        c.secret(NS, "gone").await.is_none()
+    })
+    .await;
+
+    // Retain: edit the YAML spec, the Secret survives without our ownerReference.
+    let keep = c.encrypt(&[
+        "--from-literal",
+        "k=kept",
+        "--name",
+        "kept",
+        "--namespace",
+        NS,
+    ]);
+    assert!(keep.contains("\nspec:\n"), "{keep}");
+    let keep = keep.replacen("\nspec:\n", "\nspec:\n  deletionPolicy: Retain\n", 1);
+    c.apply(&keep).await;
+    c.wait_ready(NS, "kept", "True", "Synced").await;
+    eventually(20 * SECOND, "Retain finalizer added", async || {
+        c.esec(NS, "kept")
+            .await
+            .and_then(|e| e.metadata.finalizers)
+            .is_some_and(|f| f.iter().any(|f| f == "kmsecrets.dev/retain"))
+    })
+    .await;
+    let uid = c.esec(NS, "kept").await.unwrap().metadata.uid.unwrap();
+    c.kubectl(&["delete", "esec", "kept", "-n", NS, "--wait=false"])
+        .await;
+    eventually(
+        20 * SECOND,
+        "EncryptedSecret kept finalized and gone",
+        async || c.esec(NS, "kept").await.is_none(),
+    )
+    .await;
+    let s = c.secret(NS, "kept").await.expect("retained Secret");
+    let orefs = s.metadata.owner_references.unwrap_or_default();
+    assert!(!orefs.iter().any(|o| o.uid == uid), "{orefs:?}");
+    assert_eq!(c.secret_data(NS, "kept").await.unwrap()["k"], "kept");
+    // and the garbage collector leaves it alone afterwards: a later write
+    // round-trip through the server (the GC runs on every change) keeps it
+    c.kubectl(&["label", "secret", "kept", "-n", NS, "still=here"])
+        .await;
+    let other = c.encrypt(&[
+        "--from-literal",
+        "k=v",
+        "--name",
+        "later",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&other).await;
+    c.wait_ready(NS, "later", "True", "Synced").await;
+    assert!(
+        c.secret(NS, "kept").await.is_some(),
+        "retained Secret collected"
+    );
+}
+
+async fn lease_holder(c: &Cluster) -> String {
+    let out = c
+        .kubectl_raw(&[
+            "get",
+            "lease",
+            "kmsecrets-controller",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .await;
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_one_writer_and_failover() {
+    let c = Cluster::start().await;
+    let flags = [
+        "--leader-elect",
+        "--leader-election-namespace",
+        NS,
+        "--leader-election-lease-duration",
+        "3s",
+    ];
+    let mut a = c.controller_env(&flags, &[("POD_NAME", "ctl-a".into())]);
+    let mut b = c.controller_env(&flags, &[("POD_NAME", "ctl-b".into())]);
+    eventually(20 * SECOND, "a lease holder", async || {
+        matches!(lease_holder(&c).await.as_str(), "ctl-a" | "ctl-b")
+    })
+    .await;
+    let holder = lease_holder(&c).await;
+    let doc = c.encrypt(&["--from-literal", "k=1", "--name", "one", "--namespace", NS]);
+    c.apply(&doc).await;
+    c.wait_ready(NS, "one", "True", "Synced").await;
+    let (leader, standby) = if holder == "ctl-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let rec = |ctl: &common::cluster::Controller| ctl.metric("kmsecrets_reconcile_total", &[]);
+    // the counter moves just after the status write the test observed
+    eventually(10 * SECOND, "leader counts its reconcile", async || {
+        rec(leader) >= 1.0
+    })
+    .await;
+    assert_eq!(rec(standby), 0.0, "standby reconciled while not leading");
+    assert!(!standby.logs().contains("Secret applied"));
+    assert_eq!(lease_holder(&c).await, holder, "leadership flapped");
+
+    let killed = Instant::now();
+    leader.kill();
+    let other = if holder == "ctl-a" { "ctl-b" } else { "ctl-a" };
+    eventually(20 * SECOND, "standby takes the lease", async || {
+        lease_holder(&c).await == other
+    })
+    .await;
+    let took = killed.elapsed();
+    let doc = c.encrypt(&["--from-literal", "k=2", "--name", "two", "--namespace", NS]);
+    c.apply(&doc).await;
+    c.wait_ready(NS, "two", "True", "Synced").await;
+    eprintln!(
+        "leader failover: lease taken {took:?} after kill -9 (lease 3s); new ES synced {:?} after kill",
+        killed.elapsed()
+    );
+    assert!(
+        took < 10 * SECOND,
+        "failover took {took:?} with a 3 s lease"
+    );
+    assert!(standby.is_running());
+    assert!(rec(standby) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_watches_and_dropped_streams_lose_no_updates() {
+    let c = Cluster::start().await;
+    // Default resync (10 min): only the watches can deliver these updates.
+    let _ctl = c.controller(&[]);
+    let file = c.path("w.yaml");
+    let f = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        c.encrypt(&["--from-literal", "k=0", "--name", "w", "--namespace", NS]),
+    )
+    .unwrap();
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(NS, "w", &[("k", "0")]).await;
+    c.wait_ready(NS, "w", "True", "Synced").await;
+
+    let faults = c.server.faults();
+    for (round, fault) in ["expire", "drop", "expire", "drop"].iter().enumerate() {
+        match *fault {
+            "expire" => faults.expire_watches(),
+            _ => faults.drop_streams(),
+        }
+        // source change
+        let v = format!("k=after-{fault}-{round}");
+        c.kmsecrets(&["encrypt", "--merge-into", f, "--from-literal", &v]);
+        c.kubectl(&["apply", "-f", f]).await;
+        let want = format!("after-{fault}-{round}");
+        c.wait_secret_data(NS, "w", &[("k", &want)]).await;
+        c.wait_ready(NS, "w", "True", "Synced").await;
+        // Secret-side change (owned watch)
+        match *fault {
+            "expire" => faults.expire_watches(),
+            _ => faults.drop_streams(),
+        }
+        if round % 2 == 0 {
+            c.kubectl(&["delete", "secret", "w", "-n", NS]).await;
+        } else {
+            let patch = json!({"data": {"k": b64("drifted")}}).to_string();
+            c.kubectl(&[
+                "patch", "secret", "w", "-n", NS, "--type", "merge", "-p", &patch,
+            ])
+            .await;
+        }
+        c.wait_secret_data(NS, "w", &[("k", &want)]).await;
+    }
+    // a brand-new object after a fault
+    faults.expire_watches();
+    faults.drop_streams();
+    let doc = c.encrypt(&["--from-literal", "k=new", "--name", "w2", "--namespace", NS]);
+    c.apply(&doc).await;
+    c.wait_secret_data(NS, "w2", &[("k", "new")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_resync_makes_no_kms_calls_and_no_writes() {
+    let c = Cluster::start().await;
+    let ctl = c.controller(&["--resync-interval", "1s"]);
+    let names = ["r1", "r2", "r3"];
+    for n in names {
+        let doc = c.encrypt(&["--from-literal", "k=v", "--name", n, "--namespace", NS]);
+        c.apply(&doc).await;
+    }
+    for n in names {
+        c.wait_ready(NS, n, "True", "Synced").await;
+    }
+    let success = || ctl.metric("kmsecrets_reconcile_total", &[("result", "success")]);
+    // settle: one full resync of everything after the first sync
+    let s0 = success();
+    eventually(20 * SECOND, "first resync round", async || {
+        success() >= s0 + 3.0
+    })
+    .await;
+
+    let kms_requests = || ctl.metric("kmsecrets_kms_requests_total", &[]);
+    let cache_lookups = || {
+        ctl.metric("kmsecrets_dek_cache_hits_total", &[])
+            + ctl.metric("kmsecrets_dek_cache_misses_total", &[])
+    };
+    let kms0 = kms_requests();
+    let cache0 = cache_lookups();
+    assert!(kms0 >= 1.0, "the initial sync must have used KMS");
+    let before = c.server.counters();
+    let s1 = success();
+    // ≥ 3 resync periods of 3 objects each (polled, not slept)
+    eventually(30 * SECOND, "three resync rounds", async || {
+        success() >= s1 + 9.0
+    })
+    .await;
+    let delta = c.server.counters().since(&before);
+    assert_eq!(delta.writes("secrets"), 0, "Secret writes on idle resync");
+    assert_eq!(
+        delta.writes("encryptedsecrets"),
+        0,
+        "EncryptedSecret (status) writes on idle resync"
+    );
+    assert_eq!(delta.total_writes(), 0, "writes on idle resync: {delta:?}");
+    assert_eq!(kms_requests(), kms0, "KMS requests on idle resync");
+    assert_eq!(
+        cache_lookups(),
+        cache0,
+        "DEK lookups (decrypts) on idle resync"
+    );
+    eprintln!(
+        "idle resync: {} reconciles, 0 writes, 0 KMS calls",
+        success() - s1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_in_logs_events_status_or_metrics() {
+    const CANARY: &str = "CANARY-7f3a9c";
+    let canary2 = format!("{CANARY}-2");
+    let c = Cluster::start().await;
+    let file = c.path("canary.yaml");
+    let f = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        c.encrypt(&[
+            "--from-literal",
+            &format!("password={CANARY}"),
+            "--name",
+            "canary",
+            "--namespace",
+            NS,
+        ]),
+    )
+    .unwrap();
+    let mut captured = Vec::new();
+
+    // Phase 1: text logs at debug level. Sync, tamper (Warning event), heal, drift.
+    {
+        let ctl = c.controller(&["--log-level", "debug", "--permanent-error-retry", "1s"]);
+        c.kubectl(&["apply", "-f", f]).await;
+        c.wait_ready(NS, "canary", "True", "Synced").await;
+        let mut bad: Value = serde_json::from_str(
+            &c.kubectl(&["get", "esec", "canary", "-n", NS, "-o", "json"])
+                .await,
+        )
+        .unwrap();
+        let v = bad["spec"]["encryptedData"]["password"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        bad["spec"]["encryptedData"]["password"] = json!(flip_bit(&v));
+        bad["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        c.apply(&to_doc(&bad)).await;
+        c.wait_ready(NS, "canary", "False", "DecryptFailed").await;
+        c.kubectl(&["apply", "-f", f]).await;
+        c.wait_ready(NS, "canary", "True", "Synced").await;
+        let patch = json!({"data": {"password": b64("drift")}}).to_string();
+        c.kubectl(&[
+            "patch", "secret", "canary", "-n", NS, "--type", "merge", "-p", &patch,
+        ])
+        .await;
+        c.wait_secret_data(NS, "canary", &[("password", CANARY)])
+            .await;
+        // a conflict on a pre-existing Secret that holds the canary too
+        c.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "squat",
+            "-n",
+            NS,
+            &format!("--from-literal=password={CANARY}"),
+        ])
+        .await;
+        let doc = c.encrypt(&[
+            "--from-literal",
+            &format!("password={canary2}"),
+            "--name",
+            "squat",
+            "--namespace",
+            NS,
+        ]);
+        c.apply(&doc).await;
+        c.wait_ready(NS, "squat", "False", "SecretConflict").await;
+        captured.push(("text debug log".to_string(), ctl.logs()));
+        captured.push(("metrics (text run)".to_string(), ctl.metrics()));
+    }
+    // Phase 2: JSON logs at debug level. Update, adopt.
+    {
+        let ctl = c.controller(&[
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--permanent-error-retry",
+            "1s",
+        ]);
+        c.kmsecrets(&[
+            "encrypt",
+            "--merge-into",
+            f,
+            "--from-literal",
+            &format!("password={canary2}"),
+        ]);
+        c.kubectl(&["apply", "-f", f]).await;
+        c.wait_secret_data(NS, "canary", &[("password", &canary2)])
+            .await;
+        c.kubectl(&[
+            "annotate",
+            "secret",
+            "squat",
+            "-n",
+            NS,
+            "kmsecrets.dev/adopt=true",
+        ])
+        .await;
+        c.wait_ready(NS, "squat", "True", "Synced").await;
+        c.wait_ready(NS, "canary", "True", "Synced").await;
+        let logs = ctl.logs();
+        assert!(
+            logs.lines()
+                .filter(|l| !l.trim().is_empty())
+                .all(|l| l.trim_start().starts_with('{')),
+            "--log-format json printed a non-JSON line:\n{logs}"
+        );
+        captured.push(("json debug log".to_string(), logs));
+        captured.push(("metrics (json run)".to_string(), ctl.metrics()));
+    }
+    let events_core = c.kubectl(&["get", "events", "-A", "-o", "yaml"]).await;
+    let events_new = c
+        .kubectl(&["get", "events.events.k8s.io", "-A", "-o", "yaml"])
+        .await;
+    assert!(
+        events_core.contains("DecryptFailed") && events_core.contains("Synced"),
+        "{events_core}"
+    );
+    assert!(events_new.contains("SecretConflict"), "{events_new}");
+    captured.push(("core/v1 events".to_string(), events_core));
+    captured.push(("events.k8s.io events".to_string(), events_new));
+    let all_es: Value =
+        serde_json::from_str(&c.kubectl(&["get", "esec", "-A", "-o", "json"]).await).unwrap();
+    let statuses: Vec<Value> = all_es["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].clone())
+        .collect();
+    assert_eq!(statuses.len(), 2);
+    captured.push((
+        "EncryptedSecret status".to_string(),
+        serde_json::to_string(&statuses).unwrap(),
+    ));
+    captured.push(("EncryptedSecret objects".to_string(), all_es.to_string()));
+
+    // Plaintext and its base64 (with and without padding) must appear nowhere;
+    // ciphertext (values and wrapped DEKs) nowhere but the objects themselves.
+    let mut forbidden = vec![];
+    for p in [CANARY, canary2.as_str()] {
+        forbidden.push(p.to_string());
+        forbidden.push(STANDARD.encode(p));
+        forbidden.push(STANDARD_NO_PAD.encode(p));
+    }
+    let mut ciphertexts = vec![];
+    for item in all_es["items"].as_array().unwrap() {
+        for v in item["spec"]["encryptedData"].as_object().unwrap().values() {
+            ciphertexts.push(v.as_str().unwrap().to_string());
+        }
+        for dk in item["spec"]["dataKeys"].as_array().unwrap() {
+            ciphertexts.push(dk["ciphertext"].as_str().unwrap().to_string());
+        }
+    }
+    for (what, text) in &captured {
+        assert!(!text.is_empty(), "{what} is empty: nothing was checked");
+        for needle in &forbidden {
+            assert!(
+                !text.contains(needle.as_str()),
+                "{what} contains plaintext {needle:?}"
+            );
+        }
+        if what != "EncryptedSecret objects" {
+            for ct in &ciphertexts {
+                assert!(
+                    !text.contains(ct.as_str()),
+                    "{what} contains ciphertext {ct}"
+                );
+            }
+        }
+    }
+    // sanity: the controller really logged the work that was checked
+    assert!(
+        captured[0].1.contains("Secret applied"),
+        "{}",
+        captured[0].1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_objects_never_break_the_watch() {
+    let c = Cluster::start().await;
+    let key_id = c.encrypt_json(&["--from-literal", "k=v", "--name", "x", "--namespace", NS])["spec"]
+        ["dataKeys"][0]["keyId"]
+        .clone();
+    let bad = |name: &str, spec: Value| {
+        to_doc(&json!({
+            "apiVersion": "kmsecrets.dev/v1alpha1",
+            "kind": "EncryptedSecret",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        }))
+    };
+    let apply_bad = async |doc: String| {
+        c.kubectl_stdin(&["apply", "--validate=false", "-f", "-"], &doc)
+            .await;
+    };
+    // Present before the controller starts (initial list) ...
+    apply_bad(bad("no-datakeys", json!({"encryptedData": {"k": "AAAA"}}))).await;
+    apply_bad(bad(
+        "bogus-scope",
+        json!({"scope": "bogus", "dataKeys": [{"provider": "local", "keyId": key_id, "ciphertext": "AAAA"}]}),
+    ))
+    .await;
+    let good1 = c.encrypt(&[
+        "--from-literal",
+        "k=one",
+        "--name",
+        "good1",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&good1).await;
+    let _ctl = c.controller(&[]);
+    c.wait_ready(NS, "good1", "True", "Synced").await;
+    c.wait_secret_data(NS, "good1", &[("k", "one")]).await;
+
+    // ... and arriving while it watches.
+    apply_bad(bad(
+        "wrong-types",
+        json!({"dataKeys": "nope", "encryptedData": [1, 2]}),
+    ))
+    .await;
+    apply_bad(bad(
+        "bad-provider",
+        json!({"dataKeys": [{"provider": "vault", "keyId": "k", "ciphertext": "AAAA"}]}),
+    ))
+    .await;
+    let good2 = c.encrypt(&[
+        "--from-literal",
+        "k=two",
+        "--name",
+        "good2",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&good2).await;
+    c.wait_ready(NS, "good2", "True", "Synced").await;
+    c.wait_secret_data(NS, "good2", &[("k", "two")]).await;
+    // an update to a good one after the bad ones still flows
+    let good1b = c.encrypt(&[
+        "--from-literal",
+        "k=one-b",
+        "--name",
+        "good1",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&good1b).await;
+    c.wait_secret_data(NS, "good1", &[("k", "one-b")]).await;
+    // each malformed object is reported on its own status, without values
+    for n in ["no-datakeys", "bogus-scope", "wrong-types", "bad-provider"] {
+        let jp = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason}"#;
+        eventually(
+            20 * SECOND,
+            &format!("{n} Ready=False InvalidSpec"),
+            async || {
+                c.kubectl(&["get", "esec", n, "-n", NS, "-o", jp])
+                    .await
+                    .trim()
+                    == "False InvalidSpec"
+            },
+        )
+        .await;
+        assert!(
+            c.secret(NS, n).await.is_none(),
+            "Secret made from malformed {n}"
+        );
+    }
+    let msg = c
+        .kubectl(&[
+            "get",
+            "esec",
+            "wrong-types",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.conditions[0].message}",
+        ])
+        .await;
+    assert!(msg.contains("spec cannot be read"), "{msg}");
+    assert!(!msg.contains("nope"), "status echoes a spec value: {msg}");
+}
