@@ -5,6 +5,16 @@ use std::io::Write;
 use std::path::Path;
 
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    write_impl(path, contents, mode, false)
+}
+
+/// Like [`write_atomic`] but fails if `path` exists (even if it appears
+/// between our check and the rename).
+pub fn write_new_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    write_impl(path, contents, mode, true)
+}
+
+fn write_impl(path: &Path, contents: &[u8], mode: u32, no_clobber: bool) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -19,13 +29,20 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     }
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    if no_clobber {
+        tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    } else {
+        tmp.persist(path).map_err(|e| e.error)?;
+    }
     Ok(())
 }
 
-/// Like [`write_atomic`] but keeps the existing file's permissions.
+/// Like [`write_atomic`] but keeps the existing file's permissions, and
+/// writes through a symlink to its target (the link stays a link).
 pub fn rewrite_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    let resolved = std::fs::canonicalize(path)?;
+    let path = resolved.as_path();
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);

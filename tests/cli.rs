@@ -2466,3 +2466,80 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn from_literal_error_does_not_echo_the_secret() {
+    let t = T::new();
+    let key = t.keygen("k");
+    let out = kms([
+        "encrypt",
+        "--name",
+        "x",
+        "-n",
+        "y",
+        "--key",
+        &format!("file:{key}"),
+        "--from-literal",
+        "hunter2-no-equals",
+    ])
+    .run();
+    fails(&out, "KEY=VALUE");
+    assert!(
+        !out.stderr.clone().contains("hunter2"),
+        "{:?}",
+        out.stderr.clone()
+    );
+}
+
+#[test]
+fn rewrites_go_through_symlinks() {
+    let t = T::new();
+    let key = t.keygen("k");
+    let real = t.write("real.yaml", encrypt_fixture(&key, &[]));
+    std::os::unix::fs::symlink(&real, t.p("link.yaml")).unwrap();
+    ok(kms([
+        "encrypt",
+        "--merge-into",
+        &t.s("link.yaml"),
+        "--from-literal",
+        "extra=1",
+        "--local-key",
+        &key,
+    ])
+    .run());
+    assert!(
+        std::fs::symlink_metadata(t.p("link.yaml"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "link kept"
+    );
+    assert!(
+        t.read_str("real.yaml").contains("extra:"),
+        "target rewritten"
+    );
+}
+
+#[test]
+fn merge_into_refuses_a_manifest_for_another_resource() {
+    let t = T::new();
+    let key = t.keygen("k");
+    let file = t.write("es.yaml", encrypt_fixture(&key, &[]));
+    let before = t.read("es.yaml");
+    let other = t.write(
+        "other.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: other, namespace: elsewhere}\nstringData: {a: b}\n",
+    );
+    let out = kms([
+        "encrypt",
+        "-f",
+        &other,
+        "--merge-into",
+        &file,
+        "--local-key",
+        &key,
+    ])
+    .run();
+    fails(&out, "another resource");
+    assert_eq!(t.read("es.yaml"), before, "file untouched");
+}

@@ -385,6 +385,17 @@ async fn merge_into(
 ) -> CliResult {
     let mut es = read_one_encrypted(path)?;
     let binding = resource::validate(&es)?;
+    let mismatch = |given: &Option<String>, have: &Option<String>| given.is_some() && given != have;
+    if mismatch(&input.name, &es.metadata.name)
+        || mismatch(&input.namespace, &es.metadata.namespace)
+    {
+        return Err(msg(format!(
+            "the input Secret names another resource than {} ({}/{}); --merge-into only adds values to that same resource",
+            path.display(),
+            es.metadata.namespace.as_deref().unwrap_or(""),
+            es.metadata.name.as_deref().unwrap_or("")
+        )));
+    }
     let (setup, _) = build_kms(g, &[], &a.layer)?;
     let kms = &setup.kms;
     let (dek, _) = resource::unwrap_dek(kms, &es).await?;

@@ -363,12 +363,12 @@ pub fn build_kms(
 
 /// Parse `k=v` pairs (`--context`, `--from-literal`).
 pub fn split_kv<'a>(s: &'a str, flag: &str) -> CliResult<(&'a str, &'a str)> {
+    // Never echo the argument: for --from-literal it is the secret itself.
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| {
             msg(format!(
-                "{flag} expects KEY=VALUE, got {:?}",
-                s.split('=').next().unwrap_or("")
+                "{flag} expects KEY=VALUE (a non-empty key, then '=')"
             ))
         })
 }

@@ -86,7 +86,15 @@ impl LocalKey {
         }
         let key = LocalKey::generate();
         let text = Zeroizing::new(format!("{}\n", envelope::b64(key.kek.expose())));
-        crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(err)?;
+        crate::fsutil::write_new_atomic(path, text.as_bytes(), 0o600).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyFileError::Exists {
+                    path: path.display().to_string(),
+                }
+            } else {
+                err(e)
+            }
+        })?;
         Ok(key)
     }
 
