@@ -185,6 +185,20 @@ pub fn classify_code(code: &str, msg: String) -> KmsError {
     }
 }
 
+/// The wrapped DEK of a response; KMS reports the key ARN it used (also when
+/// called with an alias), which is what goes into `dataKeys[].keyId`.
+fn wrapped(
+    key_id: Option<String>,
+    asked: &str,
+    blob: Option<Blob>,
+) -> Result<WrappedKey, KmsError> {
+    Ok(WrappedKey {
+        provider: Provider::AwsKms,
+        key_id: key_id.unwrap_or_else(|| asked.to_string()),
+        ciphertext: take_blob(blob, "ciphertext")?.to_vec(),
+    })
+}
+
 fn take_blob(b: Option<Blob>, what: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
     b.map(|b| Zeroizing::new(b.into_inner()))
         .ok_or_else(|| KmsError::Other(format!("KMS response has no {what}")))
@@ -235,11 +249,7 @@ impl KmsProvider for AwsKms {
             .send()
             .await
             .map_err(classify)?;
-        Ok(WrappedKey {
-            provider: Provider::AwsKms,
-            key_id: out.key_id.unwrap_or_else(|| key_id.to_string()),
-            ciphertext: take_blob(out.ciphertext_blob, "ciphertext")?.to_vec(),
-        })
+        wrapped(out.key_id, key_id, out.ciphertext_blob)
     }
 
     async fn generate_data_key(
@@ -260,14 +270,7 @@ impl KmsProvider for AwsKms {
         let dek = Dek::from_slice(&pt).map_err(|_| {
             KmsError::Other("GenerateDataKey returned a key of the wrong size".into())
         })?;
-        Ok((
-            dek,
-            WrappedKey {
-                provider: Provider::AwsKms,
-                key_id: out.key_id.unwrap_or_else(|| key_id.to_string()),
-                ciphertext: take_blob(out.ciphertext_blob, "ciphertext")?.to_vec(),
-            },
-        ))
+        Ok((dek, wrapped(out.key_id, key_id, out.ciphertext_blob)?))
     }
 
     async fn generate_data_key_without_plaintext(
@@ -284,11 +287,7 @@ impl KmsProvider for AwsKms {
             .send()
             .await
             .map_err(classify)?;
-        Ok(WrappedKey {
-            provider: Provider::AwsKms,
-            key_id: out.key_id.unwrap_or_else(|| key_id.to_string()),
-            ciphertext: take_blob(out.ciphertext_blob, "ciphertext")?.to_vec(),
-        })
+        wrapped(out.key_id, key_id, out.ciphertext_blob)
     }
 
     async fn re_encrypt(
@@ -310,19 +309,11 @@ impl KmsProvider for AwsKms {
             .send()
             .await
             .map_err(classify)?;
-        Ok(WrappedKey {
-            provider: Provider::AwsKms,
-            key_id: out.key_id.unwrap_or_else(|| dest_key_id.to_string()),
-            ciphertext: take_blob(out.ciphertext_blob, "ciphertext")?.to_vec(),
-        })
+        wrapped(out.key_id, dest_key_id, out.ciphertext_blob)
     }
 
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        if len == 0 || len > 1024 {
-            return Err(KmsError::Invalid(format!(
-                "random length must be 1..=1024 bytes, got {len}"
-            )));
-        }
+        super::check_random_len(len)?;
         let client = self.client_for("")?;
         let out = client
             .generate_random()

@@ -216,11 +216,7 @@ impl KmsProvider for LocalProvider {
     }
 
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        if len == 0 || len > 1024 {
-            return Err(KmsError::Invalid(format!(
-                "random length must be 1..=1024 bytes, got {len}"
-            )));
-        }
+        super::check_random_len(len)?;
         let mut out = Zeroizing::new(vec![0u8; len]);
         rand::rngs::OsRng.fill_bytes(&mut out);
         Ok(out)

@@ -28,6 +28,16 @@ pub type Context = BTreeMap<String, String>;
 /// KMS Encrypt's plaintext limit.
 pub const ENCRYPT_MAX_BYTES: usize = 4096;
 
+/// KMS GenerateRandom accepts 1..=1024 bytes; every provider enforces the same.
+pub fn check_random_len(len: usize) -> Result<(), KmsError> {
+    if len == 0 || len > 1024 {
+        return Err(KmsError::Invalid(format!(
+            "random length must be 1..=1024 bytes, got {len}"
+        )));
+    }
+    Ok(())
+}
+
 /// A DEK wrapped under one KMS key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WrappedKey {
