@@ -5,8 +5,12 @@
 //! path matters (throttling, outage: moto behind a fault-injecting proxy).
 //!
 //! No sleeps to "wait for it": everything polls with a deadline
-//! ([`eventually`]). Two places wait a fixed time on purpose, because they
-//! prove an *absence* (no hot loop, no writes), and say so.
+//! ([`eventually`]). One place waits a fixed time on purpose (the KMS
+//! outage window), because it proves an *absence* (no hot retry loop), and
+//! says so; the idle-resync test proves "no writes" by counting reconciles.
+//!
+//! Run: `cargo test --test e2e` (needs /usr/bin/kubectl; moto comes from
+//! the test venv, see scripts/ensure-venv.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -560,8 +564,8 @@ async fn deletion_policy_delete_collects_and_retain_orphans() {
     let orefs = s.metadata.owner_references.unwrap_or_default();
     assert!(!orefs.iter().any(|o| o.uid == uid), "{orefs:?}");
     assert_eq!(c.secret_data(NS, "kept").await.unwrap()["k"], "kept");
-    // and the garbage collector leaves it alone afterwards: a later write
-    // round-trip through the server (the GC runs on every change) keeps it
+    // and the garbage collector (woken by writes) leaves it alone: after
+    // more writes and a full sync of another resource it is still there
     c.kubectl(&["label", "secret", "kept", "-n", NS, "still=here"])
         .await;
     let other = c.encrypt(&[
