@@ -50,6 +50,15 @@ pub struct LeaderElection {
     pub identity: String,
 }
 
+/// What this process last wrote for one EncryptedSecret.
+#[derive(Clone, Debug, Default)]
+struct Written {
+    hash: String,
+    secret_rv: String,
+    /// Generation for which a Synced status was written after that write.
+    synced_generation: Option<Option<i64>>,
+}
+
 /// Shared by all reconcilers and the HTTP server.
 pub struct State {
     pub client: Client,
@@ -60,7 +69,7 @@ pub struct State {
     /// uid → consecutive transient failures (per-object backoff).
     failures: Mutex<HashMap<String, u32>>,
     /// uid → (source hash, Secret resourceVersion) of our last write.
-    written: Mutex<HashMap<String, (String, String)>>,
+    written: Mutex<HashMap<String, Written>>,
     pub ready: AtomicBool,
     pub leader: AtomicBool,
 }
@@ -117,10 +126,27 @@ impl State {
     }
 
     pub fn remember_write(&self, uid: &str, hash: &str, rv: &str) {
+        let w = Written {
+            hash: hash.into(),
+            secret_rv: rv.into(),
+            synced_generation: None,
+        };
         self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.into(), (hash.into(), rv.into()));
+            .insert(uid.into(), w);
+    }
+
+    /// Record that a Synced status for `generation` followed the last write.
+    pub fn remember_synced(&self, uid: &str, generation: Option<i64>) {
+        if let Some(w) = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(uid)
+        {
+            w.synced_generation = Some(generation);
+        }
     }
 
     pub fn last_write(&self, uid: &str) -> Option<(String, String)> {
@@ -128,7 +154,29 @@ impl State {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(uid)
-            .cloned()
+            .map(|w| (w.hash.clone(), w.secret_rv.clone()))
+    }
+
+    /// True when this process already wrote exactly this source into exactly
+    /// this Secret version and reported it Synced for this generation. Lets
+    /// the reconcile triggered by our own writes (before the watch cache has
+    /// our status) skip decrypt, apply and status entirely.
+    pub fn synced_in_memory(
+        &self,
+        uid: &str,
+        hash: &str,
+        secret_rv: &str,
+        generation: Option<i64>,
+    ) -> bool {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .is_some_and(|w| {
+                w.hash == hash
+                    && w.secret_rv == secret_rv
+                    && w.synced_generation == Some(generation)
+            })
     }
 
     pub fn forget(&self, uid: &str) {

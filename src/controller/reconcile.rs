@@ -144,6 +144,14 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
         .as_ref()
         .and_then(|m| m.metadata.resource_version.clone());
     let status = es.status.as_ref();
+    let generation = es.meta().generation;
+    if let Some(rv) = &current_rv
+        && state.synced_in_memory(&uid, &hash, rv, generation)
+    {
+        state.succeeded(&uid);
+        debug!(%name, namespace = %ns, "in sync (own last write); nothing to do");
+        return Ok((Outcome::synced(&name), Action::requeue(state.resync())));
+    }
     let remembered = state.last_write(&uid);
     let in_sync = current_rv.is_some()
         && (remembered
@@ -160,7 +168,10 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
             secret_rv: current_rv,
             key_id: status.and_then(|s| s.key_id.clone()),
         };
+        let rv = sync.secret_rv.clone().unwrap_or_default();
         write_status(&es_api, es, state, &outcome, Some(&sync)).await?;
+        state.remember_write(&uid, &sync.hash, &rv);
+        state.remember_synced(&uid, generation);
         state.succeeded(&uid);
         debug!(%name, namespace = %ns, "in sync; nothing to do");
         return Ok((outcome, Action::requeue(state.resync())));
@@ -237,6 +248,7 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
         key_id: Some(key_id),
     };
     write_status(&es_api, es, state, &outcome, Some(&sync)).await?;
+    state.remember_synced(&uid, generation);
     state.succeeded(&uid);
     info!(%name, namespace = %ns, "Secret applied");
     Ok((outcome, Action::requeue(state.resync())))
