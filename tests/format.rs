@@ -6,43 +6,79 @@
 use std::collections::BTreeMap;
 
 use kmsecrets::api::{DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, Scope};
-use kmsecrets::envelope::{Binding, Dek, canonical_context, open_value, seal_raw_with_nonce, unb64};
+use kmsecrets::envelope::{
+    Binding, Dek, canonical_context, open_value, seal_raw_with_nonce, unb64,
+};
 use kmsecrets::kms::KmsProvider;
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
 use kmsecrets::kms::local::{LocalKey, LocalProvider};
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/envelope.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/envelope.json"
+    ))
+    .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 fn map(v: &Value) -> BTreeMap<String, String> {
-    v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect()
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
 }
 
 #[tokio::test]
 async fn known_answer_vectors() {
     let all = vectors();
     let dek = Dek::from_slice(&hex::decode(all["dek_hex"].as_str().unwrap()).unwrap()).unwrap();
-    let kek = LocalKey::from_bytes(&unb64(all["local_kek_b64"].as_str().unwrap()).unwrap()).unwrap();
+    let kek =
+        LocalKey::from_bytes(&unb64(all["local_kek_b64"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(kek.id(), all["local_key_id"].as_str().unwrap());
     let local = LocalProvider::new([kek]);
     for v in all["vectors"].as_array().unwrap() {
         let s = |k: &str| v[k].as_str().unwrap().to_string();
         let scope: Scope = s("scope").parse().unwrap();
-        let b = Binding::new(scope, Some(&s("namespace")), Some(&s("name")), map(&v["encryptionContext"])).unwrap();
+        let b = Binding::new(
+            scope,
+            Some(&s("namespace")),
+            Some(&s("name")),
+            map(&v["encryptionContext"]),
+        )
+        .unwrap();
         assert_eq!(hex::encode(b.aad(&s("key"))), s("aad_hex"), "AAD {v}");
         assert_eq!(b.encryption_context(), map(&v["context"]), "context {v}");
-        assert_eq!(hex::encode(canonical_context(&b.encryption_context())), s("canonical_context_hex"));
+        assert_eq!(
+            hex::encode(canonical_context(&b.encryption_context())),
+            s("canonical_context_hex")
+        );
         let nonce: [u8; 12] = hex::decode(s("nonce_hex")).unwrap().try_into().unwrap();
         let pt = unb64(&s("plaintext_b64")).unwrap();
         let sealed = seal_raw_with_nonce(&dek, &nonce, &b.aad(&s("key")), &pt);
-        assert_eq!(kmsecrets::envelope::b64(&sealed), s("value_b64"), "ciphertext {v}");
-        assert_eq!(open_value(&dek, &b, &s("key"), &s("value_b64")).unwrap().as_slice(), pt.as_slice());
+        assert_eq!(
+            kmsecrets::envelope::b64(&sealed),
+            s("value_b64"),
+            "ciphertext {v}"
+        );
+        assert_eq!(
+            open_value(&dek, &b, &s("key"), &s("value_b64"))
+                .unwrap()
+                .as_slice(),
+            pt.as_slice()
+        );
         // the local provider unwraps the independently wrapped DEK
         let wrapped = unb64(&s("local_wrapped_dek_b64")).unwrap();
-        let got = local.decrypt(all["local_key_id"].as_str().unwrap(), &wrapped, &b.encryption_context()).await.unwrap();
+        let got = local
+            .decrypt(
+                all["local_key_id"].as_str().unwrap(),
+                &wrapped,
+                &b.encryption_context(),
+            )
+            .await
+            .unwrap();
         assert_eq!(got.expose(), dek.expose());
     }
 }
@@ -53,7 +89,8 @@ async fn known_answer_vectors() {
 async fn vector_resource_decrypts_end_to_end() {
     let all = vectors();
     let v = &all["vectors"][0];
-    let kek = LocalKey::from_bytes(&unb64(all["local_kek_b64"].as_str().unwrap()).unwrap()).unwrap();
+    let kek =
+        LocalKey::from_bytes(&unb64(all["local_kek_b64"].as_str().unwrap()).unwrap()).unwrap();
     let mut es = EncryptedSecret::new(
         v["name"].as_str().unwrap(),
         EncryptedSecretSpec {
@@ -64,7 +101,11 @@ async fn vector_resource_decrypts_end_to_end() {
                 key_id: all["local_key_id"].as_str().unwrap().into(),
                 ciphertext: v["local_wrapped_dek_b64"].as_str().unwrap().into(),
             }],
-            encrypted_data: [(v["key"].as_str().unwrap().to_string(), v["value_b64"].as_str().unwrap().to_string())].into(),
+            encrypted_data: [(
+                v["key"].as_str().unwrap().to_string(),
+                v["value_b64"].as_str().unwrap().to_string(),
+            )]
+            .into(),
             template: None,
             deletion_policy: Default::default(),
         },
@@ -86,7 +127,10 @@ async fn vector_resource_decrypts_end_to_end() {
 #[test]
 fn generated_crds_do_not_drift() {
     let want = kmsecrets::api::crd_yaml();
-    for rel in ["crds/kmsecrets.dev_encryptedsecrets.yaml", "charts/kmsecrets/crds/kmsecrets.dev_encryptedsecrets.yaml"] {
+    for rel in [
+        "crds/kmsecrets.dev_encryptedsecrets.yaml",
+        "charts/kmsecrets/crds/kmsecrets.dev_encryptedsecrets.yaml",
+    ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
         if std::env::var_os("KMSECRETS_UPDATE_CRDS").is_some() {
             std::fs::write(&path, &want).unwrap();
