@@ -84,7 +84,7 @@ CONTROLLER_RULES = {
     ("kmsecrets.dev", "encryptedsecrets"): {"get", "list", "watch", "patch"},
     ("kmsecrets.dev", "encryptedsecrets/status"): {"patch", "update"},
     ("kmsecrets.dev", "encryptedsecrets/finalizers"): {"update"},
-    ("", "secrets"): {"get", "list", "watch", "create", "patch"},
+    ("", "secrets"): {"get", "list", "watch", "create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 SECRET_VERBS = CONTROLLER_RULES[("", "secrets")]

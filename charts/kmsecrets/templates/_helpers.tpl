@@ -77,11 +77,12 @@ app.kubernetes.io/part-of: kmsecrets
   resources: ["encryptedsecrets/finalizers"]
   verbs: ["update"]
 # Secrets: metadata-only list/watch, get, server-side apply (patch; create is
-# also checked when an apply creates). No update, no delete: the garbage
-# collector removes owned Secrets and the controller never deletes one.
+# also checked when an apply creates). No update. delete only replaces an
+# `immutable: true` Secret whose content changed (after a successful decrypt);
+# the controller never deletes a Secret because KMS or decryption fails.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
