@@ -1053,3 +1053,65 @@ async fn malformed_objects_never_break_the_watch() {
     assert!(msg.contains("spec cannot be read"), "{msg}");
     assert!(!msg.contains("nope"), "status echoes a spec value: {msg}");
 }
+
+/// An `immutable: true` Secret cannot change in place; a new version of its
+/// EncryptedSecret replaces it (uid changes), and the old one is never
+/// deleted while decryption fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_secret_is_replaced_on_change_only_after_a_good_decrypt() {
+    let c = Cluster::start().await;
+    let _ctl = c.controller(&[]);
+    let file = c.path("imm.yaml");
+    let f = file.to_str().unwrap();
+    let yaml = c.encrypt(&[
+        "--from-literal",
+        "a=one",
+        "--name",
+        "imm",
+        "--namespace",
+        NS,
+    ]);
+    let yaml = yaml.replace(
+        "    type: Opaque\n",
+        "    type: Opaque\n    immutable: true\n",
+    );
+    assert!(yaml.contains("immutable: true"), "{yaml}");
+    std::fs::write(&file, &yaml).unwrap();
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(NS, "imm", &[("a", "one")]).await;
+    c.wait_ready(NS, "imm", "True", "Synced").await;
+    let first = c.secret(NS, "imm").await.unwrap();
+    assert_eq!(first.immutable, Some(true));
+
+    // a tampered version fails closed: the immutable Secret stays as it is
+    let tampered = {
+        let mut v: Value = serde_saphyr::from_str(&yaml).unwrap();
+        let ct = v["spec"]["encryptedData"]["a"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut raw = kmsecrets::envelope::unb64(&ct).unwrap();
+        raw[14] ^= 1;
+        v["spec"]["encryptedData"]["a"] = Value::String(kmsecrets::envelope::b64(&raw));
+        serde_json::to_string(&v).unwrap()
+    };
+    c.apply(&tampered).await;
+    c.wait_ready(NS, "imm", "False", "DecryptFailed").await;
+    assert_eq!(
+        c.secret(NS, "imm").await.unwrap().metadata.uid,
+        first.metadata.uid
+    );
+
+    // a good new value replaces the Secret
+    std::fs::write(&file, &yaml).unwrap();
+    c.kmsecrets(&["encrypt", "--merge-into", f, "--from-literal", "a=two"]);
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(NS, "imm", &[("a", "two")]).await;
+    c.wait_ready(NS, "imm", "True", "Synced").await;
+    let second = c.secret(NS, "imm").await.unwrap();
+    assert_ne!(
+        second.metadata.uid, first.metadata.uid,
+        "replaced, not mutated"
+    );
+    assert_eq!(second.immutable, Some(true));
+}
