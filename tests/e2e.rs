@@ -1115,3 +1115,69 @@ async fn immutable_secret_is_replaced_on_change_only_after_a_good_decrypt() {
     );
     assert_eq!(second.immutable, Some(true));
 }
+
+/// A Retain resource that later becomes unreadable is still finalized as
+/// Retain on deletion: the Secret is orphaned and the object goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_retain_resource_is_still_orphaned_on_delete() {
+    let c = Cluster::start().await;
+    let _ctl = c.controller(&[]);
+    let yaml = c.encrypt(&["--from-literal", "k=kept", "--name", "m", "--namespace", NS]);
+    let mut v: Value = serde_saphyr::from_str(&yaml).unwrap();
+    v["spec"]["deletionPolicy"] = Value::String("Retain".into());
+    c.apply(&serde_json::to_string(&v).unwrap()).await;
+    c.wait_ready(NS, "m", "True", "Synced").await;
+    eventually(20 * SECOND, "Retain finalizer added", async || {
+        c.esec(NS, "m")
+            .await
+            .and_then(|e| e.metadata.finalizers)
+            .is_some_and(|f| f.iter().any(|f| f == "kmsecrets.dev/retain"))
+    })
+    .await;
+    // make the spec unreadable (the test server, like an apiserver without
+    // the CRD's schema, accepts it)
+    c.kubectl(&[
+        "patch",
+        "esec",
+        "m",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"scope":"bogus"}}"#,
+    ])
+    .await;
+    eventually(20 * SECOND, "InvalidSpec reported", async || {
+        let out = c
+            .kubectl_raw(&[
+                "get",
+                "esec",
+                "m",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.status.conditions[0].reason}",
+            ])
+            .await;
+        out.stdout == b"InvalidSpec"
+    })
+    .await;
+    c.kubectl(&["delete", "esec", "m", "-n", NS, "--wait=false"])
+        .await;
+    eventually(
+        20 * SECOND,
+        "malformed Retain resource finalized and gone",
+        async || {
+            c.kubectl_raw(&["get", "esec", "m", "-n", NS])
+                .await
+                .status
+                .code()
+                == Some(1)
+        },
+    )
+    .await;
+    let s = c.secret(NS, "m").await.expect("retained Secret");
+    assert!(s.metadata.owner_references.unwrap_or_default().is_empty());
+    assert_eq!(c.secret_data(NS, "m").await.unwrap()["k"], "kept");
+}

@@ -71,7 +71,7 @@ fn run_editor(path: &Path) -> CliResult {
     Ok(())
 }
 
-pub async fn run(g: &GlobalArgs, a: EditArgs) -> CliResult {
+async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
     let mut es = read_one_encrypted(&a.file)?;
     let binding = resource::validate(&es)?;
     let (setup, _) = build_kms(g, &[], &a.layer)?;
@@ -180,4 +180,9 @@ fn normalized(t: &crate::api::SecretTemplate) -> crate::api::SecretTemplate {
         t.metadata = None;
     }
     t
+}
+
+pub async fn run(g: &GlobalArgs, a: EditArgs) -> CliResult {
+    let file = a.file.clone();
+    edit(g, a).await.map_err(|e| super::name_file(&file, e))
 }

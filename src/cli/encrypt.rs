@@ -302,7 +302,9 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
         let Some(input) = inputs.pop() else {
             return Err(msg("nothing to merge"));
         };
-        return merge_into(g, &a, path, input, &generate).await;
+        return merge_into(g, &a, path, input, &generate)
+            .await
+            .map_err(|e| super::name_file(path, e));
     }
 
     if key_args.is_empty() {

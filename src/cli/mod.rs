@@ -423,3 +423,12 @@ pub fn file_format(path: &std::path::Path) -> Format {
         Format::Yaml
     }
 }
+
+/// Prefix KMS and decryption errors with the file they concern (parse and
+/// I/O errors already name it).
+pub fn name_file(path: &std::path::Path, e: CliError) -> CliError {
+    match e {
+        CliError::Resource(_) | CliError::Kms(_) => msg(format!("{}: {e}", path.display())),
+        other => other,
+    }
+}

@@ -27,7 +27,7 @@ pub struct RotateArgs {
     pub layer: LayerArgs,
 }
 
-pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
+async fn rotate(g: &GlobalArgs, a: RotateArgs) -> CliResult {
     let key_args = a
         .keys
         .iter()
@@ -97,4 +97,9 @@ pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
         es.spec.encrypted_data.len()
     );
     Ok(())
+}
+
+pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
+    let file = a.file.clone();
+    rotate(g, a).await.map_err(|e| super::name_file(&file, e))
 }

@@ -96,7 +96,7 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
     if es.meta().deletion_timestamp.is_some() {
         if es.finalizers().iter().any(|f| f == FINALIZER) {
             orphan_secret(&secrets, &name, &uid).await?;
-            set_finalizer(&es_api, es, false).await?;
+            set_finalizer(&es_api, es.meta(), false).await?;
             info!(%name, namespace = %ns, "deletionPolicy Retain: Secret orphaned");
         }
         state.forget(&uid);
@@ -105,7 +105,7 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
     let wants_finalizer = es.spec.deletion_policy == DeletionPolicy::Retain;
     let has_finalizer = es.finalizers().iter().any(|f| f == FINALIZER);
     if wants_finalizer != has_finalizer {
-        set_finalizer(&es_api, es, wants_finalizer).await?;
+        set_finalizer(&es_api, es.meta(), wants_finalizer).await?;
     }
 
     // 2. who owns the Secret now (metadata only: no plaintext in memory)
@@ -278,15 +278,24 @@ async fn malformed(
     );
     let generation = obj.meta().generation;
     let marker = format!("invalid:{}", generation.unwrap_or_default());
-    if obj.meta().deletion_timestamp.is_some()
-        || state.last_write(&uid).is_some_and(|(h, _)| h == marker)
-    {
+    let api: Api<Watched> = Api::namespaced(state.client.clone(), &ns);
+    if obj.meta().deletion_timestamp.is_some() {
+        // Our finalizer exists only for deletionPolicy Retain, so honour it
+        // even though the spec cannot be read: orphan, then let go.
+        if obj.finalizers().iter().any(|f| f == FINALIZER) {
+            let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &ns);
+            orphan_secret(&secrets, &name, &uid).await?;
+            set_finalizer(&api, obj.meta(), false).await?;
+        }
+        state.forget(&uid);
+        return Ok((outcome, Action::await_change()));
+    }
+    if state.last_write(&uid).is_some_and(|(h, _)| h == marker) {
         return Ok((outcome, Action::await_change()));
     }
     warn!(%name, namespace = %ns, error = %outcome.message, "malformed EncryptedSecret");
     let cond = next_condition(None, &outcome, generation, Time(jiff::Timestamp::now()));
     let patch = json!({"status": {"observedGeneration": generation, "conditions": [cond]}});
-    let api: Api<Watched> = Api::namespaced(state.client.clone(), &ns);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -423,14 +432,14 @@ async fn write_status(
     Ok(())
 }
 
-async fn set_finalizer(
-    api: &Api<EncryptedSecret>,
-    es: &EncryptedSecret,
-    present: bool,
-) -> Result<()> {
-    let mut finalizers: Vec<String> = es
-        .finalizers()
+async fn set_finalizer<K>(api: &Api<K>, meta: &kube::api::ObjectMeta, present: bool) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut finalizers: Vec<String> = meta
+        .finalizers
         .iter()
+        .flatten()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
@@ -440,13 +449,13 @@ async fn set_finalizer(
     // resourceVersion makes this an optimistic write: a concurrent change
     // gives 409 and a retry with fresh state.
     let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": es.resource_version()}});
-    api.patch(
-        &es.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}});
+    let name = meta
+        .name
+        .as_deref()
+        .ok_or(ReconcileError::Missing("name"))?;
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
