@@ -121,6 +121,13 @@ impl State {
         reconcile::jittered(self.cfg.slow_retry)
     }
 
+    /// A conflicting unowned Secret is not watched (we only watch our own),
+    /// so an adopt annotation added later is noticed by polling it: a
+    /// metadata GET at most every 30 s per conflicting object.
+    pub fn conflict_retry(&self) -> Duration {
+        reconcile::jittered(self.cfg.slow_retry.min(Duration::from_secs(30)))
+    }
+
     pub fn resync(&self) -> Duration {
         reconcile::jittered(self.cfg.resync_interval)
     }

@@ -133,7 +133,7 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
                 ),
             );
             write_status(&es_api, es, state, &outcome, None).await?;
-            return Ok((outcome, Action::requeue(state.slow_retry())));
+            return Ok((outcome, Action::requeue(state.conflict_retry())));
         }
     }
 
