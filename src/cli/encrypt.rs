@@ -19,7 +19,8 @@ use crate::resource::{self, Plaintext};
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-#[derive(Args, Debug)]
+/// No `Debug`: `--from-literal` values are secrets.
+#[derive(Args)]
 pub struct EncryptArgs {
     /// Secret manifest(s) to encrypt (multi-document; - for stdin)
     #[arg(short = 'f', long = "filename", value_name = "FILE")]

@@ -49,7 +49,7 @@ pub fn msg(s: impl Into<String>) -> CliError {
     CliError::Msg(s.into())
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(
     name = "kmsecrets",
     version,
@@ -170,7 +170,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 30s, 10m, 1h or 0"))
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Encrypt a Secret (manifest or literals) into an EncryptedSecret
     Encrypt(encrypt::EncryptArgs),
