@@ -18,10 +18,9 @@
 //! binary built for them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -33,119 +32,9 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
+use support::{Controller, kmsecrets_bin, metric, metrics, run};
+
 const NS: &str = "bench";
-
-fn kmsecrets_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/examples/e2e_numbers → target/<profile>/kmsecrets
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bin", "kmsecrets", "--manifest-path"])
-        .arg(&manifest);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build --bin kmsecrets");
-    assert!(status.success(), "cargo build --bin kmsecrets failed");
-    let bin = profile_dir.join("kmsecrets");
-    assert!(bin.exists(), "{} missing after build", bin.display());
-    bin
-}
-
-fn run(bin: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .expect("run kmsecrets");
-    assert!(
-        out.status.success(),
-        "kmsecrets {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Controller {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Controller {
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn http_addr(&self) -> SocketAddr {
-        let start = Instant::now();
-        loop {
-            let logs = self.logs();
-            if let Some(addr) = logs
-                .lines()
-                .filter(|l| l.contains("serving /healthz"))
-                .find_map(|l| {
-                    let at = l.find("\"addr\":\"")? + 8;
-                    let end = l[at..].find('"')? + at;
-                    l[at..end].parse().ok()
-                })
-            {
-                return addr;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no HTTP address in the controller log:\n{logs}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-fn metrics(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    buf
-}
-
-/// Sum of the samples of `name` whose labels include every pair of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, lbls) = series.split_once('{').unwrap_or((series, ""));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| lbls.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
-}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;

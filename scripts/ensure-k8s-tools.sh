@@ -61,7 +61,7 @@ done
 build "kube-apiserver, kube-controller-manager, kubectl $k8s_version" kubernetes "$k8s_ld" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 build etcd etcd "" go.etcd.io/etcd/server/v3
-mv "$stage/bin/v3" "$stage/bin/etcd"
+mv "$stage/bin/server" "$stage/bin/etcd" # go names .../server/v3 "server"
 build "helm $helm_version" helm "-X helm.sh/helm/v4/internal/version.version=$helm_version" helm.sh/helm/v4/cmd/helm
 build local-kms local-kms "" github.com/nsmithuk/local-kms
 

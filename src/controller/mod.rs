@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -195,12 +196,61 @@ impl State {
     }
 }
 
+/// Lists use the default (most recent, consistent) semantic, not
+/// `any_semantic()` (resourceVersion=0): an RV=0 list may be served from a
+/// lagging watch cache (stale reads, kubernetes/kubernetes#59848), and after
+/// a `410 too old resource version` client-go's reflector relists with
+/// RV="" for the same reason. Consistent lists are served from the watch
+/// cache since Kubernetes 1.34, so this costs etcd nothing extra.
 fn watcher_config(cfg: &Config) -> watcher::Config {
-    let mut wc = watcher::Config::default().any_semantic();
+    let mut wc = watcher::Config::default();
     if let Some(sel) = &cfg.label_selector {
         wc = wc.labels(sel);
     }
     wc
+}
+
+/// Backoff of the watches after an error: 0.5 s doubling to 5 s (jittered),
+/// reset after 30 s without errors. kube-runtime's default (0.8 s to 30 s,
+/// reset after 120 s) was measured on a real kube-apiserver: a graceful
+/// restart refuses connections for ~18 s, the first watch afterwards is a
+/// `410 Expired` (the new watch cache starts at etcd's current revision),
+/// and by then the backoff had reached 30–50 s, so the controller missed
+/// changes for close to a minute after the apiserver was back. With a 5 s
+/// cap it resumes within seconds; a relist every 5 s per watch during an
+/// outage is no load for an apiserver.
+fn watch_backoff() -> ResetTimerBackoff<WatchBackoff> {
+    ResetTimerBackoff::new(WatchBackoff::default(), Duration::from_secs(30))
+}
+
+/// Full-jitter exponential delays, 0.5 s doubling to a 5 s cap (see
+/// [`watch_backoff`]).
+#[derive(Default)]
+struct WatchBackoff {
+    attempt: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = backoff_delay(
+            self.attempt,
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+            &mut rand::thread_rng(),
+        );
+        self.attempt = self.attempt.saturating_add(1);
+        // full jitter can draw ~0: keep a floor so a flapping apiserver is
+        // not hammered
+        Some(d.max(Duration::from_millis(200)))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
 }
 
 /// Run one controller (one namespace scope) until `shutdown` fires.
@@ -213,13 +263,14 @@ async fn run_scope(state: Arc<State>, ns: Option<String>, shutdown: watch::Recei
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
-    let owned = watcher::Config::default().any_semantic().labels(&format!(
+    let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         secret::MANAGED_BY_LABEL,
         secret::MANAGED_BY_VALUE
     ));
     let controller = Controller::new(es_api, watcher_config(&state.cfg))
         .owns(secret_api, owned)
+        .trigger_backoff(watch_backoff())
         .with_config(ControllerConfig::default().concurrency(state.cfg.concurrency));
     spawn_gauge_updater(controller.store(), state.clone(), shutdown.clone());
     let mut stop = shutdown.clone();
@@ -309,7 +360,15 @@ pub async fn run(state: Arc<State>, shutdown: watch::Receiver<bool>) -> Result<(
         Some(le) => run_with_lease(state.clone(), le.clone(), shutdown.clone()).await,
     };
     if let Some(h) = http {
-        let _ = h.task.await;
+        if result.is_ok() {
+            let _ = h.task.await;
+        } else {
+            // A failed run (e.g. leadership lost) must end the process; the
+            // HTTP server only stops on shutdown, so waiting for it kept a
+            // replica that had lost the lease alive forever (found on a
+            // real control plane with etcd stopped).
+            h.task.abort();
+        }
     }
     result
 }
@@ -369,12 +428,23 @@ async fn run_with_lease(
     let _ = controllers.await;
     state.leader.store(false, Ordering::SeqCst);
     drop(leading);
-    match task.await {
-        Ok(Ok(m)) => {
-            let _ = m.release().await;
+    // Bounded: leadership is typically lost because the API server (or its
+    // etcd) is unreachable, and then neither the lease manager's last
+    // request nor the release returns. Found on a real control plane with
+    // etcd stopped: without a bound the replica hung here for good, alive
+    // and healthy but never a candidate again.
+    match tokio::time::timeout(LEASE_STOP_TIMEOUT, task).await {
+        Ok(Ok(Ok(m))) => {
+            if tokio::time::timeout(LEASE_STOP_TIMEOUT, m.release())
+                .await
+                .is_err()
+            {
+                warn!("lease release timed out");
+            }
         }
-        Ok(Err(e)) => error!(error = %e, "lease manager failed"),
-        Err(e) => error!(error = %e, "lease task panicked"),
+        Ok(Ok(Err(e))) => error!(error = %e, "lease manager failed"),
+        Ok(Err(e)) => error!(error = %e, "lease task panicked"),
+        Err(_) => warn!("lease manager did not stop in time"),
     }
     if lost {
         Err("lost leadership; exiting so a fresh start can compete again".into())
@@ -382,6 +452,10 @@ async fn run_with_lease(
         Ok(())
     }
 }
+
+/// How long stopping the lease manager (and releasing the Lease) may take
+/// before the process exits anyway; the Lease then simply expires.
+const LEASE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves once the shutdown channel says stop (or its sender is gone).
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {

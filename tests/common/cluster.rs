@@ -1,6 +1,9 @@
-//! End-to-end harness: an in-process `kmsecrets-testserver`, real `kubectl`
-//! against it, the real `kmsecrets` binary as CLI and as controller process
-//! (killed on drop), a local KMS key, and polling helpers with deadlines.
+//! End-to-end harness: one of two API-server backends — the real control
+//! plane (etcd + kube-apiserver + kube-controller-manager v1.37.2, from
+//! `kmsecrets-envtest`) or the in-process `kmsecrets-testserver` — real
+//! `kubectl` against it, the real `kmsecrets` binary as CLI and as controller
+//! process (killed on drop), a local KMS key, and polling helpers with
+//! deadlines. Scenarios take a [`Backend`] so one list runs on both.
 //!
 //! Must run inside a multi-thread tokio runtime: the API server's tasks run
 //! on the worker threads while the test body (which may block on a child
@@ -15,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kmsecrets::api::EncryptedSecret;
-use kmsecrets_testserver::TestServer;
+use kmsecrets_envtest::ControlPlane;
+use kmsecrets_testserver::{Counters, TestServer};
 use kube::Api;
 use serde_json::Value;
 
@@ -81,9 +85,35 @@ fn check(out: Output, what: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// Which API server a scenario runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The project's in-memory server (`kmsecrets-testserver`).
+    Memory,
+    /// Real etcd + kube-apiserver + kube-controller-manager.
+    Real,
+}
+
+pub enum Server {
+    Memory(TestServer),
+    Real(Box<ControlPlane>),
+}
+
+/// How a scenario breaks the controller's watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchFault {
+    /// In-memory: expire every watch (in-stream 410). Real: SIGTERM and
+    /// restart kube-apiserver (streams end; a relist follows).
+    Expire,
+    /// In-memory: drop every stream. Real: SIGKILL and restart kube-apiserver.
+    Drop,
+}
+
 /// One test's cluster: API server, kubeconfig, local KMS key, CRD installed.
 pub struct Cluster {
-    pub server: TestServer,
+    pub backend: Backend,
+    pub server: Server,
+    kubectl_bin: PathBuf,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     /// Local key-encryption key (`kmsecrets keygen`).
@@ -92,16 +122,42 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the server and installs the CRD the way a user does:
+    /// Starts the backend and installs the CRD the way a user does:
     /// `kmsecrets crd | kubectl apply -f -`.
-    pub async fn start() -> Cluster {
-        require_kubectl();
-        let server = TestServer::start("127.0.0.1:0")
-            .await
-            .expect("start test API server");
+    pub async fn start_on(backend: Backend) -> Cluster {
+        Cluster::start_with(backend, true).await
+    }
+
+    /// Same; installs the CRD only with `install_crd` (Helm tests let the
+    /// chart install it).
+    pub async fn start_with(backend: Backend, install_crd: bool) -> Cluster {
+        // Both backends wait for the pinned tools: the first test of a run
+        // builds them (minutes, both cores), and a timing-sensitive scenario
+        // must not run beside that build.
+        kmsecrets_envtest::tools_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let (server, kubectl_bin) = match backend {
+            Backend::Memory => {
+                require_kubectl();
+                let server = TestServer::start("127.0.0.1:0")
+                    .await
+                    .expect("start test API server");
+                server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+                (Server::Memory(server), PathBuf::from(KUBECTL))
+            }
+            Backend::Real => {
+                let cp = ControlPlane::start()
+                    .await
+                    .unwrap_or_else(|e| panic!("start the real control plane: {e}"));
+                eprintln!("control plane ready in {:?}", cp.start_time);
+                std::fs::copy(cp.kubeconfig(), &kubeconfig).expect("kubeconfig");
+                (
+                    Server::Real(Box::new(cp)),
+                    kmsecrets_envtest::tool("kubectl"),
+                )
+            }
+        };
         let key = dir.path().join("local.key");
         check(
             Command::new(kmsecrets_bin())
@@ -115,15 +171,130 @@ impl Cluster {
             .await
             .expect("kube client");
         let c = Cluster {
+            backend,
             server,
+            kubectl_bin,
             dir,
             kubeconfig,
             key,
             client,
         };
-        let crd = c.kmsecrets(&["crd"]);
-        c.kubectl_stdin(&["apply", "-f", "-"], &crd).await;
+        if install_crd {
+            let crd = c.kmsecrets(&["crd"]);
+            c.kubectl_stdin(&["apply", "-f", "-"], &crd).await;
+            c.wait_crd().await;
+        }
         c
+    }
+
+    /// Waits for the CRD to be Established, then refreshes kubectl's
+    /// discovery cache (`api-resources` invalidates it; without this a
+    /// kubectl run that cached discovery before the CRD existed does not
+    /// know `esec` for hours).
+    pub async fn wait_crd(&self) {
+        if self.backend == Backend::Real {
+            self.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/encryptedsecrets.kmsecrets.dev",
+                "--timeout=30s",
+            ])
+            .await;
+        }
+        let what = "kubectl discovery lists encryptedsecrets";
+        eventually(Duration::from_secs(30), what, async || {
+            self.kubectl_raw(&["api-resources", "--api-group=kmsecrets.dev", "-o", "name"])
+                .await
+                .stdout
+                .starts_with(b"encryptedsecrets")
+        })
+        .await;
+    }
+
+    /// How long the default waits allow. Real: 60 s, because after a
+    /// kube-apiserver restart kube-runtime's watcher reconnects with its
+    /// default backoff (0.8 s doubling to 30 s), where the in-memory
+    /// server's expired or dropped watch is re-established at once.
+    pub fn patience(&self) -> Duration {
+        match self.backend {
+            Backend::Memory => Duration::from_secs(20),
+            Backend::Real => Duration::from_secs(60),
+        }
+    }
+
+    /// Replaces the CRD's `spec` schema with "any object" (status
+    /// subresource kept), so malformed specs can be stored.
+    pub async fn loosen_crd_schema(&self) {
+        let mut crd = serde_json::to_value(kmsecrets::api::crd()).expect("CRD json");
+        for v in crd["spec"]["versions"].as_array_mut().expect("versions") {
+            v["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+                serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        }
+        self.kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &crd.to_string(),
+        )
+        .await;
+    }
+
+    /// Path of the kubectl this backend uses (real: the pinned v1.37.2 build).
+    pub fn kubectl_path(&self) -> &Path {
+        &self.kubectl_bin
+    }
+
+    /// The in-memory server (None on the real backend).
+    pub fn memory(&self) -> Option<&TestServer> {
+        match &self.server {
+            Server::Memory(s) => Some(s),
+            Server::Real(_) => None,
+        }
+    }
+
+    /// The real control plane (None on the in-memory backend).
+    pub fn real(&self) -> Option<&ControlPlane> {
+        match &self.server {
+            Server::Real(cp) => Some(cp),
+            Server::Memory(_) => None,
+        }
+    }
+
+    /// API requests so far by (verb, resource), in the in-memory server's
+    /// vocabulary (get, list, watch, create, update, patch, delete). On the
+    /// real backend: the apiserver's `apiserver_request_total`, which also
+    /// counts kube-controller-manager's and kubectl's requests.
+    pub async fn counters(&self) -> Counters {
+        match &self.server {
+            Server::Memory(s) => s.counters(),
+            Server::Real(cp) => {
+                let raw = cp.request_counts().await.expect("apiserver /metrics");
+                Counters::from_counts(raw.into_iter().map(|((verb, res), n)| {
+                    let verb = match verb.as_str() {
+                        "POST" => "create",
+                        "PUT" => "update",
+                        "PATCH" | "APPLY" => "patch",
+                        v => return ((v.to_ascii_lowercase(), res), n),
+                    };
+                    ((verb.to_string(), res), n)
+                }))
+            }
+        }
+    }
+
+    /// Breaks every open watch (see [`WatchFault`]).
+    pub async fn break_watches(&self, fault: WatchFault) {
+        match &self.server {
+            Server::Memory(s) => match fault {
+                WatchFault::Expire => s.faults().expire_watches(),
+                WatchFault::Drop => s.faults().drop_streams(),
+            },
+            Server::Real(cp) => {
+                let took = cp
+                    .restart_apiserver(fault == WatchFault::Drop)
+                    .await
+                    .expect("restart kube-apiserver");
+                eprintln!("kube-apiserver restarted ({fault:?}) in {took:?}");
+            }
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -131,7 +302,7 @@ impl Cluster {
     }
 
     fn kubectl_cmd(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(KUBECTL);
+        let mut cmd = tokio::process::Command::new(&self.kubectl_bin);
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.dir.path())
@@ -247,7 +418,7 @@ impl Cluster {
 
     /// Waits for Ready=<status> with <reason> *for the current generation*.
     pub async fn wait_ready(&self, ns: &str, name: &str, status: &str, reason: &str) {
-        self.wait_ready_within(ns, name, status, reason, Duration::from_secs(20))
+        self.wait_ready_within(ns, name, status, reason, self.patience())
             .await;
     }
 
@@ -259,19 +430,30 @@ impl Cluster {
         reason: &str,
         timeout: Duration,
     ) {
-        let what = format!("{ns}/{name} Ready={status} {reason}");
-        eventually(timeout, &what, async || {
-            let Some(es) = self.esec(ns, name).await else {
-                return false;
-            };
-            let Some(c) = kmsecrets::controller::status::ready_condition(es.status.as_ref()) else {
-                return false;
-            };
-            c.status == status
-                && c.reason == reason
-                && c.observed_generation == es.metadata.generation
-        })
-        .await;
+        let start = Instant::now();
+        loop {
+            let es = self.esec(ns, name).await;
+            let seen = es.as_ref().map(|es| {
+                let c = kmsecrets::controller::status::ready_condition(es.status.as_ref());
+                (
+                    c.map(|c| (c.status.clone(), c.reason.clone(), c.observed_generation)),
+                    es.metadata.generation,
+                )
+            });
+            if let Some((Some((s, r, observed)), generation)) = &seen
+                && s == status
+                && r == reason
+                && observed == generation
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {ns}/{name} Ready={status} {reason}; \
+                 last seen (Ready (status, reason, observedGeneration), generation): {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The Secret's data as UTF-8 strings (None if the Secret is absent).
@@ -292,7 +474,7 @@ impl Cluster {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let what = format!("Secret {ns}/{name} data == {:?}", want.keys());
-        eventually(Duration::from_secs(20), &what, async || {
+        eventually(self.patience(), &what, async || {
             self.secret_data(ns, name).await.as_ref() == Some(&want)
         })
         .await;

@@ -82,6 +82,17 @@ impl Counters {
         Counters { counts }
     }
 
+    /// Counts from (verb, resource) pairs, summing repeats: how the test
+    /// suite reads a real kube-apiserver's `apiserver_request_total` into
+    /// the same shape.
+    pub fn from_counts(counts: impl IntoIterator<Item = ((String, String), u64)>) -> Counters {
+        let mut out = BTreeMap::new();
+        for (k, n) in counts {
+            *out.entry(k).or_insert(0) += n;
+        }
+        Counters { counts: out }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, u64)> {
         self.counts
             .iter()

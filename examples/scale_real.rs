@@ -1,0 +1,402 @@
+//! The scale benchmark, printed (not asserted), on the real control plane
+//! and on the in-memory server side by side, in one run:
+//!
+//! ```sh
+//! cargo run --release --example scale_real                 # 10,000 EncryptedSecrets, 1,000 DEKs, quota 100/s
+//! cargo run --release --example scale_real -- 2000 200 100 # RESOURCES DEKS QUOTA
+//! cargo run --release --example scale_real -- 2000 200 100 real   # one backend only (real | memory)
+//! ```
+//!
+//! Workload: RESOURCES EncryptedSecrets over DEKS data keys (AWS provider,
+//! moto as KMS, `--scope namespace` templates copied under many names)
+//! exist before the release controller starts with default flags; KMS sits
+//! behind a proxy enforcing QUOTA crypto requests/s (ThrottlingException
+//! beyond it). Printed per backend: converge seconds (all Secrets present,
+//! all Ready), KMS Decrypt calls that reached KMS, throttled calls,
+//! controller CPU seconds and peak RSS (VmHWM), and — measured in the same
+//! run — the API server's own write rate (a plain client server-side-applying
+//! Secrets at concurrency 8), so that the bound is
+//! max(DEKS ÷ QUOTA, writes needed ÷ write rate) with writes needed =
+//! one Secret apply + one status patch per resource.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kmsecrets::api::EncryptedSecret;
+use kmsecrets_envtest::ControlPlane;
+use kmsecrets_envtest::peers::{KmsProxy, Moto};
+use kmsecrets_testserver::TestServer;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use support::{Controller, kmsecrets_bin, metric, metrics};
+
+const NS: &str = "bench";
+
+struct Params {
+    resources: usize,
+    deks: usize,
+    quota: f64,
+}
+
+struct Row {
+    backend: &'static str,
+    write_rate: f64,
+    secrets_present: Duration,
+    all_ready: Duration,
+    decrypts: u64,
+    throttled: u64,
+    cpu: f64,
+    peak_rss_mib: f64,
+    bound: f64,
+}
+
+fn aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_SESSION_TOKEN", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_CONFIG_FILE", "/nonexistent".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
+    ]
+}
+
+/// A KMS key in moto (CreateKey through the SDK).
+async fn moto_key(url: &str) -> String {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let conf = aws_sdk_kms::config::Builder::new()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .http_client(http)
+        .region(aws_sdk_kms::config::Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "bench",
+        ))
+        .build();
+    let client = aws_sdk_kms::Client::from_conf(conf);
+    let key = client.create_key().send().await.expect("CreateKey on moto");
+    key.key_metadata.unwrap().arn.unwrap()
+}
+
+/// DEKS templates: one `kmsecrets encrypt` of a DEKS-document stream (each
+/// document gets its own data key).
+fn templates(bin: &Path, dir: &Path, moto: &str, key: &str, deks: usize) -> Vec<EncryptedSecret> {
+    let mut src = String::new();
+    for i in 0..deks {
+        src.push_str(&format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: t{i}, namespace: {NS}}}\nstringData: {{password: value-{i}, username: bench}}\n"
+        ));
+    }
+    let file = dir.join("templates.yaml");
+    std::fs::write(&file, src).unwrap();
+    let out = Command::new(bin)
+        .args([
+            "encrypt",
+            "--key",
+            key,
+            "--kms-endpoint",
+            moto,
+            "--scope",
+            "namespace",
+        ])
+        .args(["-o", "json", "-f"])
+        .arg(&file)
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "encrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // JSON output of several documents: a List, or one object per line
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .or_else(|_| {
+            let items: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+                .into_iter::<serde_json::Value>()
+                .collect::<Result<_, _>>()?;
+            Ok::<_, serde_json::Error>(serde_json::json!({"items": items}))
+        })
+        .unwrap();
+    let items = v.get("items").cloned().unwrap_or(serde_json::json!([v]));
+    serde_json::from_value(items).unwrap()
+}
+
+/// Server-side applies `n` Secrets at concurrency 8 into a scratch
+/// namespace; writes/s.
+async fn write_rate(client: &Client, n: usize) -> f64 {
+    let ns = "write-rate";
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await;
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let t = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let s = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": format!("w-{i:05}")},
+                    "data": {"password": "dmFsdWU=", "username": "YmVuY2g="},
+                });
+                api.patch(
+                    &format!("w-{i:05}"),
+                    &PatchParams::apply("bench-writer"),
+                    &Patch::Apply(s),
+                )
+                .await
+                .map(|_| ())
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn count_ready(api: &Api<EncryptedSecret>) -> usize {
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return 0;
+    };
+    list.items
+        .iter()
+        .filter(|es| {
+            kmsecrets::controller::status::ready_condition(es.status.as_ref())
+                .is_some_and(|c| c.status == "True")
+        })
+        .count()
+}
+
+async fn run_backend(
+    backend: &'static str,
+    kubeconfig: &Path,
+    bin: &Path,
+    dir: &Path,
+    p: &Params,
+) -> Row {
+    let moto = Moto::start();
+    let key = moto_key(&moto.url()).await;
+    let proxy = KmsProxy::start(moto.port);
+    let client = kmsecrets_envtest::client_for(kubeconfig).await.unwrap();
+
+    let crd = Command::new(bin).arg("crd").output().unwrap();
+    let mut apply = Command::new(kmsecrets_envtest::tool("kubectl"))
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), &crd.stdout).unwrap();
+    assert!(apply.wait().unwrap().success(), "CRD install");
+    // let discovery catch up with the new resource
+    let es_api: Api<EncryptedSecret> = Api::namespaced(client.clone(), NS);
+    let t = Instant::now();
+    while es_api.list(&ListParams::default().limit(1)).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "CRD not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await;
+
+    let t = Instant::now();
+    let tpl = templates(bin, dir, &moto.url(), &key, p.deks);
+    eprintln!(
+        "[{backend}] encrypted {} templates in {:.1?}",
+        tpl.len(),
+        t.elapsed()
+    );
+
+    let t = Instant::now();
+    futures::stream::iter(0..p.resources)
+        .map(|i| {
+            let api = es_api.clone();
+            let mut es = tpl[i % tpl.len()].clone();
+            es.metadata.name = Some(format!("es-{i:05}"));
+            async move { api.create(&PostParams::default(), &es).await.map(|_| ()) }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    eprintln!(
+        "[{backend}] created {} EncryptedSecrets in {:.1?}",
+        p.resources,
+        t.elapsed()
+    );
+
+    let n_writes = (p.resources / 5).clamp(200, 2000);
+    let rate = write_rate(&client, n_writes).await;
+    eprintln!("[{backend}] plain-client SSA write rate: {rate:.0}/s over {n_writes} Secrets");
+
+    proxy.set_quota(Some(p.quota));
+    let (dec0, thr0) = (proxy.decrypts(), proxy.injected());
+    let log = dir.join(format!("controller-{backend}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .arg("controller")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--kms-endpoint", &proxy.url()])
+        .envs(aws_env())
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let ctl = Controller { child, log };
+    let addr = ctl.http_addr();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let mut present = None;
+    loop {
+        if present.is_none() {
+            let n = secrets
+                .list_metadata(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0);
+            if n >= p.resources {
+                present = Some(started.elapsed());
+            }
+        }
+        if present.is_some() && count_ready(&es_api).await >= p.resources {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1200),
+            "[{backend}] cold start did not converge in 20 min; log {}",
+            ctl.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_ready = started.elapsed();
+    let m = metrics(addr);
+    let cpu = ctl.cpu_seconds();
+    let rss = ctl.peak_rss_kib() as f64 / 1024.0;
+    let decrypts = proxy.decrypts() - dec0;
+    let throttled = proxy.injected() - thr0;
+    let ctl_decrypts = metric(
+        &m,
+        "kmsecrets_kms_requests_total",
+        &[("operation", "decrypt"), ("result", "success")],
+    );
+    eprintln!(
+        "[{backend}] converged: Secrets {present:.1?}, Ready {all_ready:.1?}; proxy Decrypts {decrypts}, throttled {throttled}; controller counted {ctl_decrypts} successful decrypts"
+    );
+    drop(ctl);
+    let writes_needed = 2.0 * p.resources as f64;
+    let bound = (p.deks as f64 / p.quota).max(writes_needed / rate);
+    Row {
+        backend,
+        write_rate: rate,
+        secrets_present: present.unwrap(),
+        all_ready,
+        decrypts,
+        throttled,
+        cpu,
+        peak_rss_mib: rss,
+        bound,
+    }
+}
+
+fn kubeconfig_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.kubeconfig"))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: f64| -> f64 {
+        args.get(i)
+            .map(|a| {
+                a.parse()
+                    .expect("arguments: RESOURCES DEKS QUOTA [real|memory]")
+            })
+            .unwrap_or(d)
+    };
+    let p = Params {
+        resources: num(0, 10_000.0) as usize,
+        deks: num(1, 1_000.0) as usize,
+        quota: num(2, 100.0),
+    };
+    let only = args.get(3).cloned();
+    let bin = kmsecrets_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+
+    if only.as_deref() != Some("memory") {
+        let cp = ControlPlane::start().await.unwrap();
+        eprintln!("[real] control plane ready in {:.1?}", cp.start_time);
+        let kc = kubeconfig_of(dir.path(), "real");
+        std::fs::copy(cp.kubeconfig(), &kc).unwrap();
+        rows.push(run_backend("real", &kc, &bin, dir.path(), &p).await);
+        let apiserver_cpu = cp
+            .pid("kube-apiserver")
+            .map(support::cpu_seconds)
+            .unwrap_or(0.0);
+        let etcd_cpu = cp.pid("etcd").map(support::cpu_seconds).unwrap_or(0.0);
+        eprintln!(
+            "[real] kube-apiserver CPU {apiserver_cpu:.1} s, etcd CPU {etcd_cpu:.1} s (whole run)"
+        );
+    }
+    if only.as_deref() != Some("real") {
+        let server = TestServer::start("127.0.0.1:0").await.unwrap();
+        let kc = kubeconfig_of(dir.path(), "memory");
+        server.write_kubeconfig(&kc).unwrap();
+        rows.push(run_backend("memory", &kc, &bin, dir.path(), &p).await);
+        server.shutdown().await;
+    }
+
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!(
+        "== scale: {} EncryptedSecrets over {} DEKs, KMS quota {}/s (moto behind a throttling proxy), {profile} controller, default flags, cold start ==",
+        p.resources, p.deks, p.quota
+    );
+    println!(
+        "| backend | SSA writes/s (plain client) | bound s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.0} |",
+            r.backend,
+            r.write_rate,
+            r.bound,
+            r.secrets_present.as_secs_f64(),
+            r.all_ready.as_secs_f64(),
+            r.all_ready.as_secs_f64() / r.bound,
+            r.decrypts,
+            r.throttled,
+            r.cpu,
+            r.peak_rss_mib,
+        );
+    }
+}
