@@ -20,6 +20,8 @@
 //! one Secret apply + one status patch per resource.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/aws.rs"]
+mod aws;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -56,36 +58,14 @@ struct Row {
     bound: f64,
 }
 
-fn aws_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_SESSION_TOKEN", "testing".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("AWS_CONFIG_FILE", "/nonexistent".into()),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
-    ]
-}
-
 /// A KMS key in moto (CreateKey through the SDK).
 async fn moto_key(url: &str) -> String {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let conf = aws_sdk_kms::config::Builder::new()
-        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .http_client(http)
-        .region(aws_sdk_kms::config::Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "testing", "testing", None, None, "bench",
-        ))
-        .build();
-    let client = aws_sdk_kms::Client::from_conf(conf);
-    let key = client.create_key().send().await.expect("CreateKey on moto");
+    let key = aws::sdk_client(url)
+        .await
+        .create_key()
+        .send()
+        .await
+        .expect("CreateKey on moto");
     key.key_metadata.unwrap().arn.unwrap()
 }
 
@@ -112,7 +92,7 @@ fn templates(bin: &Path, dir: &Path, moto: &str, key: &str, deks: usize) -> Vec<
         ])
         .args(["-o", "json", "-f"])
         .arg(&file)
-        .envs(aws_env())
+        .envs(aws::aws_test_env())
         .output()
         .unwrap();
     assert!(
@@ -261,7 +241,7 @@ async fn run_backend(
         .arg(kubeconfig)
         .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
         .args(["--kms-endpoint", &proxy.url()])
-        .envs(aws_env())
+        .envs(aws::aws_test_env())
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())

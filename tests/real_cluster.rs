@@ -19,23 +19,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Backend, Cluster, eventually};
+use common::cluster::{Backend, Cluster, check, eventually};
 use common::{LocalKms, aws_test_env, free_port, repo_root, wait_for_port};
 use serde_json::{Value, json};
 
 const SECOND: Duration = Duration::from_secs(1);
 const RELEASE_NS: &str = "kmsecrets-system";
-
-fn check(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The pinned helm, with its state dirs inside the test's temp dir.
 fn helm(c: &Cluster, args: &[&str]) -> Output {
@@ -556,19 +545,7 @@ async fn kms_key_states_through_local_kms() {
     // existing Secret exactly as it was.
     let cases: [(&str, &str); 2] = [("disabled", "v2"), ("pending deletion", "v3")];
     for (state, value) in cases {
-        match state {
-            "disabled" => {
-                sdk.disable_key().key_id(&key_id).send().await.unwrap();
-            }
-            _ => {
-                sdk.schedule_key_deletion()
-                    .key_id(&key_id)
-                    .pending_window_in_days(7)
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
+        put_in_state(&sdk, &key_id, state).await;
         // encrypt with the key usable from a break-glass identity is not the
         // point here: the CLI itself must also refuse a disabled key
         let refused = Command::new(common::cluster::kmsecrets_bin())
@@ -591,19 +568,7 @@ async fn kms_key_states_through_local_kms() {
         // so re-enable for the encrypt, then put the key back in the state
         reenable(&sdk, &key_id, state).await;
         enc(&format!("pw={value}"));
-        match state {
-            "disabled" => {
-                sdk.disable_key().key_id(&key_id).send().await.unwrap();
-            }
-            _ => {
-                sdk.schedule_key_deletion()
-                    .key_id(&key_id)
-                    .pending_window_in_days(7)
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
+        put_in_state(&sdk, &key_id, state).await;
         c.kubectl(&["apply", "-f", &f]).await;
         c.wait_ready_within("default", "db", "False", "KmsKeyDisabled", 30 * SECOND)
             .await;
@@ -627,6 +592,20 @@ async fn kms_key_states_through_local_kms() {
         eprintln!("key {state}: KmsKeyDisabled, Secret untouched, converged after re-enable");
     }
     drop(kms.proc);
+}
+
+/// Disable the key, or schedule its deletion (7 days, the minimum).
+async fn put_in_state(sdk: &aws_sdk_kms::Client, key_id: &str, state: &str) {
+    if state == "disabled" {
+        sdk.disable_key().key_id(key_id).send().await.unwrap();
+    } else {
+        sdk.schedule_key_deletion()
+            .key_id(key_id)
+            .pending_window_in_days(7)
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 /// Back to Enabled from `state` (pending deletion: cancel → Disabled → enable).

@@ -74,7 +74,7 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn check(out: Output, what: &str) -> String {
+pub fn check(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout: {}\nstderr: {}",
