@@ -301,3 +301,84 @@ mod tests {
         assert!(back.get("deletionPolicy").is_none());
     }
 }
+
+/// Every `Ready` condition reason. `as_str()` is what conditions, events and
+/// the `kmsecrets_reconcile_total{result}` label carry; [`Reason::ALL`] feeds
+/// metric pre-registration and the reason table in `docs/troubleshooting.md`
+/// (a test keeps the two equal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Synced,
+    KmsThrottled,
+    KmsUnavailable,
+    KmsAccessDenied,
+    KmsKeyDisabled,
+    DecryptFailed,
+    InvalidSpec,
+    SecretConflict,
+    ApplyFailed,
+    /// A Kubernetes API request other than the Secret write failed (status,
+    /// finalizer, Secret read).
+    ApiError,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::Synced,
+        Reason::KmsThrottled,
+        Reason::KmsUnavailable,
+        Reason::KmsAccessDenied,
+        Reason::KmsKeyDisabled,
+        Reason::DecryptFailed,
+        Reason::InvalidSpec,
+        Reason::SecretConflict,
+        Reason::ApplyFailed,
+        Reason::ApiError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Synced => "Synced",
+            Reason::KmsThrottled => "KmsThrottled",
+            Reason::KmsUnavailable => "KmsUnavailable",
+            Reason::KmsAccessDenied => "KmsAccessDenied",
+            Reason::KmsKeyDisabled => "KmsKeyDisabled",
+            Reason::DecryptFailed => "DecryptFailed",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::SecretConflict => "SecretConflict",
+            Reason::ApplyFailed => "ApplyFailed",
+            Reason::ApiError => "ApiError",
+        }
+    }
+
+    /// Retried with per-object exponential backoff (otherwise: a slow
+    /// periodic retry, and at once when the resource changes).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Reason::KmsThrottled | Reason::KmsUnavailable | Reason::ApplyFailed | Reason::ApiError
+        )
+    }
+
+    /// One line for the docs' reason table.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Reason::Synced => "the Secret matches the resource",
+            Reason::KmsThrottled => "KMS kept throttling past the retries",
+            Reason::KmsUnavailable => "KMS unreachable, timing out or failing",
+            Reason::KmsAccessDenied => "IAM or key policy denies Decrypt, or no key for the copy",
+            Reason::KmsKeyDisabled => "the KMS key is disabled, pending deletion or not found",
+            Reason::DecryptFailed => "a value or the data key does not open under this binding",
+            Reason::InvalidSpec => "the resource is malformed or not allowed",
+            Reason::SecretConflict => "a Secret with that name exists and is not ours",
+            Reason::ApplyFailed => "the API server refused or failed the Secret write",
+            Reason::ApiError => "another API request failed (Secret read, status, finalizer)",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

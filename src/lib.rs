@@ -6,6 +6,7 @@
 //! → `api`; `manifest`, `metrics`, `fsutil` are leaves.
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod envelope;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::api::{DataKey, EncryptedSecret, EncryptedSecretSpec, Provider};
+use crate::api::{DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, Reason};
 use crate::envelope::{self, Binding, Dek, EnvelopeError};
 use crate::kms::layer::Kms;
 use crate::kms::{Context, KmsError, WrappedKey};
@@ -40,11 +40,11 @@ impl From<EnvelopeError> for ResourceError {
 
 impl ResourceError {
     /// The `Ready` condition reason (bounded).
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ResourceError::InvalidSpec(_) => "InvalidSpec",
+            ResourceError::InvalidSpec(_) => Reason::InvalidSpec,
             ResourceError::Kms(k) => k.reason(),
-            ResourceError::Decrypt(_) => "DecryptFailed",
+            ResourceError::Decrypt(_) => Reason::DecryptFailed,
         }
     }
 
@@ -115,18 +115,6 @@ pub fn validate(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
     Ok(binding)
 }
 
-/// Unwrap the resource's DEK (first usable copy). Returns the DEK and the
-/// key id of the copy used.
-pub async fn unwrap_dek(
-    kms: &Kms,
-    es: &EncryptedSecret,
-) -> Result<(Arc<Dek>, String), ResourceError> {
-    let binding = binding_of(es)?;
-    let keys = wrapped_keys(&es.spec)?;
-    let (dek, i) = kms.unwrap_any(&keys, &binding.encryption_context()).await?;
-    Ok((dek, keys[i].key_id.clone()))
-}
-
 /// Open every value.
 pub fn open(
     dek: &Dek,
@@ -134,6 +122,32 @@ pub fn open(
     spec: &EncryptedSecretSpec,
 ) -> Result<Plaintext, ResourceError> {
     Ok(envelope::open_all(dek, binding, &spec.encrypted_data)?)
+}
+
+/// A resource opened: its binding, the DEK, which copy unwrapped it, and
+/// every value in plaintext (zeroized on drop).
+pub struct Opened {
+    pub binding: Binding,
+    pub dek: Arc<Dek>,
+    /// Key id of the `dataKeys` copy that unwrapped the DEK.
+    pub key_id: String,
+    pub values: Plaintext,
+}
+
+/// Validate → unwrap → open: the one way every caller (controller, `decrypt`,
+/// `verify --decrypt`, `edit`, `rotate`, `encrypt --merge-into`) reads a
+/// resource. Structural problems are reported before any KMS call.
+pub async fn open_resource(kms: &Kms, es: &EncryptedSecret) -> Result<Opened, ResourceError> {
+    let binding = validate(es)?;
+    let keys = wrapped_keys(&es.spec)?;
+    let (dek, i) = kms.unwrap_any(&keys, &binding.encryption_context()).await?;
+    let values = open(&dek, &binding, &es.spec)?;
+    Ok(Opened {
+        binding,
+        dek,
+        key_id: keys[i].key_id.clone(),
+        values,
+    })
 }
 
 /// Seal `values`, reusing the existing ciphertext of every value whose

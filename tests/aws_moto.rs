@@ -57,7 +57,7 @@ async fn every_kms_operation_against_moto() {
         .err()
         .unwrap();
     assert!(matches!(err, KmsError::InvalidCiphertext(_)), "{err:?}");
-    assert_eq!(err.reason(), "DecryptFailed");
+    assert_eq!(err.reason().as_str(), "DecryptFailed");
     let mut extra = c.clone();
     extra.insert("team".into(), "x".into());
     assert!(matches!(
@@ -202,7 +202,7 @@ async fn throttling_through_the_layer_is_retried_and_counted() {
     );
     proxy.throttle_next(10);
     let err = small.unwrap(&w, &c).await.err().unwrap();
-    assert_eq!(err.reason(), "KmsThrottled");
+    assert_eq!(err.reason().as_str(), "KmsThrottled");
     assert_eq!(proxy.injected(), 6);
     assert!(
         small
@@ -215,7 +215,7 @@ async fn throttling_through_the_layer_is_retried_and_counted() {
     proxy.throttle_next(0);
     proxy.set_down(true);
     let err = small.unwrap(&w, &c).await.err().unwrap();
-    assert_eq!(err.reason(), "KmsUnavailable", "{err}");
+    assert_eq!(err.reason().as_str(), "KmsUnavailable", "{err}");
     assert_eq!(proxy.refused(), 3);
     proxy.set_down(false);
     assert!(

@@ -238,7 +238,7 @@ async fn permanent_errors_make_exactly_one_call() {
         let base = fake.calls(Operation::Decrypt);
         let kms = layer(fake.clone(), fast_cfg());
         let err = kms.unwrap(&w, &c).await.err().expect("expected an error");
-        assert_eq!(err.reason(), reason);
+        assert_eq!(err.reason().as_str(), reason);
         assert!(!err.is_transient());
         assert_eq!(fake.calls(Operation::Decrypt) - base, 1, "{state:?}");
         assert_eq!(
@@ -296,7 +296,7 @@ async fn transient_errors_retry_with_backoff_then_give_up() {
         },
     );
     let err = kms.unwrap(&w, &c).await.err().expect("expected an error");
-    assert_eq!(err.reason(), "KmsUnavailable");
+    assert_eq!(err.reason().as_str(), "KmsUnavailable");
     assert_eq!(down.calls(Operation::Decrypt) - base, 5, "bounded attempts");
 }
 

@@ -55,10 +55,11 @@ pub async fn run(g: &GlobalArgs, a: DecryptArgs) -> CliResult {
     // (single-flight) — the same layer the controller uses.
     let results = join_all(items.iter().map(|es| async move {
         let Some(es) = es else { return Ok(None) };
-        let binding = resource::validate(es)?;
-        let (dek, _) = resource::unwrap_dek(kms, es).await?;
-        let values = resource::open(&dek, &binding, &es.spec)?;
-        Ok::<_, resource::ResourceError>(Some(crate::controller::secret::build_plain(es, &values)))
+        let opened = resource::open_resource(kms, es).await?;
+        Ok::<_, resource::ResourceError>(Some(crate::controller::secret::build_plain(
+            es,
+            &opened.values,
+        )))
     }))
     .await;
     let mut out: Vec<Value> = Vec::new();

@@ -73,10 +73,14 @@ fn run_editor(path: &Path) -> CliResult {
 
 async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
     let mut es = read_one_encrypted(&a.file)?;
-    let binding = resource::validate(&es)?;
+    resource::validate(&es)?;
     let (setup, _) = build_kms(g, &[], &a.layer)?;
-    let (dek, _) = resource::unwrap_dek(&setup.kms, &es).await?;
-    let old = resource::open(&dek, &binding, &es.spec)?;
+    let resource::Opened {
+        binding,
+        dek,
+        values: old,
+        ..
+    } = resource::open_resource(&setup.kms, &es).await?;
 
     let template = es.spec.template.clone().unwrap_or_default();
     let mut string_data = Map::new();

@@ -401,8 +401,9 @@ async fn merge_into(
     }
     let (setup, _) = build_kms(g, &[], &a.layer)?;
     let kms = &setup.kms;
-    let (dek, _) = resource::unwrap_dek(kms, &es).await?;
-    let old = resource::open(&dek, &binding, &es.spec)?;
+    let resource::Opened {
+        dek, values: old, ..
+    } = resource::open_resource(kms, &es).await?;
     let mut values: Plaintext = old.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (k, v) in input.values {
         values.insert(k, v);

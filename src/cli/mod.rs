@@ -7,6 +7,7 @@
 
 pub mod controller;
 mod decrypt;
+#[cfg(feature = "dev")]
 pub mod dev;
 mod edit;
 mod encrypt;
@@ -194,6 +195,7 @@ pub enum Command {
     /// Run the operator (watches EncryptedSecrets, materialises Secrets)
     Controller(controller::ControllerArgs),
     /// Run an in-memory API server + CRD + local key + controller: the product on a laptop
+    #[cfg(feature = "dev")]
     Dev(dev::DevArgs),
     /// Print shell completions
     Completion {
@@ -271,6 +273,7 @@ pub async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Controller(a) => controller::run(&g, a).await,
+        #[cfg(feature = "dev")]
         Command::Dev(a) => dev::run(&g, a).await,
         Command::Crd => {
             print!("{}", crate::api::crd_yaml());

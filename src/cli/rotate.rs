@@ -80,8 +80,7 @@ async fn rotate(g: &GlobalArgs, a: RotateArgs) -> CliResult {
         }
         es.spec.data_keys = new_keys;
     } else {
-        let (old_dek, _) = resource::unwrap_dek(kms, &es).await?;
-        let values = resource::open(&old_dek, &binding, &es.spec)?;
+        let values = resource::open_resource(kms, &es).await?.values;
         let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
         es.spec.encrypted_data = resource::seal(&dek, &binding, &values, None)?;
         es.spec.data_keys = data_keys;

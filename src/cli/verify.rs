@@ -34,16 +34,15 @@ pub async fn run(g: &GlobalArgs, a: VerifyArgs) -> CliResult {
         for doc in manifest::parse_stream(&bytes, &source)? {
             let es = to_encrypted(&doc, &source)?;
             let what = format!("{source}: {}", doc.describe());
-            let binding = resource::validate(&es).map_err(|e| msg(format!("{what}: {e}")))?;
+            resource::validate(&es).map_err(|e| msg(format!("{what}: {e}")))?;
             if let Some(kms) = &kms {
-                let (dek, key) = resource::unwrap_dek(kms, &es)
+                let opened = resource::open_resource(kms, &es)
                     .await
                     .map_err(|e| msg(format!("{what}: {e}")))?;
-                let values = resource::open(&dek, &binding, &es.spec)
-                    .map_err(|e| msg(format!("{what}: {e}")))?;
                 println!(
-                    "ok: {what}: {} values decrypt (data key via {key})",
-                    values.len()
+                    "ok: {what}: {} values decrypt (data key via {})",
+                    opened.values.len(),
+                    opened.key_id
                 );
             } else {
                 println!(

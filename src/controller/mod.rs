@@ -9,25 +9,28 @@ pub mod reconcile;
 pub mod secret;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::kms::layer::{Kms, backoff_delay};
+use crate::api::ADOPT_ANNOTATION;
+use crate::backoff::backoff_delay;
+use crate::http::Probes;
+use crate::kms::layer::Kms;
 use crate::metrics::Metrics;
+use reconcile::{Context, SecretMeta, Watched};
 
 /// Controller settings (the `kmsecrets controller` flags, already parsed).
 #[derive(Clone, Debug)]
@@ -71,8 +74,8 @@ pub struct State {
     failures: Mutex<HashMap<String, u32>>,
     /// uid → (source hash, Secret resourceVersion) of our last write.
     written: Mutex<HashMap<String, Written>>,
-    pub ready: AtomicBool,
-    pub leader: AtomicBool,
+    /// `/readyz` and leadership flags, shared with the HTTP surface.
+    pub probes: Arc<Probes>,
 }
 
 impl State {
@@ -84,16 +87,24 @@ impl State {
                 instance: Some(identity.to_string()),
             },
         );
+        let metrics = kms.metrics().clone();
+        for r in status::Reason::ALL {
+            let label = if r == status::Reason::Synced {
+                "success"
+            } else {
+                r.as_str()
+            };
+            metrics.reconcile.with_label_values(&[label]);
+        }
         State {
-            metrics: kms.metrics().clone(),
+            metrics,
             client,
             kms,
             recorder,
             cfg,
             failures: Mutex::default(),
             written: Mutex::default(),
-            ready: AtomicBool::new(false),
-            leader: AtomicBool::new(false),
+            probes: Arc::default(),
         }
     }
 
@@ -187,6 +198,32 @@ impl State {
             })
     }
 
+    /// Drop the per-object memory of every object not in `live` (deleted
+    /// without a finalizer never reach a reconcile). Returns how many.
+    pub fn retain_objects(&self, live: &HashSet<String>) -> usize {
+        let mut n = 0;
+        {
+            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            let before = w.len();
+            w.retain(|uid, _| live.contains(uid));
+            n += before - w.len();
+        }
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let before = f.len();
+        f.retain(|uid, _| live.contains(uid));
+        n + before - f.len()
+    }
+
+    /// Entries of per-object memory (written + failures), for tests.
+    pub fn tracked_objects(&self) -> usize {
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).len()
+            + self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len()
+    }
+
     pub fn forget(&self, uid: &str) {
         self.written
             .lock()
@@ -253,32 +290,96 @@ impl Backoff for WatchBackoff {
     }
 }
 
-/// Run one controller (one namespace scope) until `shutdown` fires.
-async fn run_scope(state: Arc<State>, ns: Option<String>, shutdown: watch::Receiver<bool>) {
-    let client = state.client.clone();
-    let (es_api, secret_api): (Api<reconcile::Watched>, Api<Secret>) = match &ns {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
+/// The Secret metadata the owned-Secret store keeps: identity, version,
+/// owner references and the adopt annotation. Labels, other annotations and
+/// managedFields are dropped (memory: at 10,000 Secrets the managedFields
+/// alone are several MiB).
+pub fn trim_secret_meta(m: &mut SecretMeta) {
+    let md = &mut m.metadata;
+    md.managed_fields = None;
+    md.labels = None;
+    if let Some(a) = md.annotations.as_mut() {
+        a.retain(|k, _| k == ADOPT_ANNOTATION);
+    }
+}
+
+/// What reconcile never reads from an EncryptedSecret: managedFields and
+/// kubectl's last-applied copy (a second copy of every ciphertext).
+pub fn trim_watched(w: &mut Watched) {
+    let md = match &mut w.0 {
+        Ok(es) => es.meta_mut(),
+        Err(invalid) => &mut invalid.metadata,
     };
-    let owned = watcher::Config::default().labels(&format!(
+    md.managed_fields = None;
+    if let Some(a) = md.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// The owned-Secret store of one scope and the stream that fills it (and
+/// triggers owners): a metadata-only watch of Secrets labelled as ours.
+pub fn owned_secrets(
+    client: Client,
+    ns: Option<&str>,
+) -> (
+    Store<SecretMeta>,
+    impl futures::Stream<Item = Result<SecretMeta, watcher::Error>> + Send + 'static,
+) {
+    let api: Api<SecretMeta> = match ns {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let cfg = watcher::Config::default().labels(&format!(
         "{}={}",
         secret::MANAGED_BY_LABEL,
         secret::MANAGED_BY_VALUE
     ));
-    let controller = Controller::new(es_api, watcher_config(&state.cfg))
-        .owns(secret_api, owned)
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, cfg)
+        .modify(trim_secret_meta)
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+/// One scope's controller: EncryptedSecrets (trimmed, see [`trim_watched`])
+/// and the owned Secrets' metadata, feeding [`reconcile::reconcile`].
+fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched>, Arc<Context>) {
+    let client = state.client.clone();
+    let es_api: Api<Watched> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (es_store, es_writer) = reflector::store();
+    let es_stream = watcher(es_api, watcher_config(&state.cfg))
+        .modify(trim_watched)
+        .reflect(es_writer)
+        .applied_objects();
+    let (secrets, owned) = owned_secrets(client, ns);
+    let controller = Controller::for_stream(es_stream, es_store)
+        .owns_stream(owned)
         .trigger_backoff(watch_backoff())
         .with_config(ControllerConfig::default().concurrency(state.cfg.concurrency));
-    spawn_gauge_updater(controller.store(), state.clone(), shutdown.clone());
+    let ctx = Arc::new(Context {
+        state: state.clone(),
+        secrets,
+    });
+    (controller, ctx)
+}
+
+/// Run one scope's controller until `shutdown` fires.
+async fn run_scope(
+    controller: Controller<Watched>,
+    ctx: Arc<Context>,
+    ns: Option<String>,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut stop = shutdown.clone();
     controller
         .graceful_shutdown_on(async move {
             stopped(&mut stop).await;
         })
-        .run(reconcile::reconcile, reconcile::error_policy, state.clone())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok(_) => {}
@@ -295,43 +396,59 @@ async fn run_scope(state: Arc<State>, ns: Option<String>, shutdown: watch::Recei
     );
 }
 
-/// `kmsecrets_encryptedsecrets{ready}` from the watch cache, so deleted
-/// objects drop out without needing a reconcile. Also purges expired DEKs.
-fn spawn_gauge_updater(
-    store: Store<reconcile::Watched>,
+/// One housekeeping task over every scope's store:
+/// `kmsecrets_encryptedsecrets{ready}` summed over all scopes (so deleted
+/// objects drop out without a reconcile), per-object memory of deleted
+/// objects evicted, expired DEKs purged.
+fn spawn_housekeeping(
+    stores: Vec<Store<Watched>>,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
+        // Only once every store has listed: a store still empty at start-up
+        // must not erase the memory of objects it has not seen yet.
+        let listed = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready()));
+        tokio::select! {
+            _ = listed => {}
+            _ = stopped(&mut shutdown) => return,
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped(&mut shutdown) => return,
             }
-            let (mut ready, mut not_ready) = (0i64, 0i64);
-            for obj in store.state() {
-                // A malformed object counts as not ready.
-                let status = obj.0.as_ref().ok().and_then(|es| es.status.as_ref());
-                if status::ready_condition(status).is_some_and(|c| c.status == "True") {
-                    ready += 1;
-                } else {
-                    not_ready += 1;
-                }
-            }
-            state
-                .metrics
-                .encryptedsecrets
-                .with_label_values(&["true"])
-                .set(ready);
-            state
-                .metrics
-                .encryptedsecrets
-                .with_label_values(&["false"])
-                .set(not_ready);
-            state.kms.purge_expired();
+            housekeeping(&stores, &state);
         }
     });
+}
+
+/// One round of [`spawn_housekeeping`]; `stores` must have listed.
+pub fn housekeeping(stores: &[Store<Watched>], state: &State) {
+    let (mut ready, mut not_ready) = (0i64, 0i64);
+    let mut live = HashSet::new();
+    for store in stores {
+        for obj in store.state() {
+            if let Some(uid) = obj.meta().uid.clone() {
+                live.insert(uid);
+            }
+            // A malformed object counts as not ready.
+            let status = obj.0.as_ref().ok().and_then(|es| es.status.as_ref());
+            if status::ready_condition(status).is_some_and(|c| c.status == "True") {
+                ready += 1;
+            } else {
+                not_ready += 1;
+            }
+        }
+    }
+    let m = &state.metrics;
+    m.encryptedsecrets.with_label_values(&["true"]).set(ready);
+    m.encryptedsecrets
+        .with_label_values(&["false"])
+        .set(not_ready);
+    state.retain_objects(&live);
+    state.kms.purge_expired();
 }
 
 /// Run the operator until `shutdown` fires: HTTP server, leader election
@@ -340,20 +457,23 @@ pub async fn run(state: Arc<State>, shutdown: watch::Receiver<bool>) -> Result<(
     let cfg = state.cfg.clone();
     let http = match cfg.http_addr {
         Some(addr) => Some(
-            crate::http::serve(addr, state.clone(), shutdown.clone())
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            crate::http::serve(addr, state.probes.clone(), state.metrics.clone(), {
+                let mut shutdown = shutdown.clone();
+                async move { stopped(&mut shutdown).await }
+            })
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
         ),
         None => None,
     };
     if let Some(h) = &http {
         info!(addr = %h.local_addr, "serving /healthz /readyz /metrics");
     }
-    state.ready.store(true, Ordering::SeqCst);
+    state.probes.ready.store(true, Ordering::SeqCst);
 
     let result = match &cfg.leader_election {
         None => {
-            state.leader.store(true, Ordering::SeqCst);
+            state.probes.leader.store(true, Ordering::SeqCst);
             run_controllers(state.clone(), shutdown.clone()).await;
             Ok(())
         }
@@ -380,12 +500,15 @@ async fn run_controllers(state: Arc<State>, shutdown: watch::Receiver<bool>) {
         state.cfg.namespaces.iter().cloned().map(Some).collect()
     };
     info!(namespaces = ?scopes, "starting controllers");
-    futures::future::join_all(
-        scopes
-            .into_iter()
-            .map(|ns| run_scope(state.clone(), ns, shutdown.clone())),
-    )
-    .await;
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    for ns in scopes {
+        let (controller, ctx) = scope_controller(&state, ns.as_deref());
+        stores.push(controller.store());
+        runs.push(run_scope(controller, ctx, ns, shutdown.clone()));
+    }
+    spawn_housekeeping(stores, state.clone(), shutdown);
+    futures::future::join_all(runs).await;
 }
 
 async fn run_with_lease(
@@ -415,7 +538,7 @@ async fn run_with_lease(
         }
     }
     info!("acquired leadership");
-    state.leader.store(true, Ordering::SeqCst);
+    state.probes.leader.store(true, Ordering::SeqCst);
     // Run until shutdown or until leadership is lost; losing it stops our
     // controllers first so two leaders never write at once.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -426,7 +549,7 @@ async fn run_with_lease(
     };
     let _ = stop_tx.send(true);
     let _ = controllers.await;
-    state.leader.store(false, Ordering::SeqCst);
+    state.probes.leader.store(false, Ordering::SeqCst);
     drop(leading);
     // Bounded: leadership is typically lost because the API server (or its
     // etcd) is unreachable, and then neither the lease manager's last

@@ -1,43 +1,73 @@
-//! The reconcile pipeline for one EncryptedSecret:
+//! The reconcile pipeline for one EncryptedSecret. [`reconcile`] reads top
+//! down as named stages; each returns the next stage's input or an early
+//! [`Done`], and the status and event are written once, at the end
+//! ([`finish`]), from that outcome:
 //!
-//! 1. finalizer bookkeeping (only for `deletionPolicy: Retain`)
-//! 2. ownership check of the existing Secret (metadata only)
-//! 3. in-sync check: source hash + Secret resourceVersion → nothing to do
-//! 4. resolve: unwrap the DEK through the KMS layer (async edge)
-//! 5. decrypt values (pure)
-//! 6. build the Secret (pure)
-//! 7. apply it with server-side apply (async edge)
-//! 8. status + event on transitions
+//! 1. [`finalize`] — deletion, and the finalizer (only for
+//!    `deletionPolicy: Retain`)
+//! 2. [`ownership`] — who controls the existing Secret (metadata from the
+//!    owned-Secret store; a GET only when the store does not have it)
+//! 3. [`in_sync`] — source hash + Secret resourceVersion unchanged since our
+//!    last write → nothing to do
+//! 4. [`open`] — unwrap the DEK through the KMS layer and decrypt (async
+//!    edge; [`resource::open_resource`])
+//! 5. [`build`] — the Secret object (pure)
+//! 6. [`apply`] — server-side apply (async edge), replacing an immutable
+//!    Secret when its content changed
 //!
 //! # Guarantees
 //! - A failing KMS or decryption never deletes or empties a Secret: writes
 //!   happen only after a complete, authenticated decrypt.
 //! - A Secret we do not control is never overwritten unless it carries
-//!   `kmsecrets.dev/adopt: "true"`.
-//! - When nothing changed there is no KMS call, no decrypt and no write.
+//!   `kmsecrets.dev/adopt: "true"`. A Secret missing from the owned-Secret
+//!   store (which only holds Secrets labelled as ours) is read before it is
+//!   written, so an unlabelled Secret of the same name is never clobbered.
+//! - When nothing changed there is no KMS call, no decrypt, no API read and
+//!   no write.
+//! - Status, events and logs carry bounded text: reasons, key ids, field
+//!   names, API error codes; never a value.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
+use kube::core::{DeserializeGuard, ObjectMeta, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::State;
 use super::secret::{build_owned, source_hash};
-use super::status::{Outcome, is_transition, next_condition, ready_condition};
+use super::status::{Outcome, Reason, is_transition, next_condition, ready_condition};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
     FINALIZER,
 };
-use crate::resource::{self, ResourceError};
+use crate::resource::{self, Opened};
+
+/// What the controller watches: a malformed object deserializes as `Err`
+/// with its metadata only, instead of failing the whole list or watch (a
+/// typed list fails to decode as a whole when one item does not parse).
+pub type Watched = DeserializeGuard<EncryptedSecret>;
+
+/// A materialised Secret as the owned-Secret store holds it: metadata only
+/// (no values), trimmed to what reconcile reads (see
+/// [`super::trim_secret_meta`]).
+pub type SecretMeta = PartialObjectMeta<Secret>;
+
+/// What one reconcile runs with: the shared [`State`] and the owned-Secret
+/// store of its namespace scope.
+pub struct Context {
+    pub state: Arc<State>,
+    pub secrets: Store<SecretMeta>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -48,111 +78,227 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
-    pub fn reason(&self) -> &'static str {
-        "ApplyFailed"
+    /// Bounded `result` label: every failure here is an API request that
+    /// failed (status, finalizer, Secret read) or an object the server
+    /// should never send.
+    pub fn reason(&self) -> Reason {
+        Reason::ApiError
     }
 }
+
+/// How long a reconcile waits for the owned-Secret store's first list.
+const STORE_WAIT: Duration = Duration::from_secs(10);
 
 type Result<T, E = ReconcileError> = std::result::Result<T, E>;
 
-/// What the controller watches: a malformed object deserializes as `Err`
-/// with its metadata only, instead of failing the whole list or watch (a
-/// typed list fails to decode as a whole when one item does not parse).
-pub type Watched = DeserializeGuard<EncryptedSecret>;
+/// How a reconcile ended, before its status is written.
+#[derive(Debug)]
+pub struct Done {
+    pub outcome: Outcome,
+    report: Report,
+    next: Next,
+}
 
-pub async fn reconcile(obj: Arc<Watched>, state: Arc<State>) -> Result<Action> {
+/// What [`finish`] writes.
+#[derive(Debug)]
+enum Report {
+    /// No status write (deleted, or our own last write is already reported).
+    Nothing,
+    /// Status from the outcome; `Some` also records a completed sync, `None`
+    /// keeps the previous sync fields (the existing Secret stays as it is).
+    Status(Option<SyncInfo>),
+}
+
+/// When to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    AwaitChange,
+    Resync,
+    Backoff,
+    SlowRetry,
+    ConflictPoll,
+}
+
+#[derive(Debug, Clone)]
+struct SyncInfo {
+    hash: String,
+    secret_rv: Option<String>,
+    key_id: Option<String>,
+}
+
+/// Either the next stage's input or an early end.
+type Stage<T> = Result<ControlFlow<Done, T>>;
+
+/// Run a stage: continue with its value, or return its `Done`.
+macro_rules! stage {
+    ($e:expr) => {
+        match $e? {
+            ControlFlow::Continue(v) => v,
+            ControlFlow::Break(done) => return Ok(done),
+        }
+    };
+}
+
+fn done(outcome: Outcome, report: Report, next: Next) -> Done {
+    Done {
+        outcome,
+        report,
+        next,
+    }
+}
+
+fn stop<T>(outcome: Outcome, report: Report, next: Next) -> Stage<T> {
+    Ok(ControlFlow::Break(done(outcome, report, next)))
+}
+
+/// The resource being reconciled, with the identity every stage needs.
+struct Target<'a> {
+    es: &'a EncryptedSecret,
+    ns: String,
+    name: String,
+    uid: String,
+    es_api: Api<EncryptedSecret>,
+    secrets: Api<Secret>,
+}
+
+impl<'a> Target<'a> {
+    fn new(es: &'a EncryptedSecret, ctx: &Context) -> Result<Target<'a>> {
+        let ns = es.namespace().ok_or(ReconcileError::Missing("namespace"))?;
+        let uid = es.uid().ok_or(ReconcileError::Missing("uid"))?;
+        let client = ctx.state.client.clone();
+        Ok(Target {
+            es,
+            name: es.name_any(),
+            uid,
+            es_api: Api::namespaced(client.clone(), &ns),
+            secrets: Api::namespaced(client, &ns),
+            ns,
+        })
+    }
+}
+
+pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     let start = std::time::Instant::now();
     let res = match &obj.0 {
-        Ok(es) => reconcile_inner(es, &state).await,
-        Err(invalid) => malformed(&obj, invalid, &state).await,
+        Ok(es) => reconcile_valid(es, &ctx).await,
+        Err(invalid) => malformed(&obj, invalid, &ctx).await,
     };
-    state
-        .metrics
-        .reconcile_duration
-        .observe(start.elapsed().as_secs_f64());
+    let m = &ctx.state.metrics;
+    m.reconcile_duration.observe(start.elapsed().as_secs_f64());
     let label = match &res {
-        Ok((o, _)) if o.ready => "success",
-        Ok((o, _)) => o.reason,
-        Err(e) => e.reason(),
+        Ok((o, _)) if o.ready() => "success",
+        Ok((o, _)) => o.reason.as_str(),
+        Err(e) => e.reason().as_str(),
     };
-    state.metrics.reconcile.with_label_values(&[label]).inc();
+    m.reconcile.with_label_values(&[label]).inc();
     res.map(|(_, a)| a)
 }
 
-pub fn error_policy(es: Arc<Watched>, err: &ReconcileError, state: Arc<State>) -> Action {
+pub fn error_policy(es: Arc<Watched>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     let key = es.uid().unwrap_or_default();
     warn!(name = %es.name_any(), namespace = es.namespace().as_deref().unwrap_or(""), error = %err, "reconcile failed");
-    Action::requeue(state.backoff(&key))
+    Action::requeue(ctx.state.backoff(&key))
 }
 
-async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome, Action)> {
-    let ns = es.namespace().ok_or(ReconcileError::Missing("namespace"))?;
-    let name = es.name_any();
-    let uid = es.uid().ok_or(ReconcileError::Missing("uid"))?;
-    let es_api: Api<EncryptedSecret> = Api::namespaced(state.client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &ns);
+async fn reconcile_valid(es: &EncryptedSecret, ctx: &Context) -> Result<(Outcome, Action)> {
+    let t = Target::new(es, ctx)?;
+    let done = pipeline(&t, ctx).await?;
+    finish(&t, ctx, done).await
+}
 
-    // 1. deletion and finalizer
-    if es.meta().deletion_timestamp.is_some() {
-        if es.finalizers().iter().any(|f| f == FINALIZER) {
-            orphan_secret(&secrets, &name, &uid).await?;
-            set_finalizer(&es_api, es.meta(), false).await?;
-            info!(%name, namespace = %ns, "deletionPolicy Retain: Secret orphaned");
+/// The stages, in order.
+async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
+    stage!(finalize(t, ctx).await);
+    let current = stage!(ownership(t, ctx).await);
+    let hash = stage!(in_sync(t, ctx, current.as_ref()));
+    let opened = stage!(open(t, ctx).await);
+    let secret = build(t.es, &opened);
+    let key_id = opened.key_id.clone();
+    drop(opened);
+    apply(t, ctx, secret, current.as_ref(), hash, key_id).await
+}
+
+/// 1. Deletion, and the finalizer `deletionPolicy: Retain` needs.
+async fn finalize(t: &Target<'_>, ctx: &Context) -> Stage<()> {
+    let meta = t.es.meta();
+    let has_finalizer = t.es.finalizers().iter().any(|f| f == FINALIZER);
+    if meta.deletion_timestamp.is_some() {
+        if has_finalizer {
+            orphan_secret(&t.secrets, &t.name, &t.uid).await?;
+            set_finalizer(&t.es_api, meta, false).await?;
+            info!(name = %t.name, namespace = %t.ns, "deletionPolicy Retain: Secret orphaned");
         }
-        state.forget(&uid);
-        return Ok((Outcome::synced(&name), Action::await_change()));
+        ctx.state.forget(&t.uid);
+        return stop(Outcome::synced(&t.name), Report::Nothing, Next::AwaitChange);
     }
-    let wants_finalizer = es.spec.deletion_policy == DeletionPolicy::Retain;
-    let has_finalizer = es.finalizers().iter().any(|f| f == FINALIZER);
+    let wants_finalizer = t.es.spec.deletion_policy == DeletionPolicy::Retain;
     if wants_finalizer != has_finalizer {
-        set_finalizer(&es_api, es.meta(), wants_finalizer).await?;
+        set_finalizer(&t.es_api, meta, wants_finalizer).await?;
     }
+    Ok(ControlFlow::Continue(()))
+}
 
-    // 2. who owns the Secret now (metadata only: no plaintext in memory)
-    let current = secrets.get_metadata_opt(&name).await?;
-    if let Some(meta) = &current {
-        let controller = meta
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true));
-        let ours = controller.is_some_and(|o| o.uid == uid);
-        let adopt = meta
-            .annotations()
-            .get(ADOPT_ANNOTATION)
-            .is_some_and(|v| v == "true");
-        if !ours && !adopt {
-            let who = controller.map_or("no controller".to_string(), |o| {
-                format!("controlled by {} {}", o.kind, o.name)
-            });
-            let outcome = Outcome::failed(
-                "SecretConflict",
-                format!(
-                    "Secret {name} already exists ({who}); not overwriting it. Delete it, or annotate it {ADOPT_ANNOTATION}=\"true\" to let kmsecrets take it over"
-                ),
-            );
-            write_status(&es_api, es, state, &outcome, None).await?;
-            return Ok((outcome, Action::requeue(state.conflict_retry())));
-        }
+/// 2. The existing Secret's metadata, if any, and whether we may write it.
+async fn ownership(t: &Target<'_>, ctx: &Context) -> Stage<Option<SecretMeta>> {
+    // Until the owned-Secret watch has listed once, every lookup would miss
+    // and fall back to a GET; wait for it (bounded, so a broken Secret watch
+    // degrades to GETs instead of stalling reconciles).
+    let _ = tokio::time::timeout(STORE_WAIT, ctx.secrets.wait_until_ready()).await;
+    let current = match ctx.secrets.get(&ObjectRef::new(&t.name).within(&t.ns)) {
+        Some(m) => Some((*m).clone()),
+        // Not ours (no managed-by label), not there yet, or the store lags
+        // our own write: read it. Cold starts of existing Secrets and
+        // resyncs never get here.
+        None => t.secrets.get_metadata_opt(&t.name).await?,
+    };
+    let Some(meta) = &current else {
+        return Ok(ControlFlow::Continue(None));
+    };
+    let controller = meta
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let ours = controller.is_some_and(|o| o.uid == t.uid);
+    let adopt = meta
+        .annotations()
+        .get(ADOPT_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if ours || adopt {
+        return Ok(ControlFlow::Continue(current));
     }
+    let who = controller.map_or("no controller".to_string(), |o| {
+        format!("controlled by {} {}", o.kind, o.name)
+    });
+    let name = &t.name;
+    stop(
+        Outcome::failed(
+            Reason::SecretConflict,
+            format!(
+                "Secret {name} already exists ({who}); not overwriting it. Delete it, or annotate it {ADOPT_ANNOTATION}=\"true\" to let kmsecrets take it over"
+            ),
+        ),
+        Report::Status(None),
+        Next::ConflictPoll,
+    )
+}
 
-    // 3. in sync? Compare with what we last wrote (memory first: the status
-    //    of our own last write may not have reached the watch cache yet).
-    let hash = source_hash(es);
-    let current_rv = current
-        .as_ref()
-        .and_then(|m| m.metadata.resource_version.clone());
-    let status = es.status.as_ref();
-    let generation = es.meta().generation;
+/// 3. Nothing to do when the source and the Secret are what we last wrote
+///    (memory first: the status of our own last write may not have reached
+///    the watch cache yet). Continues with the source hash.
+fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage<String> {
+    let hash = source_hash(t.es);
+    let current_rv = current.and_then(|m| m.metadata.resource_version.clone());
+    let status = t.es.status.as_ref();
+    let generation = t.es.meta().generation;
     if let Some(rv) = &current_rv
-        && state.synced_in_memory(&uid, &hash, rv, generation)
+        && ctx.state.synced_in_memory(&t.uid, &hash, rv, generation)
     {
-        state.succeeded(&uid);
-        debug!(%name, namespace = %ns, "in sync (own last write); nothing to do");
-        return Ok((Outcome::synced(&name), Action::requeue(state.resync())));
+        debug!(name = %t.name, namespace = %t.ns, "in sync (own last write); nothing to do");
+        return stop(Outcome::synced(&t.name), Report::Nothing, Next::Resync);
     }
-    let remembered = state.last_write(&uid);
+    let remembered = ctx.state.last_write(&t.uid);
     let in_sync = current_rv.is_some()
         && (remembered
             .as_ref()
@@ -162,57 +308,66 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
                     && s.secret_resource_version == current_rv
             }));
     if in_sync && ready_condition(status).is_some_and(|c| c.status == "True") {
-        let outcome = Outcome::synced(&name);
+        debug!(name = %t.name, namespace = %t.ns, "in sync; nothing to do");
         let sync = SyncInfo {
             hash,
             secret_rv: current_rv,
             key_id: status.and_then(|s| s.key_id.clone()),
         };
-        let rv = sync.secret_rv.clone().unwrap_or_default();
-        write_status(&es_api, es, state, &outcome, Some(&sync)).await?;
-        state.remember_write(&uid, &sync.hash, &rv);
-        state.remember_synced(&uid, generation);
-        state.succeeded(&uid);
-        debug!(%name, namespace = %ns, "in sync; nothing to do");
-        return Ok((outcome, Action::requeue(state.resync())));
+        return stop(
+            Outcome::synced(&t.name),
+            Report::Status(Some(sync)),
+            Next::Resync,
+        );
     }
+    Ok(ControlFlow::Continue(hash))
+}
 
-    // 4-5. resolve and decrypt
-    let opened = async {
-        let binding = resource::validate(es)?;
-        let (dek, key_id) = resource::unwrap_dek(&state.kms, es).await?;
-        let values = resource::open(&dek, &binding, &es.spec)?;
-        Ok::<_, ResourceError>((values, key_id))
-    }
-    .await;
-    let (values, key_id) = match opened {
-        Ok(v) => v,
+/// 4. Unwrap and decrypt. A failure keeps the existing Secret untouched.
+async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
+    match resource::open_resource(&ctx.state.kms, t.es).await {
+        Ok(opened) => Ok(ControlFlow::Continue(opened)),
         Err(e) => {
-            let outcome = Outcome::failed(e.reason(), e.to_string());
-            // Keep the previous sync info: the existing Secret stays as it is.
-            write_status(&es_api, es, state, &outcome, None).await?;
-            let action = if e.is_transient() {
-                Action::requeue(state.backoff(&uid))
+            let next = if e.is_transient() {
+                Next::Backoff
             } else {
-                Action::requeue(state.slow_retry())
+                Next::SlowRetry
             };
-            return Ok((outcome, action));
+            stop(
+                Outcome::failed(e.reason(), e.to_string()),
+                Report::Status(None),
+                next,
+            )
         }
-    };
+    }
+}
 
-    // 6-7. build and apply
-    let secret = build_owned(es, &values);
-    drop(values);
+/// 5. The Secret to apply (pure).
+fn build(es: &EncryptedSecret, opened: &Opened) -> Secret {
+    build_owned(es, &opened.values)
+}
+
+/// 6. Server-side apply; an immutable Secret whose content changed is
+///    replaced (delete preconditioned on the uid checked in [`ownership`],
+///    then apply), only ever after a complete, authenticated decrypt.
+async fn apply(
+    t: &Target<'_>,
+    ctx: &Context,
+    secret: Secret,
+    current: Option<&SecretMeta>,
+    hash: String,
+    key_id: String,
+) -> Result<Done> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut result = secrets.patch(&name, &params, &Patch::Apply(&secret)).await;
+    let mut result = t
+        .secrets
+        .patch(&t.name, &params, &Patch::Apply(&secret))
+        .await;
     if let Err(e) = &result
         && is_immutable_conflict(e)
-        && let Some(meta) = &current
+        && let Some(meta) = current
     {
-        // An immutable Secret cannot change in place: replace it. The delete
-        // is preconditioned on the uid we just checked is ours (or adopted),
-        // and happens only after a complete, authenticated decrypt.
-        info!(%name, namespace = %ns, "Secret is immutable; replacing it");
+        info!(name = %t.name, namespace = %t.ns, "Secret is immutable; replacing it");
         let dp = kube::api::DeleteParams {
             preconditions: Some(kube::api::Preconditions {
                 uid: meta.metadata.uid.clone(),
@@ -220,38 +375,69 @@ async fn reconcile_inner(es: &EncryptedSecret, state: &State) -> Result<(Outcome
             }),
             ..Default::default()
         };
-        if secrets.delete(&name, &dp).await.is_ok() {
-            result = secrets.patch(&name, &params, &Patch::Apply(&secret)).await;
+        if t.secrets.delete(&t.name, &dp).await.is_ok() {
+            result = t
+                .secrets
+                .patch(&t.name, &params, &Patch::Apply(&secret))
+                .await;
         }
     }
-    let applied = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let outcome = Outcome::failed(
-                "ApplyFailed",
-                format!("applying Secret {name} failed: {}", api_error_text(&e)),
-            );
-            write_status(&es_api, es, state, &outcome, None).await?;
-            return Ok((outcome, Action::requeue(state.backoff(&uid))));
-        }
-    };
     drop(secret);
-    let secret_rv = applied.metadata.resource_version.clone();
-    drop(applied);
-    state.remember_write(&uid, &hash, secret_rv.as_deref().unwrap_or_default());
+    match result {
+        Ok(applied) => {
+            let secret_rv = applied.metadata.resource_version.clone();
+            drop(applied);
+            // Remembered before the status write: if that fails, the retry
+            // still knows the Secret is already written.
+            ctx.state
+                .remember_write(&t.uid, &hash, secret_rv.as_deref().unwrap_or_default());
+            info!(name = %t.name, namespace = %t.ns, "Secret applied");
+            Ok(done(
+                Outcome::synced(&t.name),
+                Report::Status(Some(SyncInfo {
+                    hash,
+                    secret_rv,
+                    key_id: Some(key_id),
+                })),
+                Next::Resync,
+            ))
+        }
+        Err(e) => Ok(done(
+            Outcome::failed(
+                Reason::ApplyFailed,
+                format!("applying Secret {} failed: {}", t.name, api_error_text(&e)),
+            ),
+            Report::Status(None),
+            Next::Backoff,
+        )),
+    }
+}
 
-    // 8. status
-    let outcome = Outcome::synced(&name);
-    let sync = SyncInfo {
-        hash,
-        secret_rv,
-        key_id: Some(key_id),
+/// The one place status and events are written, and the per-object memory
+/// updated, from a stage's [`Done`].
+async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<(Outcome, Action)> {
+    let state = &ctx.state;
+    let generation = t.es.meta().generation;
+    if let Report::Status(sync) = &d.report {
+        if let Some(s) = sync {
+            state.remember_write(&t.uid, &s.hash, s.secret_rv.as_deref().unwrap_or_default());
+        }
+        write_status(t, ctx, &d.outcome, sync.as_ref()).await?;
+        if sync.is_some() {
+            state.remember_synced(&t.uid, generation);
+        }
+    }
+    let action = match d.next {
+        Next::AwaitChange => Action::await_change(),
+        Next::Resync => {
+            state.succeeded(&t.uid);
+            Action::requeue(state.resync())
+        }
+        Next::Backoff => Action::requeue(state.backoff(&t.uid)),
+        Next::SlowRetry => Action::requeue(state.slow_retry()),
+        Next::ConflictPoll => Action::requeue(state.conflict_retry()),
     };
-    write_status(&es_api, es, state, &outcome, Some(&sync)).await?;
-    state.remember_synced(&uid, generation);
-    state.succeeded(&uid);
-    info!(%name, namespace = %ns, "Secret applied");
-    Ok((outcome, Action::requeue(state.resync())))
+    Ok((d.outcome, action))
 }
 
 fn is_immutable_conflict(e: &kube::Error) -> bool {
@@ -265,15 +451,16 @@ fn is_immutable_conflict(e: &kube::Error) -> bool {
 async fn malformed(
     obj: &Watched,
     invalid: &InvalidObject,
-    state: &State,
+    ctx: &Context,
 ) -> Result<(Outcome, Action)> {
+    let state = &ctx.state;
     let ns = obj
         .namespace()
         .ok_or(ReconcileError::Missing("namespace"))?;
     let name = obj.name_any();
     let uid = obj.uid().ok_or(ReconcileError::Missing("uid"))?;
     let outcome = Outcome::failed(
-        "InvalidSpec",
+        Reason::InvalidSpec,
         format!("spec cannot be read: {}", redact_quoted(&invalid.error)),
     );
     let generation = obj.meta().generation;
@@ -303,17 +490,31 @@ async fn malformed(
     api.patch_status(&name, &params, &Patch::Merge(&patch))
         .await?;
     state.remember_write(&uid, &marker, "");
+    publish(state, obj.object_ref(&()), &outcome).await;
+    Ok((outcome, Action::await_change()))
+}
+
+/// One Event for an outcome (Normal when ready, Warning otherwise). A failed
+/// publish is logged, never fatal.
+async fn publish(
+    state: &State,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    o: &Outcome,
+) {
     let ev = Event {
-        type_: EventType::Warning,
-        reason: outcome.reason.to_string(),
-        note: Some(outcome.message.clone()),
+        type_: if o.ready() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: o.reason.as_str().to_string(),
+        note: Some(o.message.clone()),
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = state.recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = state.recorder.publish(&ev, &reference).await {
         warn!(error = %e, "cannot publish event");
     }
-    Ok((outcome, Action::await_change()))
 }
 
 /// Serde errors quote offending values (`invalid type: string "..."`); a
@@ -344,28 +545,22 @@ fn api_error_text(e: &kube::Error) -> String {
     }
 }
 
-struct SyncInfo {
-    hash: String,
-    secret_rv: Option<String>,
-    key_id: Option<String>,
-}
-
 /// Server-side apply of the status; skipped when nothing would change. An
 /// Event is published when Ready flips or its reason changes.
 async fn write_status(
-    api: &Api<EncryptedSecret>,
-    es: &EncryptedSecret,
-    state: &State,
+    t: &Target<'_>,
+    ctx: &Context,
     outcome: &Outcome,
     sync: Option<&SyncInfo>,
 ) -> Result<()> {
+    let es = t.es;
     let prev = es.status.clone().unwrap_or_default();
     let prev_cond = ready_condition(es.status.as_ref());
     let now = Time(jiff::Timestamp::now());
     let cond = next_condition(prev_cond, outcome, es.meta().generation, now.clone());
     let mut next = EncryptedSecretStatus {
         observed_generation: es.meta().generation,
-        secret_name: Some(es.name_any()),
+        secret_name: Some(t.name.clone()),
         key_id: prev.key_id.clone(),
         source_hash: prev.source_hash.clone(),
         secret_resource_version: prev.secret_resource_version.clone(),
@@ -384,7 +579,7 @@ async fn write_status(
             next.last_sync_time = Some(now.0.to_string());
         }
     }
-    // Conditions compare without timestamps churn: same status/reason/message
+    // Conditions compare without timestamp churn: same status/reason/message
     // and generation means no write.
     let same = prev.observed_generation == next.observed_generation
         && prev.secret_name == next.secret_name
@@ -407,32 +602,20 @@ async fn write_status(
         "kind": crate::api::KIND,
         "status": next,
     });
-    api.patch_status(
-        &es.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    t.es_api
+        .patch_status(
+            &t.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
     if is_transition(prev_cond, &cond) {
-        let ev = Event {
-            type_: if outcome.ready {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: outcome.reason.to_string(),
-            note: Some(outcome.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = state.recorder.publish(&ev, &es.object_ref(&())).await {
-            warn!(error = %e, "cannot publish event");
-        }
+        publish(&ctx.state, es.object_ref(&()), outcome).await;
     }
     Ok(())
 }
 
-async fn set_finalizer<K>(api: &Api<K>, meta: &kube::api::ObjectMeta, present: bool) -> Result<()>
+async fn set_finalizer<K>(api: &Api<K>, meta: &ObjectMeta, present: bool) -> Result<()>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

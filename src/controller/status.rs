@@ -6,40 +6,25 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::EncryptedSecretStatus;
+pub use crate::api::Reason;
 
 pub const READY: &str = "Ready";
-pub const SYNCED: &str = "Synced";
-
-/// Every `Ready` reason, for metrics pre-registration and docs.
-pub const REASONS: [&str; 9] = [
-    "Synced",
-    "KmsThrottled",
-    "KmsUnavailable",
-    "KmsAccessDenied",
-    "KmsKeyDisabled",
-    "DecryptFailed",
-    "InvalidSpec",
-    "SecretConflict",
-    "ApplyFailed",
-];
 
 /// What one reconcile concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
-    pub ready: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Outcome {
     pub fn synced(secret: &str) -> Outcome {
         Outcome {
-            ready: true,
-            reason: SYNCED,
+            reason: Reason::Synced,
             message: format!("Secret {secret} is up to date"),
         }
     }
-    pub fn failed(reason: &'static str, message: impl Into<String>) -> Outcome {
+    pub fn failed(reason: Reason, message: impl Into<String>) -> Outcome {
         let mut message = message.into();
         // Kubernetes caps condition messages at 32 KiB; keep them readable.
         if message.len() > 1024 {
@@ -49,11 +34,10 @@ impl Outcome {
             }
             message.truncate(cut);
         }
-        Outcome {
-            ready: false,
-            reason,
-            message,
-        }
+        Outcome { reason, message }
+    }
+    pub fn ready(&self) -> bool {
+        self.reason == Reason::Synced
     }
 }
 
@@ -69,7 +53,7 @@ pub fn next_condition(
     generation: Option<i64>,
     now: Time,
 ) -> Condition {
-    let status = if outcome.ready { "True" } else { "False" };
+    let status = if outcome.ready() { "True" } else { "False" };
     let last_transition_time = match prev {
         Some(p) if p.status == status => p.last_transition_time.clone(),
         _ => now,
@@ -77,7 +61,7 @@ pub fn next_condition(
     Condition {
         type_: READY.into(),
         status: status.into(),
-        reason: outcome.reason.into(),
+        reason: outcome.reason.as_str().into(),
         message: outcome.message.clone(),
         observed_generation: generation,
         last_transition_time,
@@ -105,11 +89,11 @@ mod tests {
         let c2 = next_condition(Some(&c1), &ok, Some(2), t(20));
         assert_eq!(c2.last_transition_time, t(10));
         assert!(!is_transition(Some(&c1), &c2));
-        let bad = Outcome::failed("KmsThrottled", "slow down");
+        let bad = Outcome::failed(Reason::KmsThrottled, "slow down");
         let c3 = next_condition(Some(&c2), &bad, Some(2), t(30));
         assert_eq!(c3.last_transition_time, t(30));
         assert!(is_transition(Some(&c2), &c3));
-        let worse = Outcome::failed("KmsAccessDenied", "denied");
+        let worse = Outcome::failed(Reason::KmsAccessDenied, "denied");
         let c4 = next_condition(Some(&c3), &worse, Some(2), t(40));
         assert_eq!(c4.last_transition_time, t(30), "still False");
         assert!(is_transition(Some(&c3), &c4), "reason changed");
@@ -117,7 +101,7 @@ mod tests {
 
     #[test]
     fn long_messages_are_capped() {
-        let o = Outcome::failed("DecryptFailed", "é".repeat(2000));
+        let o = Outcome::failed(Reason::DecryptFailed, "é".repeat(2000));
         assert!(o.message.len() <= 1024);
     }
 }

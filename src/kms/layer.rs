@@ -1,13 +1,12 @@
-//! The resilience layer every KMS call goes through: DEK cache,
-//! single-flight, adaptive client-side rate limiting, retries with
-//! exponential backoff and full jitter, and metrics for all of it.
+//! The resilience layer every KMS call goes through, wiring the pieces each
+//! in its own module: [`super::cache`] (TTL + LRU DEK cache),
+//! [`super::flight`] (single-flight), [`super::limiter`] (adaptive rate
+//! limit), [`crate::backoff`] (full-jitter delays); and metrics for all of
+//! it.
 //!
 //! # Guarantees
-//! - The cache key is SHA-256 over (provider, keyId, wrapped ciphertext,
-//!   canonical context), never plaintext; values are zeroizing DEKs.
 //! - A failed unwrap is never cached.
-//! - Concurrent misses for one cache key make ONE provider call; the call
-//!   runs in its own task, so a cancelled caller never poisons the flight.
+//! - Concurrent misses for one cache key make ONE provider call.
 //! - Every provider attempt passes the rate limiter and is counted in
 //!   `kmsecrets_kms_requests_total`; throttled ones also in
 //!   `kmsecrets_kms_throttled_total`.
@@ -19,22 +18,20 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
-use lru::LruCache;
-use rand::Rng;
-use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::aws::{AwsKms, AwsOptions};
+pub use super::cache::cache_key;
+use super::cache::{CacheKey, DekCache};
+use super::flight::{Flights, Joined};
+pub use super::limiter::{Permit, RateLimiter};
 use super::{Context, KeyInfo, KmsError, KmsProvider, Operation, Provider, WrappedKey};
-use crate::envelope::{Dek, canonical_context};
+use crate::envelope::Dek;
 use crate::metrics::Metrics;
 
 /// Tunables of the layer (flags of the same names on the CLI).
@@ -72,169 +69,19 @@ impl Default for LayerConfig {
     }
 }
 
-/// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^n)].
-pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, rng: &mut impl Rng) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
-        .min(cap);
-    Duration::from_secs_f64(rng.gen_range(0.0..=ceiling.as_secs_f64()))
-}
+pub use crate::backoff::backoff_delay;
 
-type CacheKey = [u8; 32];
-
-pub fn cache_key(w: &WrappedKey, ctx: &Context) -> CacheKey {
-    let mut h = Sha256::new();
-    for part in [
-        w.provider.as_str().as_bytes(),
-        w.key_id.as_bytes(),
-        &w.ciphertext,
-        &canonical_context(ctx),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
+/// Pre-create the KMS series so dashboards and alerts see zeros, not gaps.
+fn preregister(m: &Metrics) {
+    for op in Operation::ALL {
+        m.kms_throttled.with_label_values(&[op.as_str()]);
+        m.kms_retries.with_label_values(&[op.as_str()]);
     }
-    h.finalize().into()
-}
-
-struct Cached {
-    dek: Arc<Dek>,
-    inserted: Instant,
-}
-
-type Flight = Shared<BoxFuture<'static, Result<Arc<Dek>, KmsError>>>;
-
-/// Adaptive token bucket shared by all workers.
-///
-/// Additive-increase / multiplicative-decrease around the rate at which KMS
-/// last throttled. Each permit carries the limiter's *epoch* (number of cuts
-/// so far); only a throttle of a request admitted in the current epoch cuts
-/// the rate again, so a burst of throttles already in flight counts as one
-/// signal (TCP's "one decrease per window"). A cut is ×0.9, or ×0.7 when the
-/// previous cut was less than a second ago (still far too fast); the
-/// accumulated burst is dropped. Afterwards the rate climbs back quickly to
-/// 90% of the rate that was throttled, then probes slowly (1%/s) above it.
-/// Waiters re-check the bucket when they wake, so a cut slows everyone at
-/// once. The aim is to sit just under a quota shared with other KMS users,
-/// not to bounce off it.
-pub struct RateLimiter {
-    max_rate: f64,
-    burst: f64,
-    st: Mutex<LimState>,
-}
-
-struct LimState {
-    rate: f64,
-    tokens: f64,
-    last_refill: Instant,
-    last_growth: Instant,
-    last_cut: Option<Instant>,
-    throttled_at: Option<f64>,
-    epoch: u64,
-}
-
-/// Proof of admission; hand it back on throttle.
-#[derive(Clone, Copy, Debug)]
-pub struct Permit {
-    epoch: u64,
-    pub waited: Duration,
-}
-
-const MIN_RATE: f64 = 1.0;
-
-impl RateLimiter {
-    pub fn new(qps: f64, burst: u32) -> RateLimiter {
-        let now = Instant::now();
-        let qps = qps.max(0.1);
-        let burst = f64::from(burst.max(1));
-        RateLimiter {
-            max_rate: qps,
-            burst,
-            st: Mutex::new(LimState {
-                rate: qps,
-                tokens: burst,
-                last_refill: now,
-                last_growth: now,
-                last_cut: None,
-                throttled_at: None,
-                epoch: 0,
-            }),
-        }
+    let op = Operation::Decrypt.as_str();
+    for result in KmsError::METRIC_RESULTS {
+        m.kms_requests.with_label_values(&[op, result]);
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LimState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Current allowed rate (requests/s).
-    pub fn rate(&self) -> f64 {
-        self.lock().rate
-    }
-
-    /// Take a token now, or say how long until one is due.
-    fn try_take(&self) -> Result<u64, Duration> {
-        let mut st = self.lock();
-        let now = Instant::now();
-        let dt = now.saturating_duration_since(st.last_refill).as_secs_f64();
-        st.last_refill = now;
-        st.tokens = (st.tokens + dt * st.rate).min(self.burst);
-        if st.tokens >= 1.0 {
-            st.tokens -= 1.0;
-            Ok(st.epoch)
-        } else {
-            Err(Duration::from_secs_f64((1.0 - st.tokens) / st.rate)
-                .max(Duration::from_micros(100)))
-        }
-    }
-
-    pub async fn acquire(&self) -> Permit {
-        let start = Instant::now();
-        loop {
-            match self.try_take() {
-                Ok(epoch) => {
-                    return Permit {
-                        epoch,
-                        waited: start.elapsed(),
-                    };
-                }
-                Err(wait) => tokio::time::sleep(wait).await,
-            }
-        }
-    }
-
-    pub fn on_throttle(&self, permit: Permit) {
-        let mut st = self.lock();
-        if permit.epoch != st.epoch {
-            return; // admitted before the last cut: already accounted for
-        }
-        let now = Instant::now();
-        let recent = st
-            .last_cut
-            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-        let factor = if recent { 0.7 } else { 0.9 };
-        st.throttled_at = Some(st.rate);
-        st.rate = (st.rate * factor).max(MIN_RATE);
-        st.tokens = st.tokens.min(0.0);
-        st.last_cut = Some(now);
-        st.last_growth = now;
-        st.epoch += 1;
-    }
-
-    pub fn on_success(&self) {
-        let mut st = self.lock();
-        let now = Instant::now();
-        let dt = now.saturating_duration_since(st.last_growth).as_secs_f64();
-        st.last_growth = now;
-        if st.rate >= self.max_rate {
-            return;
-        }
-        let growth = match st.throttled_at {
-            // Fast back to 90% of the throttled rate, then probe gently.
-            Some(t) if st.rate < 0.9 * t => 0.5 * t,
-            Some(t) => (0.01 * t).max(0.5),
-            None => 0.1 * self.max_rate,
-        };
-        st.rate = (st.rate + growth * dt).min(self.max_rate);
-    }
+    m.kms_duration.with_label_values(&[op]);
 }
 
 /// Lazily-built providers: AWS config is only loaded when an aws-kms key is
@@ -290,24 +137,22 @@ pub struct Kms {
 struct Inner {
     providers: Providers,
     cfg: LayerConfig,
-    cache: Mutex<Option<LruCache<CacheKey, Cached>>>,
-    flights: Mutex<HashMap<CacheKey, Flight>>,
+    cache: DekCache,
+    flights: Arc<Flights>,
     limiter: RateLimiter,
     metrics: Arc<Metrics>,
 }
 
 impl Kms {
     pub fn new(providers: Providers, cfg: LayerConfig, metrics: Arc<Metrics>) -> Kms {
-        let cache = NonZeroUsize::new(cfg.cache_size)
-            .filter(|_| !cfg.cache_ttl.is_zero())
-            .map(LruCache::new);
+        preregister(&metrics);
         Kms {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(cfg.qps, cfg.burst),
+                cache: DekCache::new(cfg.cache_size, cfg.cache_ttl, metrics.clone()),
+                flights: Arc::default(),
                 providers,
                 cfg,
-                cache: Mutex::new(cache),
-                flights: Mutex::new(HashMap::new()),
                 metrics,
             }),
         }
@@ -369,128 +214,55 @@ impl Kms {
             self.cache_put(key, dek.clone());
             return Ok(dek);
         }
-        let flight = {
-            let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(f) = flights.get(&key) {
-                m.cache_coalesced.inc();
-                f.clone()
-            } else {
-                // Re-check under the flights lock: a flight may have finished
-                // (cached, then removed itself) since our first look.
-                if let Some(dek) = self.cache_get(&key) {
-                    m.cache_hits.inc();
-                    return Ok(dek);
-                }
-                m.cache_misses.inc();
-                let this = self.clone();
-                let (w, ctx) = (w.clone(), ctx.clone());
-                let task = tokio::spawn(async move {
-                    let res = async {
-                        let provider = this.provider(w.provider).await?;
-                        this.call(Operation::Decrypt, || {
-                            provider.decrypt(&w.key_id, &w.ciphertext, &ctx)
-                        })
-                        .await
-                        .map(Arc::new)
-                    }
-                    .await;
-                    if let Ok(dek) = &res {
-                        this.cache_put(key, dek.clone());
-                    }
-                    this.inner
-                        .flights
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&key);
-                    res
-                });
-                let f: Flight = async move {
-                    task.await
-                        .unwrap_or_else(|_| Err(KmsError::Other("KMS call task failed".into())))
-                }
-                .boxed()
-                .shared();
-                flights.insert(key, f.clone());
-                f
+        let this = self.clone();
+        let (w, ctx) = (w.clone(), ctx.clone());
+        let joined = self.inner.flights.join(
+            key,
+            || self.cache_get(&key),
+            move || async move {
+                let provider = this.provider(w.provider).await?;
+                let dek = this
+                    .call(Operation::Decrypt, || {
+                        provider.decrypt(&w.key_id, &w.ciphertext, &ctx)
+                    })
+                    .await
+                    .map(Arc::new)?;
+                this.cache_put(key, dek.clone());
+                Ok(dek)
+            },
+        );
+        match joined {
+            Joined::Ready(dek) => {
+                m.cache_hits.inc();
+                Ok(dek)
             }
-        };
-        flight.await
+            Joined::Coalesced(f) => {
+                m.cache_coalesced.inc();
+                f.await
+            }
+            Joined::Started(f) => {
+                m.cache_misses.inc();
+                f.await
+            }
+        }
     }
 
     fn cache_get(&self, key: &CacheKey) -> Option<Arc<Dek>> {
-        let mut guard = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let cache = guard.as_mut()?;
-        let ttl = self.inner.cfg.cache_ttl;
-        let expired = cache.peek(key).map(|c| c.inserted.elapsed() >= ttl)?;
-        if expired {
-            cache.pop(key);
-            self.inner
-                .metrics
-                .cache_evictions
-                .with_label_values(&["expired"])
-                .inc();
-            self.inner.metrics.cache_entries.set(cache.len() as i64);
-            return None;
-        }
-        cache.get(key).map(|c| c.dek.clone())
+        self.inner.cache.get(key)
     }
 
     fn cache_put(&self, key: CacheKey, dek: Arc<Dek>) {
-        let mut guard = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(cache) = guard.as_mut() else { return };
-        let m = &self.inner.metrics;
-        let ttl = self.inner.cfg.cache_ttl;
-        // Drop expired entries from the cold end first so capacity evictions
-        // only ever hit live entries.
-        while let Some((_, c)) = cache.peek_lru() {
-            if c.inserted.elapsed() < ttl {
-                break;
-            }
-            cache.pop_lru();
-            m.cache_evictions.with_label_values(&["expired"]).inc();
-        }
-        if let Some((old, _)) = cache.push(
-            key,
-            Cached {
-                dek,
-                inserted: Instant::now(),
-            },
-        ) && old != key
-        {
-            m.cache_evictions.with_label_values(&["capacity"]).inc();
-        }
-        m.cache_entries.set(cache.len() as i64);
+        self.inner.cache.put(key, dek);
     }
 
     /// Remove every expired entry (the controller calls this periodically so
     /// the entries gauge and memory reflect reality).
     pub fn purge_expired(&self) {
-        let mut guard = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(cache) = guard.as_mut() else { return };
-        let ttl = self.inner.cfg.cache_ttl;
-        let dead: Vec<CacheKey> = cache
-            .iter()
-            .filter(|(_, c)| c.inserted.elapsed() >= ttl)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in &dead {
-            cache.pop(k);
-        }
-        self.inner
-            .metrics
-            .cache_evictions
-            .with_label_values(&["expired"])
-            .inc_by(dead.len() as u64);
-        self.inner.metrics.cache_entries.set(cache.len() as i64);
+        self.inner.cache.purge_expired();
     }
 
     pub fn cache_len(&self) -> usize {
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(0, |c| c.len())
+        self.inner.cache.len()
     }
 
     /// One logical KMS operation: rate limit, attempt, classify, count,

@@ -10,8 +10,12 @@
 //! error codes/messages and key ids only.
 
 pub mod aws;
+pub mod cache;
+#[cfg(feature = "testing")]
 pub mod fake;
+pub mod flight;
 pub mod layer;
+pub mod limiter;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -20,6 +24,7 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 pub use crate::api::Provider;
+use crate::api::Reason;
 use crate::envelope::Dek;
 
 /// Encryption context as KMS takes it.
@@ -131,6 +136,17 @@ impl KmsError {
         matches!(self, KmsError::Throttled(_) | KmsError::Unavailable(_))
     }
 
+    /// Every value [`KmsError::metric_result`] can take, plus `success`.
+    pub const METRIC_RESULTS: [&str; 7] = [
+        "success",
+        "throttled",
+        "access_denied",
+        "key_disabled",
+        "invalid_ciphertext",
+        "unavailable",
+        "error",
+    ];
+
     /// Bounded `result` label of `kmsecrets_kms_requests_total`.
     pub fn metric_result(&self) -> &'static str {
         match self {
@@ -144,15 +160,14 @@ impl KmsError {
     }
 
     /// Ready-condition reason for the controller.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            KmsError::Throttled(_) => "KmsThrottled",
-            KmsError::Unavailable(_) => "KmsUnavailable",
-            KmsError::AccessDenied(_) | KmsError::NoKey { .. } => "KmsAccessDenied",
-            KmsError::KeyDisabled(_) | KmsError::NotFound(_) => "KmsKeyDisabled",
-            KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => "DecryptFailed",
-            KmsError::TooLarge(_) | KmsError::Invalid(_) => "InvalidSpec",
-            KmsError::Other(_) => "KmsUnavailable",
+            KmsError::Throttled(_) => Reason::KmsThrottled,
+            KmsError::Unavailable(_) | KmsError::Other(_) => Reason::KmsUnavailable,
+            KmsError::AccessDenied(_) | KmsError::NoKey { .. } => Reason::KmsAccessDenied,
+            KmsError::KeyDisabled(_) | KmsError::NotFound(_) => Reason::KmsKeyDisabled,
+            KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => Reason::DecryptFailed,
+            KmsError::TooLarge(_) | KmsError::Invalid(_) => Reason::InvalidSpec,
         }
     }
 }

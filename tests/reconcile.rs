@@ -1,0 +1,505 @@
+//! `reconcile()` called in-process, one stage at a time, against the
+//! in-memory API server (request counters) and the fake KMS (call
+//! counters): exact API and KMS cost of a cold start, a resync and a
+//! restart, and the safety rules (conflict/adopt, immutable replace, a
+//! failing KMS keeps the Secret). No processes, no kubectl, no sleeps: every
+//! wait polls with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kmsecrets::api::{DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, SecretTemplate};
+use kmsecrets::controller::reconcile::{Context, Watched, reconcile};
+use kmsecrets::controller::status::ready_condition;
+use kmsecrets::controller::{Config, State, housekeeping, owned_secrets};
+use kmsecrets::kms::Operation;
+use kmsecrets::kms::fake::{FakeKms, KeyState};
+use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
+use kmsecrets::metrics::Metrics;
+use kmsecrets::resource::{self, KeyRef, Plaintext};
+use kmsecrets_testserver::{Counters, TestServer};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use zeroize::Zeroizing;
+
+const NS: &str = "app";
+const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/reconcile";
+
+struct Rig {
+    server: TestServer,
+    client: Client,
+    fake: Arc<FakeKms>,
+    kms: Kms,
+    ctx: Arc<Context>,
+    es_store: Store<Watched>,
+    es: Api<EncryptedSecret>,
+    secrets: Api<Secret>,
+}
+
+fn controller_config() -> Config {
+    Config {
+        namespaces: vec![NS.into()],
+        label_selector: None,
+        concurrency: 8,
+        resync_interval: Duration::from_secs(300),
+        slow_retry: Duration::from_secs(300),
+        leader_election: None,
+        http_addr: None,
+    }
+}
+
+async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let server = TestServer::start("127.0.0.1:0").await.unwrap();
+        let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        let client = Client::try_from(config).unwrap();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(&PostParams::default(), &kmsecrets::api::crd())
+            .await
+            .unwrap();
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(NS.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        nss.create(&PostParams::default(), &ns).await.unwrap();
+        let es: Api<EncryptedSecret> = Api::namespaced(client.clone(), NS);
+        eventually("CRD served", async || {
+            es.list(&Default::default()).await.is_ok()
+        })
+        .await;
+        let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+        let rig = Rig::with_fake(server, client, fake).await;
+        rig.server.reset_counters();
+        rig
+    }
+
+    /// A fresh controller State (as after a restart) over the same server
+    /// and KMS.
+    async fn with_fake(server: TestServer, client: Client, fake: Arc<FakeKms>) -> Rig {
+        let kms = Kms::new(
+            Providers::new(Default::default()).with(fake.clone()),
+            LayerConfig::default(),
+            Arc::new(Metrics::new()),
+        );
+        let state = Arc::new(State::new(
+            client.clone(),
+            kms.clone(),
+            controller_config(),
+            "reconcile-test",
+        ));
+        let (secrets, stream) = owned_secrets(client.clone(), Some(NS));
+        tokio::spawn(stream.for_each(|_| async {}));
+        let (es_store, writer) = reflector::store();
+        let es_api: Api<Watched> = Api::namespaced(client.clone(), NS);
+        tokio::spawn(
+            watcher(es_api, Default::default())
+                .reflect(writer)
+                .for_each(|_| async {}),
+        );
+        Rig {
+            es: Api::namespaced(client.clone(), NS),
+            secrets: Api::namespaced(client.clone(), NS),
+            server,
+            client,
+            fake,
+            kms,
+            ctx: Arc::new(Context { state, secrets }),
+            es_store,
+        }
+    }
+
+    async fn restart(self) -> Rig {
+        let Rig {
+            server,
+            client,
+            fake,
+            ..
+        } = self;
+        Rig::with_fake(server, client, fake).await
+    }
+
+    /// An EncryptedSecret sealed for `name` under the fake KMS key.
+    async fn sealed(&self, name: &str, values: &[(&str, &str)]) -> EncryptedSecret {
+        let mut es = EncryptedSecret::new(
+            name,
+            EncryptedSecretSpec {
+                scope: Default::default(),
+                encryption_context: Default::default(),
+                data_keys: vec![DataKey {
+                    provider: Provider::AwsKms,
+                    key_id: KEY.into(),
+                    ciphertext: "AA==".into(),
+                }],
+                encrypted_data: BTreeMap::new(),
+                template: None,
+                deletion_policy: Default::default(),
+            },
+        );
+        es.metadata.namespace = Some(NS.into());
+        let binding = resource::binding_of(&es).unwrap();
+        let ctx = binding.encryption_context();
+        let keys = [KeyRef {
+            provider: Provider::AwsKms,
+            key_id: KEY.into(),
+        }];
+        let (dek, data_keys) = resource::new_dek(&self.kms, &keys, &ctx).await.unwrap();
+        let plain: Plaintext = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), Zeroizing::new(v.as_bytes().to_vec())))
+            .collect();
+        es.spec.encrypted_data = resource::seal(&dek, &binding, &plain, None).unwrap();
+        es.spec.data_keys = data_keys;
+        es
+    }
+
+    /// Re-seal `es` with new values (same name, fresh data key).
+    async fn reseal(&self, es: &EncryptedSecret, values: &[(&str, &str)]) -> EncryptedSecret {
+        let mut fresh = self.sealed(&es.name_any(), values).await;
+        fresh.metadata = es.metadata.clone();
+        fresh.spec.template = es.spec.template.clone();
+        fresh.status = None;
+        fresh
+    }
+
+    async fn create(&self, es: &EncryptedSecret) -> EncryptedSecret {
+        self.es.create(&PostParams::default(), es).await.unwrap()
+    }
+
+    async fn replace(&self, es: &EncryptedSecret) -> EncryptedSecret {
+        self.es
+            .replace(&es.name_any(), &PostParams::default(), es)
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, name: &str) -> EncryptedSecret {
+        self.es.get(name).await.unwrap()
+    }
+
+    /// One reconcile of the object as the server has it now.
+    async fn reconcile(&self, name: &str) -> EncryptedSecret {
+        let es = self.get(name).await;
+        self.reconcile_obj(es).await;
+        self.get(name).await
+    }
+
+    async fn reconcile_obj(&self, es: EncryptedSecret) {
+        reconcile(Arc::new(DeserializeGuard(Ok(es))), self.ctx.clone())
+            .await
+            .expect("reconcile");
+    }
+
+    /// Wait until the owned-Secret store shows `name` at the server's
+    /// current resourceVersion (the watch caught up).
+    async fn store_caught_up(&self, name: &str) {
+        let want = self.secrets.get(name).await.unwrap().resource_version();
+        eventually("owned-Secret store caught up", async || {
+            self.ctx
+                .secrets
+                .get(&reflector::ObjectRef::new(name).within(NS))
+                .is_some_and(|m| m.resource_version() == want)
+        })
+        .await;
+    }
+
+    fn counters(&self) -> Counters {
+        self.server.counters()
+    }
+
+    async fn secret_data(&self, name: &str) -> BTreeMap<String, Vec<u8>> {
+        self.secrets
+            .get(name)
+            .await
+            .unwrap()
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    }
+}
+
+fn reason(es: &EncryptedSecret) -> String {
+    ready_condition(es.status.as_ref())
+        .map(|c| format!("{}/{}", c.status, c.reason))
+        .unwrap_or_default()
+}
+
+fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Requests of one kind in a counter delta.
+struct Cost {
+    secret_writes: u64,
+    status_writes: u64,
+    gets: u64,
+    total: u64,
+}
+
+fn cost(c: &Counters) -> Cost {
+    Cost {
+        secret_writes: c.writes("secrets"),
+        status_writes: c.writes("encryptedsecrets/status"),
+        gets: c.verb_total("get"),
+        total: c.iter().map(|(_, _, n)| n).sum(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_resync_and_restart_cost_exactly_what_they_must() {
+    const N: usize = 10;
+    let rig = Rig::start().await;
+    for i in 0..N {
+        let es = rig
+            .sealed(&format!("s{i}"), &[("password", "hunter2")])
+            .await;
+        rig.create(&es).await;
+    }
+    let kms_before = rig.fake.calls(Operation::Decrypt);
+    let before = rig.counters();
+    for i in 0..N {
+        let es = rig.reconcile(&format!("s{i}")).await;
+        assert_eq!(reason(&es), "True/Synced");
+    }
+    // the test's own reads of the objects (one GET per reconcile() call and
+    // one after it) are not the controller's
+    let own_gets = 2 * N as u64;
+    let c = cost(&rig.counters().since(&before));
+    assert_eq!(c.secret_writes, N as u64, "one Secret apply per resource");
+    assert_eq!(c.status_writes, N as u64, "one status write per resource");
+    // new Secrets are not in the owned-Secret store: one metadata read each
+    // (404) before the first write, so an unlabelled Secret is never clobbered
+    assert_eq!(
+        c.gets - own_gets,
+        N as u64,
+        "one Secret read per new Secret"
+    );
+    assert_eq!(
+        rig.fake.calls(Operation::Decrypt) - kms_before,
+        N as u64,
+        "one Decrypt per data key"
+    );
+    for i in 0..N {
+        assert_eq!(
+            rig.secret_data(&format!("s{i}")).await,
+            data(&[("password", "hunter2")])
+        );
+    }
+
+    // resync: every resource unchanged → no request of any kind, no KMS call
+    for i in 0..N {
+        rig.store_caught_up(&format!("s{i}")).await;
+    }
+    let objs: Vec<_> = (0..N).map(|i| format!("s{i}")).collect();
+    let mut fresh = Vec::new();
+    for name in &objs {
+        fresh.push(rig.get(name).await);
+    }
+    let (before, kms_before) = (rig.counters(), rig.fake.total_calls());
+    for es in fresh.clone() {
+        rig.reconcile_obj(es).await;
+    }
+    let c = cost(&rig.counters().since(&before));
+    assert_eq!(
+        c.total, 0,
+        "a resync of unchanged resources makes no request"
+    );
+    assert_eq!(rig.fake.total_calls(), kms_before, "and no KMS call");
+
+    // controller restart (no memory): still nothing, the status says it all
+    let rig = rig.restart().await;
+    for name in &objs {
+        rig.store_caught_up(name).await;
+    }
+    let (before, kms_before) = (rig.counters(), rig.fake.total_calls());
+    for es in fresh {
+        rig.reconcile_obj(es).await;
+    }
+    let c = cost(&rig.counters().since(&before));
+    assert_eq!(
+        c.total, 0,
+        "a restarted controller re-verifies N synced resources with no request"
+    );
+    assert_eq!(rig.fake.total_calls(), kms_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_secret_is_left_alone_until_annotated_for_adoption() {
+    let rig = Rig::start().await;
+    let theirs = Secret {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            ..Default::default()
+        },
+        data: Some([("password".to_string(), ByteString(b"theirs".to_vec()))].into()),
+        ..Default::default()
+    };
+    rig.secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let es = rig.sealed("db", &[("password", "ours")]).await;
+    rig.create(&es).await;
+    let before = rig.counters();
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "False/SecretConflict");
+    let msg = &ready_condition(es.status.as_ref()).unwrap().message;
+    assert!(msg.contains("kmsecrets.dev/adopt"), "{msg}");
+    assert_eq!(rig.counters().since(&before).writes("secrets"), 0);
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "theirs")]));
+    // the conflict is re-reported on the next reconcile without a second write
+    let before = rig.counters();
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "False/SecretConflict");
+    let c = rig.counters().since(&before);
+    assert_eq!(c.total_writes(), 0, "same conflict, no new status write");
+
+    let adopt = serde_json::json!({"metadata": {"annotations": {"kmsecrets.dev/adopt": "true"}}});
+    rig.secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&adopt))
+        .await
+        .unwrap();
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "ours")]));
+    let s = rig.secrets.get("db").await.unwrap();
+    let owner = s
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    assert_eq!(owner.map(|o| o.uid.as_str()), es.uid().as_deref());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_secret_is_replaced_on_change_and_kept_on_kms_failure() {
+    let rig = Rig::start().await;
+    let mut es = rig.sealed("frozen", &[("token", "v1")]).await;
+    es.spec.template = Some(SecretTemplate {
+        immutable: Some(true),
+        ..Default::default()
+    });
+    rig.create(&es).await;
+    let es = rig.reconcile("frozen").await;
+    assert_eq!(reason(&es), "True/Synced");
+    let first = rig.secrets.get("frozen").await.unwrap();
+    assert_eq!(first.immutable, Some(true));
+
+    // new content: the immutable Secret is deleted (uid-preconditioned) and
+    // re-created
+    let changed = rig.reseal(&es, &[("token", "v2")]).await;
+    rig.replace(&changed).await;
+    rig.store_caught_up("frozen").await;
+    let es = rig.reconcile("frozen").await;
+    assert_eq!(reason(&es), "True/Synced");
+    let second = rig.secrets.get("frozen").await.unwrap();
+    assert_ne!(second.uid(), first.uid(), "replaced, not patched");
+    assert_eq!(rig.secret_data("frozen").await, data(&[("token", "v2")]));
+
+    // new content but KMS refuses: nothing deleted, nothing written, the
+    // status says why
+    let changed = rig.reseal(&es, &[("token", "v3")]).await;
+    rig.replace(&changed).await;
+    rig.fake.set_key_state(KEY, KeyState::Disabled);
+    rig.store_caught_up("frozen").await;
+    let before = rig.counters();
+    let es = rig.reconcile("frozen").await;
+    assert_eq!(reason(&es), "False/KmsKeyDisabled");
+    let c = rig.counters().since(&before);
+    assert_eq!(
+        c.writes("secrets"),
+        0,
+        "a failing KMS never touches the Secret"
+    );
+    assert_eq!(c.writes("encryptedsecrets/status"), 1);
+    let kept = rig.secrets.get("frozen").await.unwrap();
+    assert_eq!(kept.uid(), second.uid());
+    assert_eq!(rig.secret_data("frozen").await, data(&[("token", "v2")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_kms_failure_keeps_the_secret_and_recovers() {
+    let rig = Rig::start().await;
+    let es = rig.sealed("db", &[("password", "one")]).await;
+    rig.create(&es).await;
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "True/Synced");
+    let rv = rig.secrets.get("db").await.unwrap().resource_version();
+
+    let changed = rig.reseal(&es, &[("password", "two")]).await;
+    rig.replace(&changed).await;
+    rig.fake.set_unavailable(true);
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "False/KmsUnavailable");
+    assert_eq!(rig.secrets.get("db").await.unwrap().resource_version(), rv);
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "one")]));
+
+    rig.fake.set_unavailable(false);
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "two")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_secret_is_repaired_and_deleted_objects_are_forgotten() {
+    let rig = Rig::start().await;
+    let es = rig.sealed("db", &[("password", "right")]).await;
+    rig.create(&es).await;
+    rig.reconcile("db").await;
+    rig.store_caught_up("db").await;
+
+    // someone edits the Secret: the store sees a new resourceVersion
+    let edit = serde_json::json!({"data": {"password": "d3Jvbmc="}});
+    rig.secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    rig.store_caught_up("db").await;
+    let before = rig.counters();
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(rig.counters().since(&before).writes("secrets"), 1);
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "right")]));
+
+    // deleted without a finalizer: no reconcile runs for it, housekeeping
+    // evicts what the controller remembered
+    let state = &rig.ctx.state;
+    assert!(state.tracked_objects() > 0);
+    rig.es.delete("db", &DeleteParams::default()).await.unwrap();
+    eventually("EncryptedSecret gone from the store", async || {
+        rig.es_store.state().is_empty()
+    })
+    .await;
+    housekeeping(&[rig.es_store.clone()], state);
+    assert_eq!(state.tracked_objects(), 0);
+}
