@@ -500,6 +500,6 @@ async fn edited_secret_is_repaired_and_deleted_objects_are_forgotten() {
         rig.es_store.state().is_empty()
     })
     .await;
-    housekeeping(&[rig.es_store.clone()], state);
+    housekeeping(std::slice::from_ref(&rig.es_store), state);
     assert_eq!(state.tracked_objects(), 0);
 }
