@@ -16,7 +16,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kmsecrets \
+    cargo build --release --locked --no-default-features --bin kmsecrets \
  && cp target/release/kmsecrets /kmsecrets
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -705,6 +705,7 @@ async fn idle_resync_makes_no_kms_calls_and_no_writes(b: Backend) {
     let c = Cluster::start_on(b).await;
     let ctl = c.controller(&["--resync-interval", "1s"]);
     let names = ["r1", "r2", "r3"];
+    let cold = c.counters().await;
     for n in names {
         let doc = c.encrypt(&["--from-literal", "k=v", "--name", n, "--namespace", NS]);
         c.apply(&doc).await;
@@ -712,6 +713,23 @@ async fn idle_resync_makes_no_kms_calls_and_no_writes(b: Backend) {
     for n in names {
         c.wait_ready(NS, n, "True", "Synced").await;
     }
+    // cold start: exactly one Secret apply and one status write each; a new
+    // Secret is read once (404) before it is written, never again
+    let delta = c.counters().await.since(&cold);
+    assert_eq!(
+        delta.writes("secrets"),
+        3,
+        "Secret writes on cold start: {delta:?}"
+    );
+    assert_eq!(
+        delta.writes("encryptedsecrets/status"),
+        3,
+        "status writes on cold start: {delta:?}"
+    );
+    assert!(
+        delta.get("get", "secrets") <= 3,
+        "Secret reads on cold start: {delta:?}"
+    );
     let success = || ctl.metric("kmsecrets_reconcile_total", &[("result", "success")]);
     // settle: one full resync of everything after the first sync
     let s0 = success();
@@ -743,6 +761,11 @@ async fn idle_resync_makes_no_kms_calls_and_no_writes(b: Backend) {
         "EncryptedSecret (status) writes on idle resync"
     );
     assert_eq!(delta.total_writes(), 0, "writes on idle resync: {delta:?}");
+    assert_eq!(
+        delta.get("get", "secrets"),
+        0,
+        "Secret reads on idle resync (the owned-Secret store answers): {delta:?}"
+    );
     assert_eq!(kms_requests(), kms0, "KMS requests on idle resync");
     assert_eq!(
         cache_lookups(),

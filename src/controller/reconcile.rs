@@ -45,7 +45,7 @@ use tracing::{debug, info, warn};
 
 use super::State;
 use super::secret::{build_owned, source_hash};
-use super::status::{Outcome, Reason, is_transition, next_condition, ready_condition};
+use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
     FINALIZER,
@@ -546,7 +546,8 @@ fn api_error_text(e: &kube::Error) -> String {
 }
 
 /// Server-side apply of the status; skipped when nothing would change. An
-/// Event is published when Ready flips or its reason changes.
+/// Event is published when Ready flips or its reason changes, except on a
+/// new resource's first sync ([`event_due`]).
 async fn write_status(
     t: &Target<'_>,
     ctx: &Context,
@@ -609,7 +610,7 @@ async fn write_status(
             &Patch::Apply(&patch),
         )
         .await?;
-    if is_transition(prev_cond, &cond) {
+    if event_due(prev_cond, &cond) {
         publish(&ctx.state, es.object_ref(&()), outcome).await;
     }
     Ok(())

@@ -68,14 +68,59 @@ pub fn next_condition(
     }
 }
 
-/// An Event is due when status or reason changes (not on every resync).
+/// The condition changed status or reason (not on every resync).
 pub fn is_transition(prev: Option<&Condition>, next: &Condition) -> bool {
     prev.is_none_or(|p| p.status != next.status || p.reason != next.reason)
+}
+
+/// An Event is due on a transition, except a new resource's first
+/// `Synced`: syncing is the normal case and its Secret is the evidence, and
+/// at 10,000 resources those would be 10,000 Event writes on a cold start
+/// (plus the recorder's in-memory copy of each for 6 minutes). Failures and
+/// the recovery from one always get an Event.
+pub fn event_due(prev: Option<&Condition>, next: &Condition) -> bool {
+    is_transition(prev, next) && !(prev.is_none() && next.status == "True")
+}
+
+/// The reason table of `docs/troubleshooting.md` (between the `reasons`
+/// markers), rendered from [`Reason::ALL`].
+pub fn reason_table() -> String {
+    let mut t = String::from("| reason | retried | meaning |\n|---|---|---|\n");
+    for r in Reason::ALL {
+        let retried = match r {
+            Reason::Synced => "—",
+            r if r.is_transient() => "backoff",
+            _ => "slow",
+        };
+        t.push_str(&format!("| `{r}` | {retried} | {} |\n", r.summary()));
+    }
+    t
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docs_reason_table_is_the_enum() {
+        let doc = include_str!("../../docs/troubleshooting.md");
+        let start = doc
+            .find("<!-- reasons:")
+            .and_then(|i| doc[i..].find('\n').map(|j| i + j + 1))
+            .expect("reasons marker in docs/troubleshooting.md");
+        let end = doc.find("<!-- /reasons -->").expect("end marker");
+        assert_eq!(
+            &doc[start..end],
+            reason_table(),
+            "docs/troubleshooting.md reason table differs from Reason::ALL"
+        );
+        for r in Reason::ALL {
+            assert!(
+                doc.contains(&format!("\n## {r}\n")),
+                "docs/troubleshooting.md has no section for {r}"
+            );
+        }
+    }
 
     fn t(s: i64) -> Time {
         Time(jiff::Timestamp::from_second(s).unwrap())
@@ -97,6 +142,21 @@ mod tests {
         let c4 = next_condition(Some(&c3), &worse, Some(2), t(40));
         assert_eq!(c4.last_transition_time, t(30), "still False");
         assert!(is_transition(Some(&c3), &c4), "reason changed");
+    }
+
+    #[test]
+    fn events_on_failures_and_recoveries_not_on_first_sync() {
+        let ok = Outcome::synced("s");
+        let first = next_condition(None, &ok, Some(1), t(1));
+        assert!(!event_due(None, &first), "first Synced: no event");
+        let bad = Outcome::failed(Reason::DecryptFailed, "x");
+        let failed = next_condition(Some(&first), &bad, Some(2), t(2));
+        assert!(event_due(Some(&first), &failed));
+        let healed = next_condition(Some(&failed), &ok, Some(3), t(3));
+        assert!(event_due(Some(&failed), &healed), "recovery: event");
+        assert!(!event_due(Some(&healed), &healed.clone()), "resync: none");
+        let new_bad = next_condition(None, &bad, Some(1), t(1));
+        assert!(event_due(None, &new_bad), "a new resource failing: event");
     }
 
     #[test]
