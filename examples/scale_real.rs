@@ -5,6 +5,7 @@
 //! cargo run --release --example scale_real                 # 10,000 EncryptedSecrets, 1,000 DEKs, quota 100/s
 //! cargo run --release --example scale_real -- 2000 200 100 # RESOURCES DEKS QUOTA
 //! cargo run --release --example scale_real -- 2000 200 100 real   # one backend only (real | memory)
+//! SCALE_CONTROLLER_ARGS="--concurrency 16" cargo run --release --example scale_real  # non-default flags
 //! ```
 //!
 //! Workload: RESOURCES EncryptedSecrets over DEKS data keys (AWS provider,
@@ -241,6 +242,12 @@ async fn run_backend(
         .arg(kubeconfig)
         .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
         .args(["--kms-endpoint", &proxy.url()])
+        // extra controller flags for experiments (the table is for defaults)
+        .args(
+            std::env::var("SCALE_CONTROLLER_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .envs(aws::aws_test_env())
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())

@@ -503,3 +503,63 @@ async fn edited_secret_is_repaired_and_deleted_objects_are_forgotten() {
     housekeeping(std::slice::from_ref(&rig.es_store), state);
     assert_eq!(state.tracked_objects(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_gauge_sums_every_namespace_scope() {
+    let rig = Rig::start().await;
+    for n in ["a", "b"] {
+        rig.create(&rig.sealed(n, &[("k", "v")]).await).await;
+        rig.reconcile(n).await;
+    }
+    // a second scope: another namespace with one synced and one failing
+    let nss: Api<Namespace> = Api::all(rig.client.clone());
+    let other = Namespace {
+        metadata: ObjectMeta {
+            name: Some("other".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    nss.create(&PostParams::default(), &other).await.unwrap();
+    let other_api: Api<EncryptedSecret> = Api::namespaced(rig.client.clone(), "other");
+    for (n, ok) in [("c", true), ("d", false)] {
+        let mut es = rig.sealed(n, &[("k", "v")]).await;
+        es.metadata.namespace = Some("other".into());
+        other_api.create(&PostParams::default(), &es).await.unwrap();
+        let status = serde_json::json!({"status": {"conditions": [{
+            "type": "Ready", "status": if ok { "True" } else { "False" },
+            "reason": if ok { "Synced" } else { "DecryptFailed" }, "message": "",
+            "lastTransitionTime": "2026-12-01T00:00:00Z"}]}});
+        other_api
+            .patch_status(n, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+    let (other_store, writer) = reflector::store();
+    let api: Api<Watched> = Api::namespaced(rig.client.clone(), "other");
+    tokio::spawn(
+        watcher(api, Default::default())
+            .reflect(writer)
+            .for_each(|_| async {}),
+    );
+    let stores = [rig.es_store.clone(), other_store];
+    eventually("both stores hold their objects with status", async || {
+        stores.iter().map(|s| s.state().len()).sum::<usize>() == 4
+            && stores.iter().flat_map(|s| s.state()).all(|o| {
+                o.0.as_ref()
+                    .is_ok_and(|es| ready_condition(es.status.as_ref()).is_some())
+            })
+    })
+    .await;
+    let state = &rig.ctx.state;
+    housekeeping(&stores, state);
+    let m = state.metrics.render();
+    assert!(
+        m.contains("kmsecrets_encryptedsecrets{ready=\"true\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kmsecrets_encryptedsecrets{ready=\"false\"} 1"),
+        "{m}"
+    );
+}

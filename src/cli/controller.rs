@@ -24,8 +24,8 @@ pub struct ControllerArgs {
     /// Only reconcile EncryptedSecrets matching this label selector
     #[arg(long, value_name = "SELECTOR", env = "KMSECRETS_LABEL_SELECTOR")]
     pub label_selector: Option<String>,
-    /// Reconciles running in parallel
-    #[arg(long, default_value_t = 8, env = "KMSECRETS_CONCURRENCY", value_name = "N",
+    /// Reconciles running in parallel (they mostly wait on KMS and the API server; see docs/tuning.md)
+    #[arg(long, default_value_t = 32, env = "KMSECRETS_CONCURRENCY", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
     /// Periodic re-check of every resource (cheap when nothing changed: no KMS call, no write)
