@@ -19,6 +19,14 @@ pub const API_VERSION: &str = "kmsecrets.dev/v1alpha1";
 pub const KIND: &str = "EncryptedSecret";
 /// Prefix of every label, annotation and encryption-context key we own.
 pub const PREFIX: &str = "kmsecrets.dev/";
+
+/// A key under [`PREFIX`], in any letter case: AWS compares encryption-context
+/// keys case-insensitively in IAM conditions (`kms:EncryptionContext:`), so
+/// `KMSECRETS.DEV/namespace` must be as reserved as `kmsecrets.dev/namespace`.
+pub fn is_reserved_key(k: &str) -> bool {
+    k.get(..PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX))
+}
 /// Server-side apply field manager.
 pub const FIELD_MANAGER: &str = "kmsecrets";
 /// Annotation on a pre-existing Secret that lets the controller take it over.
@@ -229,8 +237,8 @@ pub fn crd() -> CustomResourceDefinition {
         }
         if let Some(ctx) = spec.get_mut("encryptionContext") {
             ctx.x_kubernetes_validations = Some(vec![rule(
-                "self.all(k, !k.startsWith('kmsecrets.dev/'))",
-                "encryptionContext keys may not use the reserved kmsecrets.dev/ prefix",
+                "self.all(k, !k.lowerAscii().startsWith('kmsecrets.dev/'))",
+                "encryptionContext keys may not use the reserved kmsecrets.dev/ prefix (in any letter case)",
             )]);
         }
     }
@@ -284,7 +292,7 @@ mod tests {
         assert_eq!(cols, ["Ready", "Reason", "Key", "Age"]);
         let yaml = crd_yaml();
         assert!(yaml.contains("minItems: 1"), "{yaml}");
-        assert!(yaml.contains("k.startsWith('kmsecrets.dev/')"));
+        assert!(yaml.contains("k.lowerAscii().startsWith('kmsecrets.dev/')"));
         assert!(yaml.contains("aws-kms"));
     }
 

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use crate::api::{PREFIX, Scope};
+use crate::api::Scope;
 
 pub const FORMAT_ID: &str = "kmsecrets.dev/v1alpha1";
 pub const NONCE_LEN: usize = 12;
@@ -111,7 +111,7 @@ impl Binding {
             return Err(EnvelopeError::MissingBinding("metadata.name", "strict"));
         }
         for k in context.keys() {
-            if k.starts_with(PREFIX) {
+            if crate::api::is_reserved_key(k) {
                 return Err(EnvelopeError::ReservedContextKey(k.clone()));
             }
         }
@@ -341,6 +341,26 @@ mod tests {
             Binding::new(Scope::Cluster, None, None, bad),
             Err(EnvelopeError::ReservedContextKey("kmsecrets.dev/x".into()))
         );
+        for key in [
+            "KMSECRETS.DEV/namespace",
+            "KmSecrets.dev/x",
+            "kmsecrets.DEV/",
+        ] {
+            let bad: BTreeMap<_, _> = [(key.to_string(), "y".to_string())].into();
+            assert_eq!(
+                Binding::new(Scope::Cluster, None, None, bad),
+                Err(EnvelopeError::ReservedContextKey(key.into())),
+                "{key}"
+            );
+        }
+        // near misses stay allowed
+        for key in ["kmsecrets.de", "kmsecrets.devx/a", "ünicode-kmsecrets.dev/"] {
+            let ok: BTreeMap<_, _> = [(key.to_string(), "y".to_string())].into();
+            assert!(
+                Binding::new(Scope::Cluster, None, None, ok).is_ok(),
+                "{key}"
+            );
+        }
         assert!(Binding::new(Scope::Strict, Some("ns"), None, BTreeMap::new()).is_err());
     }
 

@@ -458,6 +458,13 @@ async fn crd_validation_is_enforced_by_the_apiserver() {
             "encryptionContext keys may not use the reserved kmsecrets.dev/ prefix",
         ),
         (
+            "reserved encryption-context key, other letter case",
+            Box::new(|v| {
+                v["spec"]["encryptionContext"] = json!({"KMSecrets.DEV/namespace": "x"});
+            }),
+            "encryptionContext keys may not use the reserved kmsecrets.dev/ prefix",
+        ),
+        (
             "bad scope",
             Box::new(|v| v["spec"]["scope"] = json!("galaxy")),
             "spec.scope: Unsupported value: \"galaxy\": supported values: \"strict\", \"namespace\", \"cluster\"",

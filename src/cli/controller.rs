@@ -24,6 +24,17 @@ pub struct ControllerArgs {
     /// Only reconcile EncryptedSecrets matching this label selector
     #[arg(long, value_name = "SELECTOR", env = "KMSECRETS_LABEL_SELECTOR")]
     pub label_selector: Option<String>,
+    /// Allow a Secret type the cluster fills with a credential it mints
+    /// (kubernetes.io/service-account-token, bootstrap.kubernetes.io/token);
+    /// refused by default: creating an EncryptedSecret must not mean minting
+    /// tokens (repeatable)
+    #[arg(
+        long = "allow-secret-type",
+        value_name = "TYPE",
+        env = "KMSECRETS_ALLOW_SECRET_TYPES",
+        value_delimiter = ','
+    )]
+    pub allow_secret_types: Vec<String>,
     /// Reconciles running in parallel (they mostly wait on KMS and the API server; see docs/tuning.md)
     #[arg(long, default_value_t = 32, env = "KMSECRETS_CONCURRENCY", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -172,6 +183,7 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
         slow_retry: a.permanent_error_retry,
         leader_election,
         http_addr,
+        allowed_secret_types: a.allow_secret_types.clone(),
     })
 }
 

@@ -50,7 +50,19 @@ pub async fn run(g: &GlobalArgs, a: DevArgs) -> CliResult {
     };
     let key_id = key.id().to_string();
 
-    let server = kmsecrets_testserver::TestServer::start(&a.listen)
+    // A random bearer token: the in-memory server serves decrypted Secrets,
+    // so it must not answer every local user.
+    let token = {
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        hex::encode(b)
+    };
+    let options = kmsecrets_testserver::Options {
+        bearer_token: Some(token),
+        ..Default::default()
+    };
+    let server = kmsecrets_testserver::TestServer::start_with(&a.listen, options)
         .await
         .map_err(|e| msg(format!("cannot start the API server on {}: {e}", a.listen)))?;
     let kubeconfig = dir.join("kubeconfig");
@@ -71,6 +83,7 @@ pub async fn run(g: &GlobalArgs, a: DevArgs) -> CliResult {
         namespaces: vec![],
         label_selector: None,
         concurrency: 8,
+        allowed_secret_types: Vec::new(),
         resync_interval: a.resync_interval,
         slow_retry: Duration::from_secs(60),
         leader_election: None,

@@ -230,9 +230,9 @@ fn user_context(a: &EncryptArgs) -> CliResult<BTreeMap<String, String>> {
     let mut ctx = BTreeMap::new();
     for c in &a.context {
         let (k, v) = split_kv(c, "--context")?;
-        if k.starts_with(crate::api::PREFIX) {
+        if crate::api::is_reserved_key(k) {
             return Err(msg(format!(
-                "--context {k}: keys under kmsecrets.dev/ are reserved (set from the resource's metadata)"
+                "--context {k}: keys under kmsecrets.dev/ (in any letter case) are reserved (set from the resource's metadata)"
             )));
         }
         ctx.insert(k.to_string(), v.to_string());
@@ -373,10 +373,23 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             namespace,
             ..Default::default()
         };
+        warn_if_refused(&es);
         out.push(es);
     }
     super::write_output(&out, a.output);
     Ok(())
+}
+
+/// The controller refuses Secret types the cluster would fill with a
+/// credential; say so now rather than at sync time (still written: an
+/// operator may allow the type with --allow-secret-type).
+fn warn_if_refused(es: &EncryptedSecret) {
+    if let Err(why) = crate::controller::secret::admit(es, &[]) {
+        eprintln!(
+            "warning: {}: {why}",
+            es.metadata.name.as_deref().unwrap_or("")
+        );
+    }
 }
 
 async fn merge_into(
@@ -421,6 +434,7 @@ async fn merge_into(
     if let Some(t) = &a.type_ {
         es.spec.template.get_or_insert_with(Default::default).type_ = Some(t.clone());
     }
+    warn_if_refused(&es);
     let text = manifest::render(std::slice::from_ref(&es), super::file_format(path));
     crate::fsutil::rewrite_atomic(path, text.as_bytes())
         .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;

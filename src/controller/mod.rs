@@ -44,6 +44,9 @@ pub struct Config {
     pub slow_retry: Duration,
     pub leader_election: Option<LeaderElection>,
     pub http_addr: Option<SocketAddr>,
+    /// Secret types allowed although the cluster would fill them with a
+    /// credential (see [`secret::CREDENTIAL_TYPES`]).
+    pub allowed_secret_types: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +72,7 @@ pub struct State {
     pub kms: Kms,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    cfg: Config,
+    pub(crate) cfg: Config,
     /// uid → consecutive transient failures (per-object backoff).
     failures: Mutex<HashMap<String, u32>>,
     /// uid → (source hash, Secret resourceVersion) of our last write.

@@ -4,7 +4,8 @@
 //! ([`finish`]), from that outcome:
 //!
 //! 1. [`finalize`] — deletion, and the finalizer (only for
-//!    `deletionPolicy: Retain`)
+//!    `deletionPolicy: Retain`); then [`admit`] — Secret types that would
+//!    make the cluster mint a credential are refused (pure)
 //! 2. [`ownership`] — who controls the existing Secret (metadata from the
 //!    owned-Secret store; a GET only when the store does not have it)
 //! 3. [`in_sync`] — source hash + Secret resourceVersion unchanged since our
@@ -44,7 +45,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::State;
-use super::secret::{build_owned, source_hash};
+use super::secret::{self, build_owned, source_hash};
 use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
@@ -209,6 +210,7 @@ async fn reconcile_valid(es: &EncryptedSecret, ctx: &Context) -> Result<(Outcome
 /// The stages, in order.
 async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
     stage!(finalize(t, ctx).await);
+    stage!(admit(t, ctx));
     let current = stage!(ownership(t, ctx).await);
     let hash = stage!(in_sync(t, ctx, current.as_ref()));
     let opened = stage!(open(t, ctx).await);
@@ -236,6 +238,19 @@ async fn finalize(t: &Target<'_>, ctx: &Context) -> Stage<()> {
         set_finalizer(&t.es_api, meta, wants_finalizer).await?;
     }
     Ok(ControlFlow::Continue(()))
+}
+
+/// 1b. Refuse Secrets the cluster would turn into credentials (pure; before
+///     any read, decrypt or write).
+fn admit(t: &Target<'_>, ctx: &Context) -> Stage<()> {
+    match secret::admit(t.es, &ctx.state.cfg.allowed_secret_types) {
+        Ok(()) => Ok(ControlFlow::Continue(())),
+        Err(why) => stop(
+            Outcome::failed(Reason::InvalidSpec, why),
+            Report::Status(None),
+            Next::SlowRetry,
+        ),
+    }
 }
 
 /// 2. The existing Secret's metadata, if any, and whether we may write it.
@@ -459,9 +474,13 @@ async fn malformed(
         .ok_or(ReconcileError::Missing("namespace"))?;
     let name = obj.name_any();
     let uid = obj.uid().ok_or(ReconcileError::Missing("uid"))?;
-    let outcome = Outcome::failed(
+    // The deserializer's own message may quote the offending value (kube and
+    // serde word it in several ways), so it is never shown; the path of the
+    // field that failed is found again below, once per generation.
+    let _ = &invalid.error;
+    let mut outcome = Outcome::failed(
         Reason::InvalidSpec,
-        format!("spec cannot be read: {}", redact_quoted(&invalid.error)),
+        "spec cannot be read (it does not match the schema)",
     );
     let generation = obj.meta().generation;
     let marker = format!("invalid:{}", generation.unwrap_or_default());
@@ -480,6 +499,14 @@ async fn malformed(
     if state.last_write(&uid).is_some_and(|(h, _)| h == marker) {
         return Ok((outcome, Action::await_change()));
     }
+    if let Some(path) = failing_field(state, &ns, &name).await {
+        outcome = Outcome::failed(
+            Reason::InvalidSpec,
+            format!(
+                "spec cannot be read: {path} has the wrong type or value (values are not shown; `kmsecrets verify FILE` or `kubectl explain encryptedsecret.spec` tells what is expected)"
+            ),
+        );
+    }
     warn!(%name, namespace = %ns, error = %outcome.message, "malformed EncryptedSecret");
     let cond = next_condition(None, &outcome, generation, Time(jiff::Timestamp::now()));
     let patch = json!({"status": {"observedGeneration": generation, "conditions": [cond]}});
@@ -492,6 +519,28 @@ async fn malformed(
     state.remember_write(&uid, &marker, "");
     publish(state, obj.object_ref(&()), &outcome).await;
     Ok((outcome, Action::await_change()))
+}
+
+/// The path (`spec.encryptedData.pin`) of the first field of the object's
+/// spec that does not deserialize, read again as untyped JSON. Map keys are
+/// names, not values; a value is never part of the path.
+async fn failing_field(state: &State, ns: &str, name: &str) -> Option<String> {
+    use kube::core::{ApiResource, DynamicObject};
+    let ar = ApiResource::erase::<EncryptedSecret>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(state.client.clone(), ns, &ar);
+    let obj = api.get(name).await.ok()?;
+    let spec = obj.data.get("spec")?.clone();
+    match serde_path_to_error::deserialize::<_, crate::api::EncryptedSecretSpec>(spec) {
+        Ok(_) => None,
+        Err(e) => {
+            let path = e.path().to_string();
+            Some(if path == "." || path.is_empty() {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            })
+        }
+    }
 }
 
 /// One Event for an outcome (Normal when ready, Warning otherwise). A failed
@@ -515,26 +564,6 @@ async fn publish(
     if let Err(e) = state.recorder.publish(&ev, &reference).await {
         warn!(error = %e, "cannot publish event");
     }
-}
-
-/// Serde errors quote offending values (`invalid type: string "..."`); a
-/// misplaced ciphertext must not reach status, events or logs.
-fn redact_quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let (mut quoted, mut escaped) = (false, false);
-    for c in s.chars() {
-        if quoted && escaped {
-            escaped = false;
-        } else if quoted && c == '\\' {
-            escaped = true;
-        } else if c == '"' {
-            out.push_str(if quoted { "...\"" } else { "\"" });
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// API errors in status: code and reason only, never the request body.
@@ -665,21 +694,4 @@ async fn orphan_secret(secrets: &Api<Secret>, name: &str, uid: &str) -> Result<(
 pub fn jittered(d: Duration) -> Duration {
     use rand::Rng;
     d.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_quoted;
-
-    #[test]
-    fn quoted_values_are_redacted_from_parse_errors() {
-        assert_eq!(
-            redact_quoted(r#"invalid type: string "c2VjcmV0\"x", expected a sequence"#),
-            r#"invalid type: string "...", expected a sequence"#
-        );
-        assert_eq!(
-            redact_quoted("missing field `dataKeys`"),
-            "missing field `dataKeys`"
-        );
-    }
 }

@@ -58,6 +58,55 @@ pub fn build_owned(es: &EncryptedSecret, values: &Plaintext) -> Secret {
     s
 }
 
+/// Secret types the cluster fills with a credential it mints itself: the
+/// token controller writes a non-expiring token for the ServiceAccount named
+/// in `kubernetes.io/service-account.name`, and a bootstrap token in
+/// kube-system authenticates nodes. Materialising one turns "may create an
+/// EncryptedSecret" into "may mint credentials", so they are refused unless
+/// the operator allows the type (`--allow-secret-type`).
+pub const CREDENTIAL_TYPES: [&str; 2] = [
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+];
+
+/// Annotations that point the token controller at a ServiceAccount.
+pub const SERVICE_ACCOUNT_ANNOTATION_PREFIX: &str = "kubernetes.io/service-account.";
+
+/// Why the Secret `es` describes may not be materialised, naming the field
+/// (type names and annotation keys are fixed strings or keys, never values).
+/// `allowed`: types the operator allowed explicitly.
+pub fn admit(es: &EncryptedSecret, allowed: &[String]) -> Result<(), String> {
+    let t = es.spec.template.as_ref();
+    let type_ = t.and_then(|t| t.type_.as_deref()).unwrap_or("Opaque");
+    let allowed_type = |ty: &str| allowed.iter().any(|a| a == ty);
+    if let Some(ty) = CREDENTIAL_TYPES
+        .iter()
+        .find(|c| type_.eq_ignore_ascii_case(c))
+        && !allowed_type(ty)
+    {
+        return Err(format!(
+            "spec.template.type {ty} is not allowed: the cluster would fill it with a credential it mints; an operator can allow it with --allow-secret-type {ty}"
+        ));
+    }
+    let sa_tokens_allowed = allowed_type(CREDENTIAL_TYPES[0]);
+    if let Some(key) = t
+        .and_then(|t| t.metadata.as_ref())
+        .into_iter()
+        .flat_map(|m| m.annotations.keys())
+        .find(|k| {
+            k.get(..SERVICE_ACCOUNT_ANNOTATION_PREFIX.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(SERVICE_ACCOUNT_ANNOTATION_PREFIX))
+        })
+        && !sa_tokens_allowed
+    {
+        return Err(format!(
+            "spec.template.metadata.annotations[{key}] is not allowed: it points the token controller at a ServiceAccount; an operator can allow it with --allow-secret-type {}",
+            CREDENTIAL_TYPES[0]
+        ));
+    }
+    Ok(())
+}
+
 /// `sha256:` over everything that determines the Secret's content: binding
 /// (namespace, name, scope, context), wrapped keys, ciphertexts and template.
 /// Never over plaintext: a hash of a low-entropy secret would leak it to
@@ -125,6 +174,47 @@ mod tests {
         assert_eq!(oref.uid, "uid-1");
         assert_eq!(oref.controller, Some(true));
         assert_eq!(s.data.unwrap()["a"].0, b"v");
+    }
+
+    #[test]
+    fn credential_minting_types_and_annotations_are_refused_unless_allowed() {
+        let with = |ty: &str, ann: &[(&str, &str)]| {
+            let mut e = es();
+            let t = e.spec.template.as_mut().unwrap();
+            t.type_ = Some(ty.into());
+            t.metadata.as_mut().unwrap().annotations = ann
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            e
+        };
+        let none: Vec<String> = vec![];
+        let sa = "kubernetes.io/service-account-token";
+        let err = admit(&with(sa, &[]), &none).unwrap_err();
+        assert!(
+            err.contains("spec.template.type") && err.contains("--allow-secret-type"),
+            "{err}"
+        );
+        let err = admit(&with("Bootstrap.Kubernetes.io/Token", &[]), &none).unwrap_err();
+        assert!(err.contains("bootstrap.kubernetes.io/token"), "{err}");
+        let ann = [("kubernetes.io/service-account.name", "deployer")];
+        let err = admit(&with("Opaque", &ann), &none).unwrap_err();
+        assert!(
+            err.contains("annotations[kubernetes.io/service-account.name]"),
+            "{err}"
+        );
+        assert!(!err.contains("deployer"), "never the value: {err}");
+        assert!(
+            admit(
+                &with("Opaque", &[("kubernetes.io/description", "x")]),
+                &none
+            )
+            .is_ok()
+        );
+        assert!(admit(&with("kubernetes.io/dockerconfigjson", &[]), &none).is_ok());
+        let allow = vec![sa.to_string()];
+        assert!(admit(&with(sa, &ann), &allow).is_ok());
+        assert!(admit(&with("bootstrap.kubernetes.io/token", &[]), &allow).is_err());
     }
 
     #[test]

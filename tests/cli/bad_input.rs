@@ -125,6 +125,12 @@ fn bad_files_are_rejected_by_every_command() {
             "reserved prefix",
         ),
         (
+            "reserved-context-key-mixed-case",
+            edit(|v| v["spec"]["encryptionContext"] = json!({"KmSecrets.Dev/namespace": "x"}))
+                .into_bytes(),
+            "reserved prefix",
+        ),
+        (
             "empty-keyid",
             edit(|v| v["spec"]["dataKeys"][0]["keyId"] = json!("")).into_bytes(),
             "keyId is empty",
@@ -375,6 +381,10 @@ fn bad_flags() {
     fails(&base(&["--generate", "k=abc"]), "N must be a byte count");
     fails(
         &base(&["--from-literal", "a=b", "--context", "kmsecrets.dev/x=y"]),
+        "reserved",
+    );
+    fails(
+        &base(&["--from-literal", "a=b", "--context", "KMSECRETS.DEV/x=y"]),
         "reserved",
     );
     fails(

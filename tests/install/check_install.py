@@ -76,8 +76,10 @@ CONTROLLER_FLAGS = {
     "--log-format": True, "--log-level": True,
     # Not in the list, but a real flag of the shared KMS layer.
     "--kms-max-attempts": True,
+    # Hostile-tenant hardening: credential-minting Secret types.
+    "--allow-secret-type": True,
 }
-REPEATABLE_FLAGS = {"--namespace", "--local-key"}
+REPEATABLE_FLAGS = {"--namespace", "--local-key", "--allow-secret-type"}
 
 # Exactly what the controller needs (see deploy/rbac.yaml for the why).
 CONTROLLER_RULES = {

@@ -54,6 +54,8 @@ pub enum ApiError {
     PatchFailed(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("Unauthorized")]
+    Unauthorized,
 }
 
 fn render_conflicts(conflicts: &[ApplyConflict]) -> String {
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::PatchFailed(_) => 422,
             ApiError::MethodNotAllowed => 405,
             ApiError::Forbidden(_) => 403,
+            ApiError::Unauthorized => 401,
             ApiError::TooManyRequests => 429,
             ApiError::Internal(_) => 500,
             ApiError::UnsupportedMediaType => 415,
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::PatchFailed(_) => "Invalid",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Unauthorized => "Unauthorized",
             ApiError::TooManyRequests => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
             ApiError::UnsupportedMediaType => "UnsupportedMediaType",

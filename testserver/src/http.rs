@@ -200,6 +200,15 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
             .unwrap_or("")
             .to_string()
     };
+    if let Some(want) = &shared.bearer_token {
+        let got = header("authorization");
+        let ok = got
+            .strip_prefix("Bearer ")
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes()));
+        if !ok {
+            return error_response(&ApiError::Unauthorized);
+        }
+    }
     let accept = header("accept");
     let content_type = header("content-type");
     let user_agent = header("user-agent");
@@ -728,4 +737,9 @@ mod tests {
             ("ns".into(), "name".into())
         );
     }
+}
+
+/// Token comparison whose time does not depend on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -35,6 +35,7 @@ mod resources;
 mod selector;
 mod server;
 mod store;
+mod tls;
 mod watch;
 
 pub use admin::{Counters, Faults};

@@ -22,6 +22,10 @@ pub(crate) struct Shared {
     pub gc_notify: Notify,
     pub shutdown: watch::Receiver<bool>,
     pub base_url: String,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// PEM of the CA that signed the serving certificate (HTTPS only).
+    pub ca_pem: Option<String>,
 }
 
 /// Options for [`TestServer::start_with`].
@@ -29,12 +33,18 @@ pub(crate) struct Shared {
 pub struct Options {
     /// Watch events kept for resumption (older versions get 410 Expired).
     pub event_log_capacity: usize,
+    /// Require `Authorization: Bearer <token>` on every request (401
+    /// otherwise); the written kubeconfig carries it. `None`: no credentials
+    /// needed (tests). Implies HTTPS with a throwaway CA (kubectl sends no
+    /// credentials over plain HTTP); the kubeconfig trusts that CA.
+    pub bearer_token: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             event_log_capacity: DEFAULT_LOG_CAPACITY,
+            bearer_token: None,
         }
     }
 }
@@ -63,6 +73,11 @@ impl TestServer {
     pub async fn start_with(addr: &str, options: Options) -> std::io::Result<TestServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let tls = match &options.bearer_token {
+            Some(_) => Some(crate::tls::identity().map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (stop, shutdown) = watch::channel(false);
         let store = Arc::new(Mutex::new(Store::new(options.event_log_capacity)));
         crate::bootstrap::seed(&store);
@@ -72,18 +87,34 @@ impl TestServer {
             counters: CounterState::default(),
             gc_notify: Notify::new(),
             shutdown: shutdown.clone(),
-            base_url: format!("http://{addr}"),
+            base_url: format!("{scheme}://{addr}"),
+            bearer_token: options.bearer_token.clone(),
+            ca_pem: tls.as_ref().map(|t| t.ca_pem.clone()),
         });
         let router = axum::Router::new()
             .fallback(crate::http::handle)
             .with_state(shared.clone());
         let mut graceful = shutdown.clone();
         let serve = tokio::spawn(async move {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = graceful.wait_for(|v| *v).await;
-                })
-                .await;
+            let stop = async move {
+                let _ = graceful.wait_for(|v| *v).await;
+            };
+            let result = match tls {
+                None => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+                Some(id) => {
+                    let listener = crate::tls::TlsListener {
+                        tcp: listener,
+                        acceptor: tokio_rustls::TlsAcceptor::from(id.config),
+                    };
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+            };
             if let Err(e) = result {
                 tracing::error!(error = %e, "test server stopped with an error");
             }
@@ -111,7 +142,11 @@ impl TestServer {
     /// `kmsecrets-testserver`, pointing at this server over plain HTTP with
     /// a dummy token and the `default` namespace.
     pub fn kubeconfig_yaml(&self) -> String {
-        kubeconfig_yaml(&self.url())
+        kubeconfig_with_token(
+            &self.url(),
+            self.shared.bearer_token.as_deref().unwrap_or(DUMMY_TOKEN),
+            self.shared.ca_pem.as_deref(),
+        )
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
@@ -120,7 +155,19 @@ impl TestServer {
         {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, self.kubeconfig_yaml())
+        // 0600: with a bearer token this file is the credential
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(self.kubeconfig_yaml().as_bytes())?;
+        // an existing file keeps its mode on open: set it
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
     }
 
     /// Snapshot of request counts by (verb, resource).
@@ -184,18 +231,33 @@ impl Drop for TestServer {
     }
 }
 
+const DUMMY_TOKEN: &str = "kmsecrets-testserver-dummy-token";
+
 pub fn kubeconfig_yaml(server: &str) -> String {
+    kubeconfig_with_token(server, DUMMY_TOKEN, None)
+}
+
+fn kubeconfig_with_token(server: &str, token: &str, ca_pem: Option<&str>) -> String {
+    use base64::Engine;
+    let ca = ca_pem
+        .map(|pem| {
+            format!(
+                "\n    certificate-authority-data: {}",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            )
+        })
+        .unwrap_or_default();
     format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: {CONTEXT_NAME}
   cluster:
-    server: {server}
+    server: {server}{ca}
 users:
 - name: {CONTEXT_NAME}
   user:
-    token: kmsecrets-testserver-dummy-token
+    token: {token}
 contexts:
 - name: {CONTEXT_NAME}
   context:
