@@ -849,6 +849,14 @@ async fn no_plaintext_in_logs_events_status_or_metrics(b: Backend) {
         ]);
         c.apply(&doc).await;
         c.wait_ready(NS, "squat", "False", "SecretConflict").await;
+        // the Event follows the status write: wait for it before this
+        // controller is stopped
+        eventually(c.patience(), "SecretConflict event", async || {
+            c.kubectl(&["get", "events.events.k8s.io", "-n", NS, "-o", "yaml"])
+                .await
+                .contains("SecretConflict")
+        })
+        .await;
         captured.push(("text debug log".to_string(), ctl.logs()));
         captured.push(("metrics (text run)".to_string(), ctl.metrics()));
     }

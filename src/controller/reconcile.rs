@@ -35,7 +35,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::error_boundary::InvalidObject;
 use kube::core::{DeserializeGuard, ObjectMeta, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -182,7 +181,10 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     let start = std::time::Instant::now();
     let res = match &obj.0 {
         Ok(es) => reconcile_valid(es, &ctx).await,
-        Err(invalid) => malformed(&obj, invalid, &ctx).await,
+        // The deserializer's message may quote the offending value (kube and
+        // serde word it in several ways), so it is never used; `malformed`
+        // names the failing field instead.
+        Err(_) => malformed(&obj, &ctx).await,
     };
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
@@ -463,21 +465,14 @@ fn is_immutable_conflict(e: &kube::Error) -> bool {
 /// merge-patched, other status fields kept), one Warning event, then wait
 /// for a change. Written once per generation (remembered in memory), so
 /// our own status write does not loop. The Secret, if any, is left alone.
-async fn malformed(
-    obj: &Watched,
-    invalid: &InvalidObject,
-    ctx: &Context,
-) -> Result<(Outcome, Action)> {
+async fn malformed(obj: &Watched, ctx: &Context) -> Result<(Outcome, Action)> {
     let state = &ctx.state;
     let ns = obj
         .namespace()
         .ok_or(ReconcileError::Missing("namespace"))?;
     let name = obj.name_any();
     let uid = obj.uid().ok_or(ReconcileError::Missing("uid"))?;
-    // The deserializer's own message may quote the offending value (kube and
-    // serde word it in several ways), so it is never shown; the path of the
-    // field that failed is found again below, once per generation.
-    let _ = &invalid.error;
+    // The path of the field that failed is found below, once per generation.
     let mut outcome = Outcome::failed(
         Reason::InvalidSpec,
         "spec cannot be read (it does not match the schema)",
