@@ -284,13 +284,33 @@ async fn helm_install_rbac_upgrade_uninstall_on_the_real_apiserver() {
     )
     .await;
     assert_eq!(lease["spec"]["holderIdentity"], "kmsecrets-0");
-    // events reach the API (events.k8s.io/v1 create is granted)
-    eventually(20 * SECOND, "a Synced event", async || {
-        c.kubectl(&["get", "events", "-n", "apps", "-o", "name"])
+    // events reach the API (events.k8s.io/v1 create is granted). A first
+    // Synced records no Event, so make a Warning: a Secret that is not ours.
+    c.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "taken",
+        "-n",
+        "apps",
+        "--from-literal=k=theirs",
+    ])
+    .await;
+    let doc = c.encrypt(&[
+        "--from-literal",
+        "k=ours",
+        "--name",
+        "taken",
+        "--namespace",
+        "apps",
+    ]);
+    c.apply(&doc).await;
+    c.wait_ready_within("apps", "taken", "False", "SecretConflict", 60 * SECOND)
+        .await;
+    eventually(20 * SECOND, "a SecretConflict event", async || {
+        c.kubectl(&["get", "events", "-n", "apps", "-o", "yaml"])
             .await
-            .lines()
-            .count()
-            >= 1
+            .contains("SecretConflict")
     })
     .await;
     assert_no_forbidden(&ctl.logs());
