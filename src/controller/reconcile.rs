@@ -316,15 +316,20 @@ fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage
         return stop(Outcome::synced(&t.name), Report::Nothing, Next::Resync);
     }
     let remembered = ctx.state.last_write(&t.uid);
-    let in_sync = current_rv.is_some()
-        && (remembered
+    // Our own write of exactly this source into exactly this Secret version
+    // is proof enough (e.g. the status write after it failed: write the
+    // status, do not apply again); the status is, when it says Ready.
+    let by_memory = current_rv.is_some()
+        && remembered
             .as_ref()
-            .is_some_and(|(h, rv)| *h == hash && Some(rv) == current_rv.as_ref())
-            || status.is_some_and(|s| {
-                s.source_hash.as_deref() == Some(hash.as_str())
-                    && s.secret_resource_version == current_rv
-            }));
-    if in_sync && ready_condition(status).is_some_and(|c| c.status == "True") {
+            .is_some_and(|(h, rv)| *h == hash && Some(rv) == current_rv.as_ref());
+    let by_status = current_rv.is_some()
+        && status.is_some_and(|s| {
+            s.source_hash.as_deref() == Some(hash.as_str())
+                && s.secret_resource_version == current_rv
+        })
+        && ready_condition(status).is_some_and(|c| c.status == "True");
+    if by_memory || by_status {
         debug!(name = %t.name, namespace = %t.ns, "in sync; nothing to do");
         let sync = SyncInfo {
             hash,
