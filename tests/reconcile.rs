@@ -69,13 +69,24 @@ async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// The rig's watchers back off on errors as the controller's do (a watcher
+/// without backoff retries in a hot loop and starves the test's runtime)
+/// and say what failed.
+async fn log_watch_error<T>(item: Result<T, watcher::Error>) {
+    if let Err(e) = item {
+        eprintln!("rig watch error (retried with backoff): {e}");
+    }
+}
+
 impl Rig {
     async fn start() -> Rig {
         let server = TestServer::start("127.0.0.1:0").await.unwrap();
         let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .unwrap();
+        // a request the server never answers fails the test, never hangs it
+        config.read_timeout = Some(Duration::from_secs(60));
         let client = Client::try_from(config).unwrap();
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         crds.create(&PostParams::default(), &kmsecrets::api::crd())
@@ -116,13 +127,14 @@ impl Rig {
             "reconcile-test",
         ));
         let (secrets, stream) = owned_secrets(client.clone(), Some(NS));
-        tokio::spawn(stream.for_each(|_| async {}));
+        tokio::spawn(stream.default_backoff().for_each(log_watch_error));
         let (es_store, writer) = reflector::store();
         let es_api: Api<Watched> = Api::namespaced(client.clone(), NS);
         tokio::spawn(
             watcher(es_api, Default::default())
+                .default_backoff()
                 .reflect(writer)
-                .for_each(|_| async {}),
+                .for_each(log_watch_error),
         );
         Rig {
             es: Api::namespaced(client.clone(), NS),
@@ -540,8 +552,9 @@ async fn ready_gauge_sums_every_namespace_scope() {
     let api: Api<Watched> = Api::namespaced(rig.client.clone(), "other");
     tokio::spawn(
         watcher(api, Default::default())
+            .default_backoff()
             .reflect(writer)
-            .for_each(|_| async {}),
+            .for_each(log_watch_error),
     );
     let stores = [rig.es_store.clone(), other_store];
     eventually("both stores hold their objects with status", async || {
