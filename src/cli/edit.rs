@@ -2,8 +2,11 @@
 //! re-encrypt with the same data key (unchanged values keep their exact
 //! ciphertext), rewrite FILE atomically.
 //!
-//! The plaintext temp file lives in a fresh 0700 directory, is 0600, is
-//! overwritten with zeros and removed on every exit path.
+//! The plaintext temp file lives in a fresh 0700 directory on a
+//! memory-backed filesystem where one exists, is 0600, and is overwritten
+//! with zeros and removed on every exit path: errors, the editor failing,
+//! and SIGTERM/SIGHUP (which also stop the editor). SIGINT and SIGQUIT are
+//! ignored while the editor runs, so Ctrl-C in the editor loses nothing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,9 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use super::encrypt::parse_secret;
-use super::{CliResult, GlobalArgs, LayerArgs, build_kms, file_format, msg, read_one_encrypted};
+use super::{
+    CliError, CliResult, GlobalArgs, LayerArgs, build_kms, file_format, msg, read_one_encrypted,
+};
 use crate::api::TemplateMetadata;
 use crate::manifest;
 use crate::resource;
@@ -26,20 +31,106 @@ pub struct EditArgs {
     pub layer: LayerArgs,
 }
 
+/// The plaintext's scratch directory: 0700, on a memory-backed filesystem
+/// where one exists ([`scratch_parent`]). On drop every regular file in it
+/// (the Secret and whatever the editor left: swap or backup files) is
+/// overwritten with zeros, then the directory is removed.
 struct Scratch {
     path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    fn new() -> CliResult<Scratch> {
+        use std::os::unix::fs::PermissionsExt;
+        let (parent, memory) = scratch_parent();
+        if !memory {
+            eprintln!(
+                "warning: no memory-backed temp filesystem found; the plaintext scratch file is on disk under {} while the editor runs",
+                parent.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kmsecrets-edit-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&parent)
+            .map_err(|e| {
+                msg(format!(
+                    "cannot create a temp dir in {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        Ok(Scratch {
+            path: dir.path().join("secret.yaml"),
+            dir: Some(dir),
+        })
+    }
+
+    /// Wipe and remove now (drop does the same).
+    fn remove(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        if let Ok(entries) = std::fs::read_dir(dir.path()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if let Ok(meta) = std::fs::symlink_metadata(&path)
+                    && meta.is_file()
+                    && let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path)
+                {
+                    let _ = f.write_all(&vec![0u8; meta.len() as usize]);
+                    let _ = f.sync_all();
+                }
+            }
+        }
+        let _ = dir.close();
+    }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::metadata(&self.path)
-            && let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&self.path)
-        {
-            let _ = f.write_all(&vec![0u8; meta.len() as usize]);
-            let _ = f.sync_all();
+        self.remove();
+    }
+}
+
+/// Where the scratch directory goes: `$XDG_RUNTIME_DIR` (per-user tmpfs on
+/// systemd hosts), then `/dev/shm`, when memory-backed and writable; else
+/// the temp dir (`$TMPDIR`), reported as on disk unless it is a tmpfs too.
+fn scratch_parent() -> (PathBuf, bool) {
+    let candidates = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/dev/shm")]);
+    for c in candidates {
+        if memory_backed(&c) && writable(&c) {
+            return (c, true);
         }
     }
+    let tmp = std::env::temp_dir();
+    let memory = memory_backed(&tmp);
+    (tmp, memory)
+}
+
+#[cfg(target_os = "linux")]
+fn memory_backed(p: &Path) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    rustix::fs::statfs(p).is_ok_and(|s| {
+        #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+        let t = s.f_type as u64;
+        t == TMPFS_MAGIC || t == RAMFS_MAGIC
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn memory_backed(_: &Path) -> bool {
+    false
+}
+
+fn writable(p: &Path) -> bool {
+    rustix::fs::access(
+        p,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .is_ok()
 }
 
 fn editor() -> String {
@@ -54,21 +145,112 @@ fn editor() -> String {
         .unwrap_or_else(|| "vi".into())
 }
 
-fn run_editor(path: &Path) -> CliResult {
+const SIGHUP: (i32, &str) = (1, "SIGHUP");
+const SIGTERM: (i32, &str) = (15, "SIGTERM");
+
+/// The signals `edit` handles while plaintext is on disk. SIGINT and SIGQUIT
+/// are ignored (as git does): Ctrl-C reaches the editor, which handles it,
+/// and kmsecrets keeps waiting for it. SIGTERM and SIGHUP stop the editor,
+/// remove the plaintext and exit 128 + signal. (A handled signal is reset
+/// to its default in the editor at exec.)
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> CliResult<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let s = |k: SignalKind| {
+            signal(k).map_err(|e| msg(format!("cannot install signal handlers: {e}")))
+        };
+        Ok(Signals {
+            int: s(SignalKind::interrupt())?,
+            quit: s(SignalKind::quit())?,
+            term: s(SignalKind::terminate())?,
+            hup: s(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next stopping signal (SIGTERM or SIGHUP); SIGINT and SIGQUIT are
+    /// swallowed meanwhile.
+    async fn stopping(&mut self) -> (i32, &'static str) {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => {}
+                _ = self.quit.recv() => {}
+                _ = self.term.recv() => return SIGTERM,
+                _ = self.hup.recv() => return SIGHUP,
+            }
+        }
+    }
+
+    /// A stopping signal that arrived while no one was waiting for it.
+    fn pending(&mut self) -> Option<(i32, &'static str)> {
+        use futures::FutureExt;
+        self.stopping().now_or_never()
+    }
+}
+
+fn signalled(file: &Path, signal: (i32, &'static str)) -> CliError {
+    CliError::Signalled(
+        signal.0,
+        format!(
+            "stopped by {}: the decrypted scratch copy was removed and {} is unchanged",
+            signal.1,
+            file.display()
+        ),
+    )
+}
+
+async fn run_editor(path: &Path, file: &Path, signals: &mut Signals) -> CliResult {
     let ed = editor();
     let mut parts = ed.split_whitespace();
     let prog = parts.next().unwrap_or("vi");
-    let status = std::process::Command::new(prog)
+    let mut child = tokio::process::Command::new(prog)
         .args(parts)
         .arg(path)
-        .status()
+        .kill_on_drop(true)
+        .spawn()
         .map_err(|e| msg(format!("cannot start editor {prog:?}: {e}; set EDITOR")))?;
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(|e| msg(format!("editor {prog:?}: {e}")))?,
+        sig = signals.stopping() => {
+            stop_editor(&mut child, sig).await;
+            return Err(signalled(file, sig));
+        }
+    };
     if !status.success() {
         return Err(msg(format!(
             "editor {prog:?} exited with {status}; nothing changed"
         )));
     }
     Ok(())
+}
+
+/// Pass the signal on to the editor (it may clean up its own files), give
+/// it 2 s, then kill it.
+async fn stop_editor(child: &mut tokio::process::Child, sig: (i32, &'static str)) {
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let signal = if sig == SIGHUP {
+            rustix::process::Signal::HUP
+        } else {
+            rustix::process::Signal::TERM
+        };
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(2), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
 }
 
 async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
@@ -106,21 +288,21 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
         manifest::render(&[doc], manifest::Format::Yaml)
     ));
 
-    let dir = tempfile::Builder::new()
-        .prefix("kmsecrets-edit-")
-        .tempdir()
-        .map_err(|e| msg(format!("cannot create a temp dir: {e}")))?;
-    let scratch = Scratch {
-        path: dir.path().join("secret.yaml"),
-        _dir: dir,
-    };
+    // From here until the scratch copy is gone, SIGTERM and SIGHUP remove it
+    // before exiting; SIGINT and SIGQUIT are ignored.
+    let mut signals = Signals::install()?;
+    let mut scratch = Scratch::new()?;
     crate::fsutil::write_atomic(&scratch.path, text.as_bytes(), 0o600)
         .map_err(|e| msg(format!("cannot write temp file: {e}")))?;
-    run_editor(&scratch.path)?;
+    run_editor(&scratch.path, &a.file, &mut signals).await?;
     let edited = Zeroizing::new(
         std::fs::read(&scratch.path)
             .map_err(|e| msg(format!("cannot read the edited file: {e}")))?,
     );
+    scratch.remove();
+    if let Some(sig) = signals.pending() {
+        return Err(signalled(&a.file, sig));
+    }
     let docs = manifest::parse_stream(&edited, "the edited Secret")?;
     let [doc] = docs.as_slice() else {
         return Err(msg(

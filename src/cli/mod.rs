@@ -42,6 +42,19 @@ pub enum CliError {
     Kms(#[from] crate::kms::KmsError),
     #[error(transparent)]
     KeyFile(#[from] crate::kms::local::KeyFileError),
+    /// Stopped by a signal after cleaning up; exits 128 + the signal number,
+    /// as a shell reports a process killed by it.
+    #[error("{1}")]
+    Signalled(i32, String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Signalled(signo, _) => 128 + signo,
+            _ => 1,
+        }
+    }
 }
 
 pub type CliResult<T = ()> = Result<T, CliError>;
@@ -248,7 +261,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
         Err(e) => {
             let text = e.to_string().replace('\n', " ");
             eprintln!("error: {text}");
-            1
+            e.exit_code()
         }
     }
 }

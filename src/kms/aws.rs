@@ -10,8 +10,8 @@
 //! - TLS uses rustls with ring, the same provider kube uses (mixing in
 //!   aws-lc makes rustls refuse to pick a process-wide provider).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,6 +36,80 @@ pub struct AwsOptions {
     pub attempt_timeout: Option<Duration>,
     /// Fixed credentials instead of the AWS chain (tests, emulators).
     pub static_credentials: Option<aws_credential_types::Credentials>,
+    /// The regions requests may go to (the controller's); `None` = any.
+    pub regions: Option<Arc<RegionPolicy>>,
+}
+
+/// Which AWS regions the controller sends KMS requests to. A resource names
+/// its keys' regions, and a tenant can name many that do not answer (each
+/// copy then costs attempts and a cached client). Allowed are: the regions
+/// given with `--kms-region`, the configured region (`--region`,
+/// `AWS_REGION`, profile), and regions *learned* from resources that synced:
+/// when a resource's data key unwraps, the regions of its other copies
+/// (typically a DR region) are legitimate too. At most
+/// [`MAX_LEARNED_REGIONS`] are learned; learning is in memory, so list DR
+/// regions with `--kms-region` to have them before the first sync after a
+/// restart. A refused copy costs no request.
+#[derive(Debug, Default)]
+pub struct RegionPolicy {
+    explicit: BTreeSet<String>,
+    learned: Mutex<BTreeSet<String>>,
+}
+
+pub const MAX_LEARNED_REGIONS: usize = 16;
+
+impl RegionPolicy {
+    pub fn new(explicit: impl IntoIterator<Item = String>) -> RegionPolicy {
+        RegionPolicy {
+            explicit: explicit.into_iter().collect(),
+            learned: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn allows(&self, region: &str, configured: Option<&str>) -> bool {
+        configured == Some(region)
+            || self.explicit.contains(region)
+            || self
+                .learned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(region)
+    }
+
+    /// Learn the regions of a synced resource's copies (bounded; names that
+    /// are not region-shaped are ignored).
+    pub fn learn<'a>(&self, key_ids: impl IntoIterator<Item = &'a str>) {
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        for r in key_ids.into_iter().filter_map(region_of) {
+            if learned.len() >= MAX_LEARNED_REGIONS {
+                break;
+            }
+            if region_shaped(r) && !self.explicit.contains(r) {
+                learned.insert(r.to_string());
+            }
+        }
+    }
+
+    pub fn learned(&self) -> Vec<String> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// `eu-west-1`, `us-gov-west-1`, `cn-north-1`: lowercase words and a
+/// number, dash-separated, at most 32 characters.
+fn region_shaped(r: &str) -> bool {
+    r.len() <= 32
+        && r.split('-').count() >= 3
+        && r.split('-').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 pub struct AwsKms {
@@ -80,13 +154,30 @@ impl AwsKms {
         }
     }
 
-    fn client_for(&self, key_id: &str) -> Result<Client, KmsError> {
+    fn region_for(&self, key_id: &str) -> Result<String, KmsError> {
         let region = region_of(key_id)
             .map(str::to_string)
             .or_else(|| self.base.region().map(|r| r.to_string()))
             .ok_or_else(|| KmsError::Invalid(format!(
                 "no AWS region for key {key_id}: use a key ARN, set AWS_REGION, or pass --region"
             )))?;
+        if let Some(policy) = &self.opts.regions {
+            let configured = self.base.region().map(|r| r.to_string());
+            if !policy.allows(&region, configured.as_deref()) {
+                return Err(KmsError::NoKey {
+                    provider: "aws-kms",
+                    key_id: key_id.to_string(),
+                    hint: format!(
+                        "region {region} is not one of the controller's KMS regions; if this copy is legitimate add --kms-region {region} (chart: controller.kmsRegions)"
+                    ),
+                });
+            }
+        }
+        Ok(region)
+    }
+
+    fn client_for(&self, key_id: &str) -> Result<Client, KmsError> {
+        let region = self.region_for(key_id)?;
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&region) {
             return Ok(c.clone());
@@ -208,6 +299,10 @@ fn take_blob(b: Option<Blob>, what: &str) -> Result<Zeroizing<Vec<u8>>, KmsError
 impl KmsProvider for AwsKms {
     fn provider(&self) -> Provider {
         Provider::AwsKms
+    }
+
+    fn admits(&self, key_id: &str) -> Result<(), KmsError> {
+        self.region_for(key_id).map(|_| ())
     }
 
     async fn decrypt(

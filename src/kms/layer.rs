@@ -49,6 +49,10 @@ pub struct LayerConfig {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// Upper bound on one [`Kms::unwrap_any`], every copy and retry
+    /// included (`None`: only the attempts bound it). The controller sets it
+    /// so no resource holds a worker longer (`--unwrap-timeout`).
+    pub unwrap_deadline: Option<Duration>,
 }
 
 impl Default for LayerConfig {
@@ -65,6 +69,7 @@ impl Default for LayerConfig {
             max_attempts: 8,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(10),
+            unwrap_deadline: None,
         }
     }
 }
@@ -170,32 +175,108 @@ impl Kms {
         self.inner.providers.get(kind).await
     }
 
-    /// Unwrap the first usable copy of a DEK. Copies are tried in order; a
-    /// failing copy (unreachable region, revoked key, missing local key)
-    /// falls through to the next — that is what multi-region copies are for.
-    /// Returns the DEK and the index of the copy that worked.
+    /// Unwrap the first usable copy of a DEK, the index of the copy that
+    /// worked alongside.
+    ///
+    /// Copies the provider refuses up front (a region outside the
+    /// controller's allow-list, a missing local key) cost no request. The
+    /// rest are tried in rounds: one attempt per copy per round, in order,
+    /// with the backoff between rounds — so a transient failure of the first
+    /// copy moves on to the next one at once instead of spending all its
+    /// retries first (that is what multi-region copies are for), a copy that
+    /// fails permanently drops out, and no copy makes more than
+    /// `max_attempts` attempts. The whole search is bounded by
+    /// `unwrap_deadline`.
     pub async fn unwrap_any(
         &self,
         copies: &[WrappedKey],
         ctx: &Context,
     ) -> Result<(Arc<Dek>, usize), KmsError> {
-        let mut errors = Vec::new();
+        let search = self.unwrap_rounds(copies, ctx);
+        match self.inner.cfg.unwrap_deadline {
+            None => search.await,
+            Some(d) => tokio::time::timeout(d, search).await.unwrap_or_else(|_| {
+                Err(KmsError::Unavailable(format!(
+                    "no copy of the data key could be unwrapped within {} s (--unwrap-timeout)",
+                    d.as_secs_f64()
+                )))
+            }),
+        }
+    }
+
+    async fn unwrap_rounds(
+        &self,
+        copies: &[WrappedKey],
+        ctx: &Context,
+    ) -> Result<(Arc<Dek>, usize), KmsError> {
+        let mut errors: Vec<Option<KmsError>> = copies.iter().map(|_| None).collect();
+        let mut live = Vec::new();
         for (i, w) in copies.iter().enumerate() {
-            match self.unwrap(w, ctx).await {
-                Ok(dek) => return Ok((dek, i)),
-                Err(e) => errors.push(e),
+            match self
+                .provider(w.provider)
+                .await
+                .and_then(|p| p.admits(&w.key_id))
+            {
+                Ok(()) => live.push(i),
+                Err(e) => errors[i] = Some(e),
             }
         }
+        let cfg = &self.inner.cfg;
+        for round in 0..cfg.max_attempts.max(1) {
+            if live.is_empty() {
+                break;
+            }
+            if round > 0 {
+                let delay = backoff_delay(
+                    round - 1,
+                    cfg.backoff_base,
+                    cfg.backoff_cap,
+                    &mut rand::thread_rng(),
+                );
+                tokio::time::sleep(delay).await;
+            }
+            let mut again = Vec::new();
+            for &i in &live {
+                if round > 0 {
+                    self.inner
+                        .metrics
+                        .kms_retries
+                        .with_label_values(&[Operation::Decrypt.as_str()])
+                        .inc();
+                }
+                match self.unwrap_with(&copies[i], ctx, 1).await {
+                    Ok(dek) => return Ok((dek, i)),
+                    Err(e) => {
+                        if e.is_transient() {
+                            again.push(i);
+                        }
+                        errors[i] = Some(e);
+                    }
+                }
+            }
+            live = again;
+        }
         // Prefer a transient error (worth retrying), then the first one.
+        let mut errors: Vec<KmsError> = errors.into_iter().flatten().collect();
         let pick = errors.iter().position(KmsError::is_transient).unwrap_or(0);
-        Err(errors
-            .into_iter()
-            .nth(pick)
-            .unwrap_or_else(|| KmsError::Invalid("the resource has no dataKeys".into())))
+        if errors.is_empty() {
+            return Err(KmsError::Invalid("the resource has no dataKeys".into()));
+        }
+        Err(errors.swap_remove(pick))
     }
 
     /// Unwrap one copy through cache and single-flight.
     pub async fn unwrap(&self, w: &WrappedKey, ctx: &Context) -> Result<Arc<Dek>, KmsError> {
+        self.unwrap_with(w, ctx, self.inner.cfg.max_attempts).await
+    }
+
+    /// [`Kms::unwrap`] with its own attempt budget.
+    async fn unwrap_with(
+        &self,
+        w: &WrappedKey,
+        ctx: &Context,
+        attempts: u32,
+    ) -> Result<Arc<Dek>, KmsError> {
         let key = cache_key(w, ctx);
         let m = &self.inner.metrics;
         if let Some(dek) = self.cache_get(&key) {
@@ -206,7 +287,7 @@ impl Kms {
             m.cache_misses.inc();
             let provider = self.provider(w.provider).await?;
             let dek = Arc::new(
-                self.call(Operation::Decrypt, || {
+                self.call_with(Operation::Decrypt, attempts, || {
                     provider.decrypt(&w.key_id, &w.ciphertext, ctx)
                 })
                 .await?,
@@ -222,7 +303,7 @@ impl Kms {
             move || async move {
                 let provider = this.provider(w.provider).await?;
                 let dek = this
-                    .call(Operation::Decrypt, || {
+                    .call_with(Operation::Decrypt, attempts, || {
                         provider.decrypt(&w.key_id, &w.ciphertext, &ctx)
                     })
                     .await
@@ -267,7 +348,21 @@ impl Kms {
 
     /// One logical KMS operation: rate limit, attempt, classify, count,
     /// retry transient failures with exponential backoff and full jitter.
-    pub async fn call<T, F, Fut>(&self, op: Operation, mut attempt_fn: F) -> Result<T, KmsError>
+    pub async fn call<T, F, Fut>(&self, op: Operation, attempt_fn: F) -> Result<T, KmsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, KmsError>>,
+    {
+        self.call_with(op, self.inner.cfg.max_attempts, attempt_fn)
+            .await
+    }
+
+    async fn call_with<T, F, Fut>(
+        &self,
+        op: Operation,
+        max_attempts: u32,
+        mut attempt_fn: F,
+    ) -> Result<T, KmsError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, KmsError>>,
@@ -300,7 +395,7 @@ impl Kms {
                         self.inner.limiter.on_throttle(permit);
                     }
                     attempt += 1;
-                    if !e.is_transient() || attempt >= cfg.max_attempts {
+                    if !e.is_transient() || attempt >= max_attempts {
                         return Err(e);
                     }
                     m.kms_retries.with_label_values(&[op.as_str()]).inc();

@@ -178,6 +178,12 @@ impl KmsError {
 pub trait KmsProvider: Send + Sync {
     fn provider(&self) -> Provider;
 
+    /// Refuse a key before any request is made (the AWS provider's region
+    /// allow-list). Every key is admitted by default.
+    fn admits(&self, _key_id: &str) -> Result<(), KmsError> {
+        Ok(())
+    }
+
     /// Unwrap a DEK. `key_id` is the id recorded next to the ciphertext.
     async fn decrypt(
         &self,

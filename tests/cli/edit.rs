@@ -2,6 +2,7 @@
 //! unowned fields, file mode, JSON files and symlinks survive.
 
 use std::path::Path;
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 
@@ -372,4 +373,162 @@ fn rewrites_go_through_symlinks() {
         t.read_str("real.yaml").contains("extra:"),
         "target rewritten"
     );
+}
+
+/// `edit` interrupted by each signal while the editor runs: SIGINT and
+/// SIGQUIT are ignored (the edit completes), SIGTERM and SIGHUP stop the
+/// editor, exit 128 + signal, leave the file unchanged and leave no
+/// plaintext anywhere: the scratch directory (0700, memory-backed where
+/// possible) is gone and no file under the temp dirs holds the value.
+#[test]
+fn edit_interrupted_by_each_signal_leaves_no_plaintext() {
+    use std::time::{Duration, Instant};
+    for (sig, signo, stops) in [
+        ("INT", 2, false),
+        ("QUIT", 3, false),
+        ("TERM", 15, true),
+        ("HUP", 1, true),
+    ] {
+        let t = T::new();
+        let key = t.keygen("k.key");
+        // a value no other test writes, searched for afterwards
+        let canary = format!(
+            "canary-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let lit = format!("canary={canary}");
+        let f = t.write("es.yaml", encrypt_fixture(&key, &["--from-literal", &lit]));
+        let before = t.read("es.yaml");
+        let (record, go) = (t.s("record"), t.s("go"));
+        // records the scratch path, its directory's mode and its own pid,
+        // then waits for the test before editing
+        let ed = script(
+            &t,
+            "ed.sh",
+            &format!(
+                "echo \"$1\" > '{record}.tmp'\nls -ld \"$(dirname \"$1\")\" >> '{record}.tmp'\necho $$ >> '{record}.tmp'\nmv '{record}.tmp' '{record}'\nwhile [ ! -e '{go}' ]; do sleep 0.05; done\nsed 's/^  password: .*/  password: after-{sig}/' \"$1\" > \"$1.new\"\nmv \"$1.new\" \"$1\""
+            ),
+        );
+        let tmp = t.p("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let mut cmd = kms(["edit", &f, "--local-key", &key]).env("EDITOR", format!("sh {ed}"));
+        cmd.cmd
+            .env("TMPDIR", &tmp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.cmd.spawn().unwrap();
+        let start = Instant::now();
+        while !t.p("record").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{sig}: the editor never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rec = t.read_str("record");
+        let mut lines = rec.lines();
+        let scratch = Path::new(lines.next().unwrap()).to_path_buf();
+        let dir_mode = lines.next().unwrap();
+        let editor_pid = lines.next().unwrap().trim().to_string();
+        assert!(
+            dir_mode.starts_with("drwx------"),
+            "{sig}: scratch dir must be 0700: {dir_mode}"
+        );
+        let scratch_dir = scratch.parent().unwrap().to_path_buf();
+        if Path::new("/dev/shm").is_dir() {
+            assert!(
+                !scratch_dir.starts_with(&tmp),
+                "{sig}: /dev/shm exists, so the scratch must not be on disk: {}",
+                scratch_dir.display()
+            );
+        }
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        if stops {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(128 + signo), "{sig}: {stderr}");
+            assert!(
+                stderr.contains(&format!("stopped by SIG{sig}")),
+                "{sig}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert_eq!(t.read("es.yaml"), before, "{sig}: the file is unchanged");
+            // the editor was stopped too
+            let start = Instant::now();
+            while std::process::Command::new("kill")
+                .args(["-0", &editor_pid])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "{sig}: the editor still runs"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{sig} must not stop kmsecrets while the editor runs"
+            );
+            std::fs::write(&go, "").unwrap();
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{sig}: {stderr}");
+            assert_eq!(
+                decrypt_values(&f, &[&key]),
+                strs(&[
+                    ("username", USERNAME),
+                    ("password", &format!("after-{sig}")),
+                    ("canary", &canary)
+                ]),
+                "{sig}: the edit completed"
+            );
+        }
+        assert!(
+            !scratch_dir.exists(),
+            "{sig}: {} left behind",
+            scratch_dir.display()
+        );
+        // no file under either temp location holds a plaintext value
+        for root in [tmp.clone(), Path::new("/dev/shm").to_path_buf()] {
+            let hits = files_containing(&root, canary.as_bytes());
+            assert!(hits.is_empty(), "{sig}: plaintext left in {hits:?}");
+        }
+    }
+}
+
+fn files_containing(root: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(ft) if ft.is_dir() => hits.extend(files_containing(&p, needle)),
+            Ok(ft)
+                if ft.is_file()
+                    && std::fs::read(&p)
+                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) =>
+            {
+                hits.push(p);
+            }
+            _ => {}
+        }
+    }
+    hits
 }
