@@ -194,6 +194,25 @@ pub struct EncryptedSecretStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// Size limits, in the CRD (`maxItems`, `maxProperties`, `maxLength`) and
+/// checked by every reader ([`crate::resource::validate`]): they bound the
+/// work one resource can cause (one KMS attempt per copy per round) and keep
+/// the CEL rules within the real apiserver's cost budget.
+pub mod limits {
+    /// Copies of the data key (regions, a break-glass key).
+    pub const DATA_KEYS: usize = 10;
+    /// Values of one Secret.
+    pub const VALUES: usize = 256;
+    /// User encryption-context pairs (KMS itself allows 64 KiB in all).
+    pub const CONTEXT: usize = 16;
+    /// Labels, and annotations, of the materialised Secret.
+    pub const TEMPLATE_METADATA: usize = 64;
+    /// A KMS key id or ARN (KMS: at most 2048).
+    pub const KEY_ID_LEN: usize = 2048;
+    /// A wrapped data key, base64 (an RSA-4096 wrap is 684 characters).
+    pub const WRAPPED_LEN: usize = 4096;
+}
+
 /// The CRD, with the validation the derive cannot express: at least one data
 /// key, Secret key-name pattern, and no user context key under our prefix.
 /// `kmsecrets crd` prints exactly this; `crds/` is generated from it.
@@ -217,25 +236,41 @@ pub fn crd() -> CustomResourceDefinition {
         };
         if let Some(keys) = spec.get_mut("dataKeys") {
             keys.min_items = Some(1);
+            keys.max_items = Some(limits::DATA_KEYS as i64);
             if let Some(item) = keys.items.as_mut().and_then(|i| match i {
                 k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s) => Some(s.as_mut()),
                 _ => None,
             }) && let Some(props) = item.properties.as_mut()
             {
-                for f in ["keyId", "ciphertext"] {
+                for (f, max) in [("keyId", limits::KEY_ID_LEN), ("ciphertext", limits::WRAPPED_LEN)] {
                     if let Some(p) = props.get_mut(f) {
                         p.min_length = Some(1);
+                        p.max_length = Some(max as i64);
                     }
                 }
             }
         }
         if let Some(data) = spec.get_mut("encryptedData") {
+            data.max_properties = Some(limits::VALUES as i64);
             data.x_kubernetes_validations = Some(vec![rule(
                 "self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))",
                 "encryptedData keys must match ^[-._a-zA-Z0-9]+$",
             )]);
         }
+        if let Some(md) = spec
+            .get_mut("template")
+            .and_then(|t| t.properties.as_mut())
+            .and_then(|p| p.get_mut("metadata"))
+            .and_then(|m| m.properties.as_mut())
+        {
+            for f in ["labels", "annotations"] {
+                if let Some(p) = md.get_mut(f) {
+                    p.max_properties = Some(limits::TEMPLATE_METADATA as i64);
+                }
+            }
+        }
         if let Some(ctx) = spec.get_mut("encryptionContext") {
+            ctx.max_properties = Some(limits::CONTEXT as i64);
             ctx.x_kubernetes_validations = Some(vec![rule(
                 "self.all(k, !k.lowerAscii().startsWith('kmsecrets.dev/'))",
                 "encryptionContext keys may not use the reserved kmsecrets.dev/ prefix (in any letter case)",

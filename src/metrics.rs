@@ -26,6 +26,7 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub reconcile: IntCounterVec,
     pub reconcile_duration: Histogram,
+    pub reconcile_deferred: IntCounter,
     pub encryptedsecrets: IntGaugeVec,
     pub build_info: IntGaugeVec,
 }
@@ -164,6 +165,14 @@ impl Metrics {
                     .buckets(vec![
                         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     ]),
+                )
+                .expect("valid"),
+            ),
+            reconcile_deferred: reg(
+                &r,
+                IntCounter::new(
+                    "kmsecrets_reconcile_deferred_total",
+                    "Reconciles deferred because their namespace held its share of the workers (--max-workers-per-namespace)",
                 )
                 .expect("valid"),
             ),

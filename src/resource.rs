@@ -98,6 +98,7 @@ pub fn wrapped_keys(spec: &EncryptedSecretSpec) -> Result<Vec<WrappedKey>, Resou
 /// Structural checks that need no key: everything `verify` promises.
 pub fn validate(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
     let binding = binding_of(es)?;
+    check_limits(&es.spec)?;
     wrapped_keys(&es.spec)?;
     for (k, v) in &es.spec.encrypted_data {
         envelope::validate_key_name(k)?;
@@ -113,6 +114,64 @@ pub fn validate(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
         }
     }
     Ok(binding)
+}
+
+/// The size limits the CRD also enforces (an older CRD, a server that
+/// does not enforce it, or a file the CLI reads): bounded work per resource.
+fn check_limits(spec: &EncryptedSecretSpec) -> Result<(), ResourceError> {
+    use crate::api::limits;
+    let over = |what: &str, n: usize, max: usize| {
+        ResourceError::InvalidSpec(format!("{what} has {n} entries; at most {max} are allowed"))
+    };
+    if spec.data_keys.len() > limits::DATA_KEYS {
+        return Err(over("dataKeys", spec.data_keys.len(), limits::DATA_KEYS));
+    }
+    if spec.encrypted_data.len() > limits::VALUES {
+        return Err(over(
+            "encryptedData",
+            spec.encrypted_data.len(),
+            limits::VALUES,
+        ));
+    }
+    if spec.encryption_context.len() > limits::CONTEXT {
+        return Err(over(
+            "encryptionContext",
+            spec.encryption_context.len(),
+            limits::CONTEXT,
+        ));
+    }
+    if let Some(md) = spec.template.as_ref().and_then(|t| t.metadata.as_ref()) {
+        for (what, n) in [
+            ("template.metadata.labels", md.labels.len()),
+            ("template.metadata.annotations", md.annotations.len()),
+        ] {
+            if n > limits::TEMPLATE_METADATA {
+                return Err(over(what, n, limits::TEMPLATE_METADATA));
+            }
+        }
+    }
+    if spec
+        .data_keys
+        .iter()
+        .any(|k| k.ciphertext.len() > limits::WRAPPED_LEN)
+    {
+        return Err(ResourceError::InvalidSpec(format!(
+            "a dataKeys ciphertext is longer than {} characters",
+            limits::WRAPPED_LEN
+        )));
+    }
+    if let Some(k) = spec
+        .data_keys
+        .iter()
+        .find(|k| k.key_id.len() > limits::KEY_ID_LEN)
+    {
+        return Err(ResourceError::InvalidSpec(format!(
+            "a dataKeys keyId is {} characters long; at most {} are allowed",
+            k.key_id.len(),
+            limits::KEY_ID_LEN
+        )));
+    }
+    Ok(())
 }
 
 /// Open every value.

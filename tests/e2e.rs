@@ -1213,6 +1213,121 @@ async fn malformed_retain_resource_is_still_orphaned_on_delete(b: Backend) {
 }
 
 // ---------------------------------------------------------------------------
+/// Finding 2 of the security review, end to end: a tenant's resources whose
+/// KMS endpoint stops answering, plus resources naming regions nobody
+/// configured, must not delay another namespace's resource, and SIGTERM
+/// must stop the controller within the pod's grace period (30 s).
+async fn a_stalled_tenant_cannot_starve_others_or_block_shutdown(b: Backend) {
+    let c = Cluster::start_on(b).await;
+    let (moto, proxy, key) = aws().await;
+    c.kubectl(&["create", "namespace", "tenant"]).await;
+    c.kubectl(&["create", "namespace", "tenant2"]).await;
+    let mut ctl = c.controller_env(
+        &["--kms-endpoint", &proxy.url(), "--concurrency", "8"],
+        &aws_test_env(),
+    );
+    let mut docs = Vec::new();
+    for i in 0..8 {
+        docs.push(aws_encrypt(
+            &c,
+            &moto,
+            &key,
+            &[
+                "--from-literal",
+                "k=v",
+                "--name",
+                &format!("t{i}"),
+                "--namespace",
+                "tenant",
+            ],
+        ));
+    }
+    // another tenant: ten copies, each in a region that is neither
+    // configured nor learned
+    let mut far: Value = serde_json::from_str(&aws_encrypt(
+        &c,
+        &moto,
+        &key,
+        &[
+            "--from-literal",
+            "k=v",
+            "--name",
+            "far",
+            "--namespace",
+            "tenant2",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let copy = far["spec"]["dataKeys"][0].clone();
+    far["spec"]["dataKeys"] = (0..10)
+        .map(|i| {
+            let mut k = copy.clone();
+            k["keyId"] = json!(format!("arn:aws:kms:xx-fake-{i}:111122223333:key/x"));
+            k
+        })
+        .collect();
+    proxy.set_hang(true);
+    for d in &docs {
+        c.apply(d).await;
+    }
+    c.apply(&to_doc(&far)).await;
+    eventually(30 * SECOND, "the tenant's KMS requests hang", async || {
+        proxy.hung().0 >= 1
+    })
+    .await;
+    let start = Instant::now();
+    let victim = c.encrypt(&[
+        "--from-literal",
+        "password=pw",
+        "--name",
+        "victim",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&victim).await;
+    c.wait_ready_within(NS, "victim", "True", "Synced", 10 * SECOND)
+        .await;
+    let victim_time = start.elapsed();
+    c.wait_ready_within("tenant2", "far", "False", "KmsAccessDenied", 10 * SECOND)
+        .await;
+    let es = c.esec("tenant2", "far").await.unwrap();
+    let msg = kmsecrets::controller::status::ready_condition(es.status.as_ref())
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains("not one of the controller's KMS regions"),
+        "{msg}"
+    );
+    let (hung_now, hung_max) = proxy.hung();
+    assert!(
+        hung_max <= 4,
+        "the tenant held {hung_max} workers at once; its share of 8 is 4"
+    );
+
+    let t = Instant::now();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &ctl.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    while ctl.is_running() {
+        assert!(
+            t.elapsed() < 10 * SECOND,
+            "SIGTERM not honoured within 10 s (the grace period is 30 s; reconciles waiting on KMS give up):\n{}",
+            ctl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop_time = t.elapsed();
+    proxy.set_hang(false);
+    eprintln!(
+        "stalled tenant ({b:?}): victim synced in {victim_time:?}; tenant held at most {hung_max} workers of 8 ({hung_now} at SIGTERM); stopped {stop_time:?} after SIGTERM"
+    );
+}
+
 // One scenario list, two backends: `memory::<name>` on the in-memory server,
 // `real::<name>` on etcd + kube-apiserver + kube-controller-manager.
 
@@ -1253,4 +1368,5 @@ on_both_backends!(
     malformed_objects_never_break_the_watch,
     immutable_secret_is_replaced_on_change_only_after_a_good_decrypt,
     malformed_retain_resource_is_still_orphaned_on_delete,
+    a_stalled_tenant_cannot_starve_others_or_block_shutdown,
 );

@@ -33,6 +33,11 @@ use zeroize::Zeroizing;
 
 const NS: &str = "app";
 const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/reconcile";
+/// A key whose calls never return (set [`KeyState::Hanging`] after sealing).
+const HANG: &str = "arn:aws:kms:eu-west-1:111122223333:key/hang";
+/// A key in a region that is down.
+const DOWN: &str = "arn:aws:kms:eu-south-9:111122223333:key/down";
+const UNWRAP_DEADLINE: Duration = Duration::from_secs(2);
 
 struct Rig {
     server: TestServer,
@@ -55,6 +60,9 @@ fn controller_config() -> Config {
         leader_election: None,
         http_addr: None,
         allowed_secret_types: Vec::new(),
+        regions: None,
+        max_workers_per_namespace: None,
+        shutdown_timeout: Duration::from_secs(25),
     }
 }
 
@@ -106,7 +114,7 @@ impl Rig {
             es.list(&Default::default()).await.is_ok()
         })
         .await;
-        let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+        let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY, HANG, DOWN]));
         let rig = Rig::with_fake(server, client, fake).await;
         rig.server.reset_counters();
         rig
@@ -117,7 +125,10 @@ impl Rig {
     async fn with_fake(server: TestServer, client: Client, fake: Arc<FakeKms>) -> Rig {
         let kms = Kms::new(
             Providers::new(Default::default()).with(fake.clone()),
-            LayerConfig::default(),
+            LayerConfig {
+                unwrap_deadline: Some(UNWRAP_DEADLINE),
+                ..LayerConfig::default()
+            },
             Arc::new(Metrics::new()),
         );
         let state = Arc::new(State::new(
@@ -160,6 +171,17 @@ impl Rig {
 
     /// An EncryptedSecret sealed for `name` under the fake KMS key.
     async fn sealed(&self, name: &str, values: &[(&str, &str)]) -> EncryptedSecret {
+        self.sealed_in(NS, name, values, &[KEY]).await
+    }
+
+    /// Sealed for `ns`/`name`, one data-key copy per key (all enabled now).
+    async fn sealed_in(
+        &self,
+        ns: &str,
+        name: &str,
+        values: &[(&str, &str)],
+        key_ids: &[&str],
+    ) -> EncryptedSecret {
         let mut es = EncryptedSecret::new(
             name,
             EncryptedSecretSpec {
@@ -175,13 +197,16 @@ impl Rig {
                 deletion_policy: Default::default(),
             },
         );
-        es.metadata.namespace = Some(NS.into());
+        es.metadata.namespace = Some(ns.into());
         let binding = resource::binding_of(&es).unwrap();
         let ctx = binding.encryption_context();
-        let keys = [KeyRef {
-            provider: Provider::AwsKms,
-            key_id: KEY.into(),
-        }];
+        let keys: Vec<KeyRef> = key_ids
+            .iter()
+            .map(|k| KeyRef {
+                provider: Provider::AwsKms,
+                key_id: k.to_string(),
+            })
+            .collect();
         let (dek, data_keys) = resource::new_dek(&self.kms, &keys, &ctx).await.unwrap();
         let plain: Plaintext = values
             .iter()
@@ -704,4 +729,164 @@ async fn unreadable_values_never_reach_status_or_events() {
     for needle in ["987654321", "SuperSecretPassw0rd", "31415.92653"] {
         assert!(!all.contains(needle), "{needle} in events");
     }
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+}
+
+/// Finding 2 of the security review, in-process: a tenant whose resources
+/// hang in KMS holds at most its namespace's share of the workers (half of
+/// `--concurrency`; a quarter once they have failed), each reconcile ends at
+/// the unwrap deadline, and another namespace's resource syncs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_tenant_holds_its_share_of_workers_and_no_more() {
+    let rig = Rig::start().await;
+    create_namespace(&rig.client, "tenant").await;
+    let tenant: Api<EncryptedSecret> = Api::namespaced(rig.client.clone(), "tenant");
+    let mut stuck = Vec::new();
+    for i in 0..8 {
+        let es = rig
+            .sealed_in("tenant", &format!("t{i}"), &[("k", "v")], &[HANG])
+            .await;
+        stuck.push(tenant.create(&PostParams::default(), &es).await.unwrap());
+    }
+    rig.fake.set_key_state(HANG, KeyState::Hanging);
+    let state = rig.ctx.state.clone();
+    // concurrency 8: the tenant may hold 4 workers, 2 once failing
+    assert_eq!(state.namespace_shares(), (4, 2));
+
+    let run_all = |objs: Vec<EncryptedSecret>| {
+        objs.into_iter()
+            .map(|es| {
+                let ctx = rig.ctx.clone();
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    reconcile(Arc::new(DeserializeGuard(Ok(es))), ctx)
+                        .await
+                        .unwrap();
+                    start.elapsed()
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let deferred0 = state.metrics.reconcile_deferred.get();
+    let started = Instant::now();
+    let first = run_all(stuck.clone());
+    eventually("the tenant holds its share", async || {
+        rig.fake.hanging_now() == 4
+    })
+    .await;
+    // the other four were deferred at once, without a KMS call
+    eventually("four deferred", async || {
+        state.metrics.reconcile_deferred.get() - deferred0 == 4
+    })
+    .await;
+    assert_eq!(rig.fake.hanging_now(), 4, "never more than the share");
+
+    // another namespace's resource syncs while the tenant hangs
+    let victim = rig.sealed("victim", &[("password", "pw")]).await;
+    rig.create(&victim).await;
+    let t = Instant::now();
+    let es = rig.reconcile("victim").await;
+    let victim_time = t.elapsed();
+    assert_eq!(reason(&es), "True/Synced");
+    assert!(
+        rig.fake.hanging_now() == 4,
+        "the victim synced while the tenant hung"
+    );
+
+    // every reconcile ends by the unwrap deadline
+    let mut longest = Duration::ZERO;
+    for h in first {
+        longest = longest.max(h.await.unwrap());
+    }
+    assert!(
+        longest < UNWRAP_DEADLINE + Duration::from_secs(2),
+        "a reconcile took {longest:?}"
+    );
+    eventually("the deadline released every call", async || {
+        rig.fake.hanging_now() == 0
+    })
+    .await;
+    let hung: Vec<EncryptedSecret> = {
+        let mut v = Vec::new();
+        for es in &stuck {
+            let now = tenant.get(&es.name_any()).await.unwrap();
+            if ready_condition(now.status.as_ref()).is_some() {
+                v.push(now);
+            }
+        }
+        v
+    };
+    assert_eq!(hung.len(), 4, "only the four that ran report a status");
+    for es in &hung {
+        let c = ready_condition(es.status.as_ref()).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "KmsUnavailable")
+        );
+        assert!(c.message.contains("--unwrap-timeout"), "{}", c.message);
+    }
+
+    // once failing, they get half the share
+    let again = run_all(hung);
+    eventually("failing resources hold two workers", async || {
+        rig.fake.hanging_now() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        rig.fake.hanging_now(),
+        2,
+        "never more than the failing share"
+    );
+    for h in again {
+        h.await.unwrap();
+    }
+    eprintln!(
+        "hanging tenant (8 resources, --concurrency 8): held 4 workers, then 2 once failing; victim synced in {victim_time:?}; longest tenant reconcile {longest:?} (deadline {UNWRAP_DEADLINE:?}); whole scenario {:?}",
+        started.elapsed()
+    );
+}
+
+/// A transient failure of one copy moves on to the next copy at once (one
+/// attempt, not all of them), and a resource over the size limits is
+/// refused before any KMS call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_region_costs_one_attempt_and_oversized_specs_none() {
+    let rig = Rig::start().await;
+    let es = rig.sealed_in(NS, "dr", &[("k", "v")], &[DOWN, KEY]).await;
+    rig.create(&es).await;
+    rig.fake.set_key_state(DOWN, KeyState::Unreachable);
+    let before = rig.fake.calls(Operation::Decrypt);
+    let t = Instant::now();
+    let es = rig.reconcile("dr").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(
+        rig.fake.calls(Operation::Decrypt) - before,
+        2,
+        "one attempt at the down region, one at the next copy"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(es.status.unwrap().key_id.as_deref(), Some(KEY));
+
+    let mut big = rig.sealed("big", &[("k", "v")]).await;
+    let copy = big.spec.data_keys[0].clone();
+    big.spec.data_keys = vec![copy; kmsecrets::api::limits::DATA_KEYS + 1];
+    rig.create(&big).await;
+    let calls = rig.fake.total_calls();
+    let es = rig.reconcile("big").await;
+    assert_eq!(reason(&es), "False/InvalidSpec");
+    let msg = &ready_condition(es.status.as_ref()).unwrap().message;
+    assert!(msg.contains("dataKeys has 11 entries; at most 10"), "{msg}");
+    assert_eq!(rig.fake.total_calls(), calls, "no KMS call");
 }

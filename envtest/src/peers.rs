@@ -170,6 +170,9 @@ struct ProxyState {
     injected: AtomicU64,
     refused: AtomicU64,
     quota: Mutex<Option<Quota>>,
+    hang: AtomicBool,
+    hung_now: AtomicU64,
+    hung_max: AtomicU64,
 }
 
 /// A fault-injecting HTTP proxy in front of a KMS endpoint: answers the next
@@ -226,6 +229,18 @@ impl KmsProxy {
     pub fn set_down(&self, down: bool) {
         self.st.down.store(down, Ordering::SeqCst);
     }
+    /// While set, requests are read and never answered (a black-holed
+    /// endpoint); clearing it closes those connections.
+    pub fn set_hang(&self, hang: bool) {
+        self.st.hang.store(hang, Ordering::SeqCst);
+    }
+    /// Requests held unanswered right now, and the most at once.
+    pub fn hung(&self) -> (u64, u64) {
+        (
+            self.st.hung_now.load(Ordering::SeqCst),
+            self.st.hung_max.load(Ordering::SeqCst),
+        )
+    }
     /// Requests passed to the upstream.
     pub fn forwarded(&self) -> u64 {
         self.st.forwarded.load(Ordering::SeqCst)
@@ -247,6 +262,7 @@ impl KmsProxy {
 impl Drop for KmsProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.st.hang.store(false, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
@@ -298,6 +314,15 @@ fn handle(conn: TcpStream, upstream: u16, st: &ProxyState) -> std::io::Result<()
     let mut reader = BufReader::new(conn.try_clone()?);
     let (headers, body) = read_http(&mut reader)?;
     let mut conn = conn;
+    if st.hang.load(Ordering::SeqCst) {
+        let now = st.hung_now.fetch_add(1, Ordering::SeqCst) + 1;
+        st.hung_max.fetch_max(now, Ordering::SeqCst);
+        while st.hang.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        st.hung_now.fetch_sub(1, Ordering::SeqCst);
+        return Ok(());
+    }
     if st.down.load(Ordering::SeqCst) {
         st.refused.fetch_add(1, Ordering::SeqCst);
         return Ok(()); // drop the connection: the client sees a dispatch failure

@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::Args;
 use tokio::sync::watch;
 
-use super::{CliResult, GlobalArgs, LayerArgs, build_kms, msg, parse_duration};
+use super::{CliResult, GlobalArgs, LayerArgs, build_kms_with, msg, parse_duration};
 use crate::controller::{Config, LeaderElection, State};
+use crate::kms::aws::RegionPolicy;
 
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -35,6 +36,34 @@ pub struct ControllerArgs {
         value_delimiter = ','
     )]
     pub allow_secret_types: Vec<String>,
+    /// An AWS region KMS requests may go to, besides the configured one
+    /// (--region / AWS_REGION) and those learned from resources that synced
+    /// (repeatable; list DR regions here). A copy in any other region is
+    /// skipped without a request: a resource cannot make the controller
+    /// call arbitrary regions
+    #[arg(
+        long = "kms-region",
+        value_name = "REGION",
+        env = "KMSECRETS_KMS_REGIONS",
+        value_delimiter = ','
+    )]
+    pub kms_regions: Vec<String>,
+    /// Workers one namespace's resources may hold in the KMS stage at once
+    /// (default: half of --concurrency); its failing resources get half of
+    /// that. Others are deferred for 2 s, so one tenant cannot stall the
+    /// rest. Single-tenant clusters may set it to --concurrency
+    #[arg(long, value_name = "N", env = "KMSECRETS_MAX_WORKERS_PER_NAMESPACE",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_workers_per_namespace: Option<u16>,
+    /// Upper bound on unwrapping one resource's data key, every copy and
+    /// retry included; a resource never holds a worker longer
+    #[arg(long, default_value = "20s", value_parser = parse_duration, env = "KMSECRETS_UNWRAP_TIMEOUT", value_name = "DURATION")]
+    pub unwrap_timeout: Duration,
+    /// After SIGTERM, how long in-flight reconciles may finish before the
+    /// process exits anyway; keep it below the pod's
+    /// terminationGracePeriodSeconds (chart default 30s)
+    #[arg(long, default_value = "25s", value_parser = parse_duration, env = "KMSECRETS_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
     /// Reconciles running in parallel (they mostly wait on KMS and the API server; see docs/tuning.md)
     #[arg(long, default_value_t = 32, env = "KMSECRETS_CONCURRENCY", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -143,6 +172,19 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
             return Err(msg(format!("invalid --namespace {ns:?}")));
         }
     }
+    for r in &a.kms_regions {
+        if !crate::kms::aws::region_shaped(r) {
+            return Err(msg(format!(
+                "invalid --kms-region {r:?}: expected a region name such as eu-west-1"
+            )));
+        }
+    }
+    if a.unwrap_timeout < Duration::from_secs(1) {
+        return Err(msg("--unwrap-timeout must be at least 1s"));
+    }
+    if a.shutdown_timeout < Duration::from_secs(1) {
+        return Err(msg("--shutdown-timeout must be at least 1s"));
+    }
     if a.resync_interval < Duration::from_secs(1) {
         return Err(msg("--resync-interval must be at least 1s"));
     }
@@ -184,6 +226,9 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
         leader_election,
         http_addr,
         allowed_secret_types: a.allow_secret_types.clone(),
+        regions: Some(Arc::new(RegionPolicy::new(a.kms_regions.iter().cloned()))),
+        shutdown_timeout: a.shutdown_timeout,
+        max_workers_per_namespace: a.max_workers_per_namespace.map(usize::from),
     })
 }
 
@@ -230,7 +275,9 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
 
 pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
     let cfg = config_from(&a)?;
-    let (setup, _) = build_kms(g, &[], &a.layer)?;
+    let mut layer = a.layer.config().map_err(msg)?;
+    layer.unwrap_deadline = Some(a.unwrap_timeout);
+    let (setup, _) = build_kms_with(g, &[], layer, cfg.regions.clone())?;
     if a.check_config {
         println!("config ok: {cfg:#?}");
         println!("kms: {:#?}", a.layer.config().map_err(msg)?);
@@ -244,7 +291,19 @@ pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
         .map_or_else(identity, |l| l.identity.clone());
     let state = Arc::new(State::new(client, setup.kms, cfg, &identity));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %identity, "kmsecrets controller starting");
-    crate::controller::run(state, shutdown_signal())
-        .await
-        .map_err(msg)
+    let shutdown = shutdown_signal();
+    let mut fired = shutdown.clone();
+    let grace = state.cfg.shutdown_timeout;
+    tokio::select! {
+        r = crate::controller::run(state, shutdown) => r.map_err(msg),
+        () = async {
+            if fired.wait_for(|stop| *stop).await.is_err() {
+                futures::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(timeout = ?grace, "in-flight reconciles did not finish within --shutdown-timeout; exiting anyway");
+            Ok(())
+        }
+    }
 }

@@ -256,7 +256,11 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Tasks still running (a DNS lookup, a KMS call past the shutdown
+    // timeout) must not hold the process.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => 0,
         Err(e) => {
             let text = e.to_string().replace('\n', " ");
@@ -341,6 +345,17 @@ pub fn build_kms(
     key_args: &[KeyArg],
     layer: &LayerArgs,
 ) -> CliResult<(KmsSetup, Vec<KeyRef>)> {
+    build_kms_with(g, key_args, layer.config().map_err(msg)?, None)
+}
+
+/// [`build_kms`] with a layer configuration and a region policy (the
+/// controller's).
+pub fn build_kms_with(
+    g: &GlobalArgs,
+    key_args: &[KeyArg],
+    cfg: LayerConfig,
+    regions: Option<Arc<crate::kms::aws::RegionPolicy>>,
+) -> CliResult<(KmsSetup, Vec<KeyRef>)> {
     let mut local = LocalProvider::default();
     let mut refs = Vec::new();
     for p in &g.local_keys {
@@ -365,10 +380,10 @@ pub fn build_kms(
     let aws = AwsOptions {
         region: g.region.clone(),
         endpoint: g.kms_endpoint.clone(),
+        regions,
         ..Default::default()
     };
     let providers = Providers::new(aws).with(Arc::new(local));
-    let cfg = layer.config().map_err(msg)?;
     Ok((
         KmsSetup {
             kms: Kms::new(providers, cfg, Arc::new(Metrics::new())),

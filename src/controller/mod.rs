@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::api::ADOPT_ANNOTATION;
 use crate::backoff::backoff_delay;
 use crate::http::Probes;
+use crate::kms::aws::RegionPolicy;
 use crate::kms::layer::Kms;
 use crate::metrics::Metrics;
 use reconcile::{Context, SecretMeta, Watched};
@@ -47,6 +48,39 @@ pub struct Config {
     /// Secret types allowed although the cluster would fill them with a
     /// credential (see [`secret::CREDENTIAL_TYPES`]).
     pub allowed_secret_types: Vec<String>,
+    /// The AWS regions KMS requests may go to; learned from synced
+    /// resources as well (see [`crate::kms::aws::RegionPolicy`]). `None`:
+    /// any region.
+    pub regions: Option<Arc<RegionPolicy>>,
+    /// Workers one namespace may hold in the KMS stage at once (`None`:
+    /// half of `concurrency`); its failing resources get half of that.
+    pub max_workers_per_namespace: Option<usize>,
+    /// After SIGTERM, how long in-flight reconciles may take before the
+    /// process exits anyway (below the pod's terminationGracePeriodSeconds).
+    pub shutdown_timeout: Duration,
+}
+
+/// A held slot of a namespace's share (see [`State::namespace_slot`]);
+/// released on drop.
+pub struct NamespaceSlot<'a> {
+    slots: &'a Mutex<HashMap<String, (usize, usize)>>,
+    ns: String,
+    failing: bool,
+}
+
+impl Drop for NamespaceSlot<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = slots.get_mut(&self.ns) {
+            n.0 = n.0.saturating_sub(1);
+            if self.failing {
+                n.1 = n.1.saturating_sub(1);
+            }
+            if *n == (0, 0) {
+                slots.remove(&self.ns);
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -75,10 +109,15 @@ pub struct State {
     pub(crate) cfg: Config,
     /// uid → consecutive transient failures (per-object backoff).
     failures: Mutex<HashMap<String, u32>>,
+    /// namespace → (resources in the open stage, of which failing).
+    namespace_slots: Mutex<HashMap<String, (usize, usize)>>,
     /// uid → (source hash, Secret resourceVersion) of our last write.
     written: Mutex<HashMap<String, Written>>,
     /// `/readyz` and leadership flags, shared with the HTTP surface.
     pub probes: Arc<Probes>,
+    /// Set once shutdown begins: a reconcile still waiting on KMS gives up
+    /// (nothing was written yet) instead of holding the shutdown.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl State {
@@ -106,8 +145,10 @@ impl State {
             recorder,
             cfg,
             failures: Mutex::default(),
+            namespace_slots: Mutex::default(),
             written: Mutex::default(),
             probes: Arc::default(),
+            stopping: watch::Sender::new(false),
         }
     }
 
@@ -123,6 +164,53 @@ impl State {
             &mut rand::thread_rng(),
         );
         d.max(Duration::from_millis(200))
+    }
+
+    /// Whether the object's last attempt failed transiently.
+    pub fn is_failing(&self, uid: &str) -> bool {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(uid)
+    }
+
+    /// Workers one namespace may hold in the open (KMS) stage at once
+    /// (`--max-workers-per-namespace`, default half of `--concurrency`), and
+    /// the share of those its failing resources may hold (half again, at
+    /// least one).
+    pub fn namespace_shares(&self) -> (usize, usize) {
+        let all = self
+            .cfg
+            .max_workers_per_namespace
+            .unwrap_or(usize::from(self.cfg.concurrency) / 2)
+            .max(1);
+        (all, (all / 2).max(1))
+    }
+
+    /// A slot in `ns`'s share of the open stage (`failing`: the object's
+    /// last attempt failed), or `None` when the share is taken.
+    pub fn namespace_slot(&self, ns: &str, failing: bool) -> Option<NamespaceSlot<'_>> {
+        let (all_max, failing_max) = self.namespace_shares();
+        let mut slots = self
+            .namespace_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = slots.entry(ns.to_string()).or_default();
+        if n.0 >= all_max || (failing && n.1 >= failing_max) {
+            if *n == (0, 0) {
+                slots.remove(ns);
+            }
+            return None;
+        }
+        n.0 += 1;
+        if failing {
+            n.1 += 1;
+        }
+        Some(NamespaceSlot {
+            slots: &self.namespace_slots,
+            ns: ns.to_string(),
+            failing,
+        })
     }
 
     pub fn succeeded(&self, uid: &str) {
@@ -473,6 +561,13 @@ pub async fn run(state: Arc<State>, shutdown: watch::Receiver<bool>) -> Result<(
         info!(addr = %h.local_addr, "serving /healthz /readyz /metrics");
     }
     state.probes.ready.store(true, Ordering::SeqCst);
+    tokio::spawn({
+        let (state, mut shutdown) = (state.clone(), shutdown.clone());
+        async move {
+            stopped(&mut shutdown).await;
+            state.stopping.send_replace(true);
+        }
+    });
 
     let result = match &cfg.leader_election {
         None => {

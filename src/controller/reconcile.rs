@@ -86,6 +86,9 @@ impl ReconcileError {
     }
 }
 
+/// How soon a deferred reconcile (see [`Next::Deferred`]) looks again.
+const DEFER: Duration = Duration::from_secs(2);
+
 /// How long a reconcile waits for the owned-Secret store's first list.
 const STORE_WAIT: Duration = Duration::from_secs(10);
 
@@ -117,6 +120,9 @@ enum Next {
     Backoff,
     SlowRetry,
     ConflictPoll,
+    /// Its namespace's failing resources hold their share of the workers:
+    /// look again shortly, without a KMS call or a status write.
+    Deferred,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +195,10 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
     let label = match &res {
+        Ok((o, _)) if o.deferred => {
+            m.reconcile_deferred.inc();
+            return res.map(|(_, a)| a);
+        }
         Ok((o, _)) if o.ready() => "success",
         Ok((o, _)) => o.reason.as_str(),
         Err(e) => e.reason().as_str(),
@@ -346,9 +356,43 @@ fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage
 }
 
 /// 4. Unwrap and decrypt. A failure keeps the existing Secret untouched.
+///
+/// Fairness: the stage needs a slot of the namespace's share
+/// ([`State::namespace_slot`]: half the workers, of which half for
+/// resources whose last attempt failed); when the share is taken the
+/// reconcile is deferred (no KMS call, no status write, a look again in
+/// 2 s), so one tenant's stuck resources never hold every worker. A
+/// resource that unwraps teaches the region policy its copies' regions.
 async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
-    match resource::open_resource(&ctx.state.kms, t.es).await {
-        Ok(opened) => Ok(ControlFlow::Continue(opened)),
+    let state = &ctx.state;
+    let Some(_slot) = state.namespace_slot(&t.ns, state.is_failing(&t.uid)) else {
+        return Ok(ControlFlow::Break(done(
+            Outcome::deferred(),
+            Report::Nothing,
+            Next::Deferred,
+        )));
+    };
+    let mut stopping = state.stopping.subscribe();
+    let opened = tokio::select! {
+        r = resource::open_resource(&state.kms, t.es) => r,
+        _ = stopping.wait_for(|s| *s) => {
+            // shutting down: nothing written yet, the next leader retries
+            return Ok(ControlFlow::Break(done(Outcome::deferred(), Report::Nothing, Next::Deferred)));
+        }
+    };
+    match opened {
+        Ok(opened) => {
+            if let Some(policy) = &state.cfg.regions {
+                policy.learn(
+                    t.es.spec
+                        .data_keys
+                        .iter()
+                        .filter(|k| k.provider == crate::api::Provider::AwsKms)
+                        .map(|k| k.key_id.as_str()),
+                );
+            }
+            Ok(ControlFlow::Continue(opened))
+        }
         Err(e) => {
             let next = if e.is_transient() {
                 Next::Backoff
@@ -458,6 +502,7 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<(Outcome, Acti
         Next::Backoff => Action::requeue(state.backoff(&t.uid)),
         Next::SlowRetry => Action::requeue(state.slow_retry()),
         Next::ConflictPoll => Action::requeue(state.conflict_retry()),
+        Next::Deferred => Action::requeue(jittered(DEFER)),
     };
     Ok((d.outcome, action))
 }

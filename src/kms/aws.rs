@@ -102,7 +102,7 @@ impl RegionPolicy {
 
 /// `eu-west-1`, `us-gov-west-1`, `cn-north-1`: lowercase words and a
 /// number, dash-separated, at most 32 characters.
-fn region_shaped(r: &str) -> bool {
+pub fn region_shaped(r: &str) -> bool {
     r.len() <= 32
         && r.split('-').count() >= 3
         && r.split('-').all(|p| {
@@ -445,6 +445,38 @@ impl KmsProvider for AwsKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_policy_allows_configured_explicit_and_learned_regions_only() {
+        let p = RegionPolicy::new(["us-west-2".to_string()]);
+        assert!(p.allows("eu-west-1", Some("eu-west-1")), "configured");
+        assert!(p.allows("us-west-2", Some("eu-west-1")), "explicit");
+        assert!(!p.allows("ap-south-1", Some("eu-west-1")));
+        p.learn([
+            "arn:aws:kms:ap-south-1:1:key/a",
+            "alias/x",
+            "arn:aws:kms:NOT_A_REGION:1:key/b",
+        ]);
+        assert!(
+            p.allows("ap-south-1", None),
+            "learned from a synced resource"
+        );
+        assert!(
+            !p.allows("NOT_A_REGION", None),
+            "only region-shaped names are learned"
+        );
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("arn:aws:kms:xx-fake-{i}:1:key/k"))
+            .collect();
+        p.learn(many.iter().map(String::as_str));
+        assert_eq!(
+            p.learned().len(),
+            MAX_LEARNED_REGIONS,
+            "learning is bounded"
+        );
+        assert!(region_shaped("us-gov-west-1") && region_shaped("cn-north-1"));
+        assert!(!region_shaped("eu") && !region_shaped("EU-WEST-1") && !region_shaped("eu--1"));
+    }
 
     #[test]
     fn region_from_arn() {

@@ -26,6 +26,11 @@ pub enum KeyState {
     Disabled,
     PendingDeletion,
     AccessDenied,
+    /// Every call for the key fails as unreachable (a region that is down).
+    Unreachable,
+    /// Every call for the key waits forever (a black-holed endpoint); the
+    /// caller's deadline ends it.
+    Hanging,
 }
 
 struct Quota {
@@ -65,6 +70,15 @@ pub struct FakeKms {
     state: Mutex<State>,
     calls: [AtomicU64; 7],
     throttled: AtomicU64,
+    hanging: AtomicU64,
+}
+
+struct HangGuard<'a>(&'a AtomicU64);
+
+impl Drop for HangGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn kek_for(key_id: &str) -> LocalKey {
@@ -93,6 +107,7 @@ impl FakeKms {
             }),
             calls: Default::default(),
             throttled: AtomicU64::new(0),
+            hanging: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +154,11 @@ impl FakeKms {
         self.calls[op as usize].load(Ordering::SeqCst)
     }
 
+    /// Calls waiting on a [`KeyState::Hanging`] key right now.
+    pub fn hanging_now(&self) -> u64 {
+        self.hanging.load(Ordering::SeqCst)
+    }
+
     pub fn total_calls(&self) -> u64 {
         self.calls.iter().map(|c| c.load(Ordering::SeqCst)).sum()
     }
@@ -149,6 +169,19 @@ impl FakeKms {
 
     /// Admission for one call: counts it, applies quota, latency, faults and
     /// key state. Returns the KEK id to use.
+    fn check_faults(&self) -> Result<(), KmsError> {
+        let mut st = self.state();
+        if st.unavailable {
+            return Err(KmsError::Unavailable(
+                "cannot reach KMS (connection failed)".into(),
+            ));
+        }
+        match st.fail_next.pop_front() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     async fn admit(&self, op: Operation, key_id: Option<&str>) -> Result<Option<String>, KmsError> {
         self.calls[op as usize].fetch_add(1, Ordering::SeqCst);
         let latency = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,23 +199,24 @@ impl FakeKms {
                 "ThrottlingException: Rate exceeded".into(),
             ));
         }
-        let mut st = self.state();
-        if st.unavailable {
-            return Err(KmsError::Unavailable(
-                "cannot reach KMS (connection failed)".into(),
-            ));
-        }
-        if let Some(e) = st.fail_next.pop_front() {
-            return Err(e);
-        }
         let Some(key_id) = key_id else {
-            return Ok(None);
+            return self.check_faults().map(|()| None);
         };
-        let (kek, state) = st.keys.get(key_id).cloned().ok_or_else(|| {
+        self.check_faults()?;
+        let (kek, state) = self.state().keys.get(key_id).cloned().ok_or_else(|| {
             KmsError::NotFound(format!("NotFoundException: key {key_id} does not exist"))
         })?;
         match state {
             KeyState::Enabled => Ok(Some(kek)),
+            KeyState::Unreachable => Err(KmsError::Unavailable(format!(
+                "cannot reach KMS for {key_id} (connection failed)"
+            ))),
+            KeyState::Hanging => {
+                self.hanging.fetch_add(1, Ordering::SeqCst);
+                let _leave = HangGuard(&self.hanging);
+                std::future::pending::<()>().await;
+                Ok(None)
+            }
             KeyState::Disabled => Err(KmsError::KeyDisabled(format!(
                 "DisabledException: {key_id} is disabled"
             ))),

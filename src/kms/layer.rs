@@ -302,12 +302,22 @@ impl Kms {
             || self.cache_get(&key),
             move || async move {
                 let provider = this.provider(w.provider).await?;
-                let dek = this
-                    .call_with(Operation::Decrypt, attempts, || {
-                        provider.decrypt(&w.key_id, &w.ciphertext, &ctx)
-                    })
-                    .await
-                    .map(Arc::new)?;
+                let call = this.call_with(Operation::Decrypt, attempts, || {
+                    provider.decrypt(&w.key_id, &w.ciphertext, &ctx)
+                });
+                // The flight outlives a cancelled caller (see flight.rs), but
+                // never the unwrap deadline: a hung request must not pin
+                // the flight, and with it every later caller of this DEK.
+                let dek = match this.inner.cfg.unwrap_deadline {
+                    None => call.await,
+                    Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
+                        Err(KmsError::Unavailable(format!(
+                            "KMS Decrypt did not answer within {} s (--unwrap-timeout)",
+                            d.as_secs_f64()
+                        )))
+                    }),
+                }
+                .map(Arc::new)?;
                 this.cache_put(key, dek.clone());
                 Ok(dek)
             },

@@ -78,8 +78,11 @@ CONTROLLER_FLAGS = {
     "--kms-max-attempts": True,
     # Hostile-tenant hardening: credential-minting Secret types.
     "--allow-secret-type": True,
+    # Hostile-tenant hardening: bounded work and fairness.
+    "--kms-region": True, "--max-workers-per-namespace": True,
+    "--unwrap-timeout": True, "--shutdown-timeout": True,
 }
-REPEATABLE_FLAGS = {"--namespace", "--local-key", "--allow-secret-type"}
+REPEATABLE_FLAGS = {"--namespace", "--local-key", "--allow-secret-type", "--kms-region"}
 
 # Exactly what the controller needs (see deploy/rbac.yaml for the why).
 CONTROLLER_RULES = {
