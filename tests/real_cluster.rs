@@ -856,14 +856,22 @@ async fn apiserver_restart_etcd_outage_and_leader_kill_converge() {
     .await;
 
     // 3. kill -9 the leader: the standby takes over, nothing is lost
-    let holder = json_of(
-        &c,
-        &["get", "lease", "kmsecrets-controller", "-n", "default"],
-    )
-    .await["spec"]["holderIdentity"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // read the holder again (a replica that just lost the lease may have
+    // released it between the two reads)
+    let mut holder = String::new();
+    eventually(30 * SECOND, "a lease holder to kill", async || {
+        let v = json_of(
+            &c,
+            &["get", "lease", "kmsecrets-controller", "-n", "default"],
+        )
+        .await;
+        holder = v["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        matches!(holder.as_str(), "ctl-a" | "ctl-b")
+    })
+    .await;
     let (mut leader, standby) = if holder == "ctl-a" { (a, b) } else { (b, a) };
     let before = unwraps(&leader) + unwraps(&standby);
     leader.kill();
