@@ -279,8 +279,10 @@ pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
     layer.unwrap_deadline = Some(a.unwrap_timeout);
     let (setup, _) = build_kms_with(g, &[], layer, cfg.regions.clone())?;
     if a.check_config {
-        println!("config ok: {cfg:#?}");
-        println!("kms: {:#?}", a.layer.config().map_err(msg)?);
+        super::out(format!(
+            "config ok: {cfg:#?}\nkms: {:#?}\n",
+            a.layer.config().map_err(msg)?
+        ))?;
         return Ok(());
     }
     init_logging(a.log_format, &a.log_level)?;

@@ -72,6 +72,6 @@ pub async fn run(g: &GlobalArgs, a: DecryptArgs) -> CliResult {
             Err(e) => return Err(msg(format!("{source}: {}: {e}", doc.describe()))),
         }
     }
-    super::write_output(&out, a.output);
+    super::write_output(&out, a.output)?;
     Ok(())
 }

@@ -102,16 +102,16 @@ pub async fn run(g: &GlobalArgs, a: DevArgs) -> CliResult {
 
     let kc = kubeconfig.display();
     let k = key_path.display();
-    println!(
+    super::out(format!(
         "kmsecrets dev is running: API server {url}, local KMS key {key_id}\n\
          wrote {kc} and {k}\n\n\
          Next, in another terminal:\n\n  \
          export KUBECONFIG={kc}\n  \
          kmsecrets encrypt --key file:{k} --name demo -n default --from-literal password=s3cr3t > demo.yaml\n  \
          kubectl apply -f demo.yaml && kubectl get esec demo && kubectl get secret demo -o yaml\n\n\
-         Ctrl-C stops everything (state is in memory only).",
+         Ctrl-C stops everything (state is in memory only).\n",
         url = server.url()
-    );
+    ))?;
     match run.await {
         Ok(res) => res.map_err(msg)?,
         Err(e) => return Err(msg(format!("controller task failed: {e}"))),

@@ -290,20 +290,10 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
     }
 
     if let Some(path) = &a.merge_into {
-        if !key_args.is_empty()
-            || a.scope.is_some()
-            || !a.context.is_empty()
-            || a.name.is_some()
-            || a.namespace.is_some()
-        {
-            return Err(msg(
-                "--merge-into reuses the file's data key and binding; drop --key/--scope/--context/--name/--namespace (use `rotate --rewrap --key` to change keys)",
-            ));
-        }
         let Some(input) = inputs.pop() else {
             return Err(msg("nothing to merge"));
         };
-        return merge_into(g, &a, path, input, &generate)
+        return merge_into(g, &a, &key_args, path, input, &generate)
             .await
             .map_err(|e| super::name_file(path, e));
     }
@@ -376,7 +366,7 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
         warn_if_refused(&es);
         out.push(es);
     }
-    super::write_output(&out, a.output);
+    super::write_output(&out, a.output)?;
     Ok(())
 }
 
@@ -392,9 +382,118 @@ fn warn_if_refused(es: &EncryptedSecret) {
     }
 }
 
+/// `--merge-into` with the flags of the first `encrypt` (what kubeseal
+/// users type): flags that agree with the file are fine; the first one that
+/// conflicts is named. The key set is compared as ids: a local key file by
+/// its key id, a KMS key by the id recorded in the file, else (an alias or
+/// a bare key id) through DescribeKey.
+async fn check_agreement(
+    a: &EncryptArgs,
+    key_args: &[KeyArg],
+    es: &EncryptedSecret,
+    kms: &crate::kms::layer::Kms,
+    path: &std::path::Path,
+) -> CliResult {
+    let file = path.display();
+    let conflict = |flag: String, have: String| {
+        msg(format!(
+            "{flag} conflicts with {file}, which has {have}; --merge-into keeps the file's binding and keys (use `rotate --rewrap --key ...` to change keys, or encrypt a new resource)"
+        ))
+    };
+    for (flag, given, have) in [
+        ("--name", &a.name, &es.metadata.name),
+        ("--namespace", &a.namespace, &es.metadata.namespace),
+    ] {
+        if let Some(g) = given
+            && Some(g) != have.as_ref()
+        {
+            return Err(conflict(
+                format!("{flag} {g}"),
+                format!("{} {}", &flag[2..], have.as_deref().unwrap_or("(none)")),
+            ));
+        }
+    }
+    if let Some(s) = a.scope
+        && s != es.spec.scope
+    {
+        return Err(conflict(
+            format!("--scope {}", s.as_str()),
+            format!("scope {}", es.spec.scope.as_str()),
+        ));
+    }
+    if !a.context.is_empty() {
+        let given = user_context(a)?;
+        if given != es.spec.encryption_context {
+            let first = given
+                .iter()
+                .find(|(k, v)| es.spec.encryption_context.get(*k) != Some(*v))
+                .map(|(k, _)| format!("--context {k}=…"))
+                .unwrap_or_else(|| "--context".into());
+            return Err(conflict(
+                first,
+                format!(
+                    "encryptionContext keys [{}]",
+                    es.spec
+                        .encryption_context
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    if !key_args.is_empty() {
+        let have: std::collections::BTreeSet<&str> = es
+            .spec
+            .data_keys
+            .iter()
+            .map(|k| k.key_id.as_str())
+            .collect();
+        let mut given = std::collections::BTreeSet::new();
+        for (k, raw) in key_args.iter().zip(&a.keys) {
+            let id = match k {
+                KeyArg::Local(p) => crate::kms::local::LocalKey::load(p)?.id().to_string(),
+                KeyArg::Kms(id) if have.contains(id.as_str()) => id.clone(),
+                KeyArg::Kms(id) => {
+                    kms.describe_key(crate::api::Provider::AwsKms, id)
+                        .await?
+                        .arn
+                }
+            };
+            if !have.contains(id.as_str()) {
+                return Err(conflict(
+                    format!("--key {raw}"),
+                    format!(
+                        "its data key wrapped under [{}]",
+                        have.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            given.insert(id);
+        }
+        if given.len() != have.len() {
+            let missing: Vec<&str> = have
+                .iter()
+                .copied()
+                .filter(|h| !given.contains(*h))
+                .collect();
+            return Err(conflict(
+                "--key (the list)".into(),
+                format!(
+                    "more copies; missing from the flags: [{}]",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn merge_into(
     g: &GlobalArgs,
     a: &EncryptArgs,
+    key_args: &[KeyArg],
     path: &std::path::Path,
     input: SecretInput,
     generate: &[(String, usize)],
@@ -412,8 +511,10 @@ async fn merge_into(
             es.metadata.name.as_deref().unwrap_or("")
         )));
     }
-    let (setup, _) = build_kms(g, &[], &a.layer)?;
+    // `--key file:PATH` that agrees with the file also unwraps it
+    let (setup, _) = build_kms(g, key_args, &a.layer)?;
     let kms = &setup.kms;
+    check_agreement(a, key_args, &es, kms, path).await?;
     let resource::Opened {
         dek, values: old, ..
     } = resource::open_resource(kms, &es).await?;

@@ -76,6 +76,6 @@ pub async fn run(g: &GlobalArgs, a: InitArgs) -> CliResult {
         namespace: a.namespace,
         ..Default::default()
     };
-    super::write_output(&[es], a.output);
+    super::write_output(&[es], a.output)?;
     Ok(())
 }

@@ -46,12 +46,17 @@ pub enum CliError {
     /// as a shell reports a process killed by it.
     #[error("{1}")]
     Signalled(i32, String),
+    /// Whoever read stdout stopped reading (`| head`): end quietly.
+    #[error("stdout closed by its reader")]
+    ReaderGone,
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Signalled(signo, _) => 128 + signo,
+            // `kmsecrets decrypt | head` is a success, as for `cat | head`
+            CliError::ReaderGone => 0,
             _ => 1,
         }
     }
@@ -220,6 +225,19 @@ pub enum Command {
 /// Entry point used by `main`: parse argv (honouring the kubectl plugin
 /// name), run, print errors as one line. Returns the process exit code.
 pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
+    // A bug must still end in one line, never a backtrace (whose frames and
+    // payload may show data); KMSECRETS_DEBUG_PANICS=1 keeps Rust's report.
+    if std::env::var_os("KMSECRETS_DEBUG_PANICS").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!(
+                "error: internal error{at}; this is a bug, please report it (KMSECRETS_DEBUG_PANICS=1 shows details)"
+            );
+        }));
+    }
     let invoked_as = args
         .first()
         .and_then(|a| {
@@ -262,6 +280,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => 0,
+        Err(CliError::ReaderGone) => 0,
         Err(e) => {
             let text = e.to_string().replace('\n', " ");
             eprintln!("error: {text}");
@@ -281,7 +300,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Verify(a) => verify::run(&g, a).await,
         Command::Keygen { path } => {
             let key = LocalKey::write_new(&path)?;
-            println!("{}", key.id());
+            out(format!("{}\n", key.id()))?;
             eprintln!(
                 "wrote local key {} to {} (mode 0600); keep it out of git",
                 key.id(),
@@ -292,18 +311,11 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Controller(a) => controller::run(&g, a).await,
         #[cfg(feature = "dev")]
         Command::Dev(a) => dev::run(&g, a).await,
-        Command::Crd => {
-            print!("{}", crate::api::crd_yaml());
-            Ok(())
-        }
+        Command::Crd => out(crate::api::crd_yaml()),
         Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "kmsecrets",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kmsecrets", &mut buf);
+            out(String::from_utf8_lossy(&buf))
         }
     }
 }
@@ -439,8 +451,24 @@ pub fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
 }
 
-pub fn write_output<T: serde::Serialize>(docs: &[T], format: Format) {
-    print!("{}", manifest::render(docs, format));
+pub fn write_output<T: serde::Serialize>(docs: &[T], format: Format) -> CliResult {
+    out(manifest::render(docs, format))
+}
+
+/// Write to stdout. A reader that stopped reading (EPIPE, as with `| head`)
+/// ends the command quietly with exit 0 ([`CliError::ReaderGone`]); never
+/// a panic.
+pub fn out(text: impl AsRef<str>) -> CliResult {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o
+        .write_all(text.as_ref().as_bytes())
+        .and_then(|()| o.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::ReaderGone),
+        Err(e) => Err(msg(format!("cannot write to stdout: {e}"))),
+    }
 }
 
 /// Rewrites keep the file's format: JSON for `.json`, YAML otherwise.

@@ -39,17 +39,17 @@ pub async fn run(g: &GlobalArgs, a: VerifyArgs) -> CliResult {
                 let opened = resource::open_resource(kms, &es)
                     .await
                     .map_err(|e| msg(format!("{what}: {e}")))?;
-                println!(
-                    "ok: {what}: {} values decrypt (data key via {})",
+                super::out(format!(
+                    "ok: {what}: {} values decrypt (data key via {})\n",
                     opened.values.len(),
                     opened.key_id
-                );
+                ))?;
             } else {
-                println!(
-                    "ok: {what}: {} values, {} data keys (structure only)",
+                super::out(format!(
+                    "ok: {what}: {} values, {} data keys (structure only)\n",
                     es.spec.encrypted_data.len(),
                     es.spec.data_keys.len()
-                );
+                ))?;
             }
             count += 1;
         }

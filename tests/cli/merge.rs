@@ -81,14 +81,37 @@ fn merge_into_keeps_unchanged_ciphertext() {
     assert_eq!(v["token"].len(), 24);
     assert_eq!(v["host"], b"db.internal");
 
-    // Flags that would change the binding are refused, file untouched.
+    // Flags that conflict with the file are refused, each by name, file
+    // untouched.
     let snapshot = t.read("es.yaml");
-    for extra in [
-        vec!["--key", "file:/x"],
-        vec!["--scope", "cluster"],
-        vec!["--name", "other"],
-        vec!["--namespace", "other"],
-        vec!["--context", "a=b"],
+    let other = t.keygen("other.key");
+    let other_key = format!("file:{other}");
+    let own_key = format!("file:{key}");
+    for (extra, named) in [
+        (
+            vec!["--key", &other_key],
+            format!("--key {other_key} conflicts with"),
+        ),
+        (
+            vec!["--key", &own_key, "--key", &other_key],
+            format!("--key {other_key} conflicts with"),
+        ),
+        (
+            vec!["--scope", "cluster"],
+            "--scope cluster conflicts with".to_string(),
+        ),
+        (
+            vec!["--name", "other"],
+            "--name other conflicts with".to_string(),
+        ),
+        (
+            vec!["--namespace", "other"],
+            "--namespace other conflicts with".to_string(),
+        ),
+        (
+            vec!["--context", "a=b"],
+            "--context a=… conflicts with".to_string(),
+        ),
     ] {
         let out = kms([
             "encrypt",
@@ -101,9 +124,34 @@ fn merge_into_keeps_unchanged_ciphertext() {
         ])
         .args(&extra)
         .run();
-        fails(&out, "--merge-into reuses the file's data key");
+        fails(&out, &named);
+        assert!(
+            !out.stderr.contains("a=b"),
+            "never quotes a context value: {}",
+            out.stderr
+        );
         assert_eq!(t.read("es.yaml"), snapshot);
     }
+    // The first command line plus --merge-into (what kubeseal users type):
+    // every flag agrees with the file, so it merges; --key file: unwraps.
+    ok(kms([
+        "encrypt",
+        "--key",
+        &own_key,
+        "--name",
+        "db",
+        "--namespace",
+        "payments",
+        "--scope",
+        "strict",
+        "--from-literal",
+        "extra=x",
+        "--merge-into",
+        &f,
+    ])
+    .run());
+    assert_eq!(decrypt_values(&f, &[&key])["extra"], b"x");
+    let snapshot = t.read("es.yaml");
     // A bad new value name: nothing written.
     fails(
         &kms([

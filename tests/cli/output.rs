@@ -298,3 +298,70 @@ fn large_and_empty_values_round_trip() {
     let es = yaml(&t.read_str("es.yaml"));
     assert_eq!(B64.decode(ct(&es, "blank")).unwrap().len(), 28);
 }
+
+/// Every command that writes to stdout, piped into a reader that closes
+/// after a few bytes (`| head -c 16`): exit 0, no panic, no error line.
+/// (Before: `failed printing to stdout: Broken pipe`, a backtrace, exit 101.)
+#[test]
+fn a_reader_that_stops_early_ends_every_output_command_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let t = T::new();
+    let key = t.keygen("k.key");
+    let big_value = "x".repeat(100_000);
+    let lit = format!("big={big_value}");
+    let encrypt = |extra: &[&str]| {
+        kms([
+            "encrypt",
+            "--key",
+            &format!("file:{key}"),
+            "--name",
+            "db",
+            "-n",
+            "app",
+            "--from-literal",
+            &lit,
+        ])
+        .args(extra.iter().copied())
+    };
+    let f = t.write("big.yaml", ok(encrypt(&[]).run()).stdout);
+    let stream = t.write(
+        "stream.yaml",
+        format!("{}---\n{}", t.read_str("big.yaml"), t.read_str("big.yaml")),
+    );
+    let commands: Vec<(&str, Cmd)> = vec![
+        ("encrypt", encrypt(&[])),
+        ("encrypt -o json", encrypt(&["-o", "json"])),
+        ("decrypt", kms(["decrypt", "-f", &f, "--local-key", &key])),
+        (
+            "decrypt -o json",
+            kms(["decrypt", "-f", &f, "--local-key", &key, "-o", "json"]),
+        ),
+        (
+            "verify --decrypt (two documents)",
+            kms(["verify", &stream, "--decrypt", "--local-key", &key]),
+        ),
+        ("crd", kms(["crd"])),
+        ("completion bash", kms(["completion", "bash"])),
+    ];
+    for (what, mut c) in commands {
+        c.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = c.cmd.spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        let _ = stdout.read(&mut first).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
+        for bad in ["panicked", "backtrace", "Broken pipe", "error"] {
+            assert!(
+                !stderr.contains(bad),
+                "{what}: stderr shows {bad:?}: {stderr}"
+            );
+        }
+    }
+}
