@@ -176,6 +176,22 @@ impl AwsKms {
         Ok(region)
     }
 
+    /// Where a call for `key_id` goes, for error messages.
+    fn attempt<'a>(&self, op: &'static str, key_id: &'a str) -> Attempt<'a> {
+        let host = match &self.opts.endpoint {
+            Some(e) => e
+                .split_once("://")
+                .map_or(e.as_str(), |(_, rest)| rest)
+                .trim_end_matches('/')
+                .to_string(),
+            None => match self.region_for(key_id) {
+                Ok(r) => format!("kms.{r}.amazonaws.com"),
+                Err(_) => "the KMS endpoint".into(),
+            },
+        };
+        Attempt { op, key_id, host }
+    }
+
     fn client_for(&self, key_id: &str) -> Result<Client, KmsError> {
         let region = self.region_for(key_id)?;
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -217,6 +233,80 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
+    classify_at(err, None)
+}
+
+/// Where a request went, for the error message: the operation, the key and
+/// the endpoint host.
+pub struct Attempt<'a> {
+    pub op: &'static str,
+    pub key_id: &'a str,
+    pub host: String,
+}
+
+/// Why a request never got an answer, from the error's source chain.
+fn dispatch_cause(err: &(dyn std::error::Error + 'static)) -> Option<KmsError> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            let last = first_line(
+                &std::error::Error::source(c).map_or_else(|| c.to_string(), |s| s.to_string()),
+            );
+            let detail = format!(
+                "none in the environment, profile, web identity, container or instance metadata; the last source said: {last}"
+            );
+            return Some(KmsError::NoCredentials(detail));
+        }
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return Some(KmsError::Unavailable("DNS lookup failed".into()));
+        }
+        if text.contains("certificate")
+            || text.contains("tls")
+            || text.contains("handshake")
+            || text.contains("corrupt message")
+        {
+            return Some(KmsError::Unavailable(format!(
+                "TLS failure: {}",
+                first_line(&e.to_string())
+            )));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return Some(KmsError::Unavailable("connection refused".into()));
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return Some(KmsError::Unavailable("connection timed out".into()));
+                }
+                _ => {}
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// [`classify`], with where the request went: AccessDenied names the
+/// operation and the key, an unreachable endpoint names its host and the
+/// cause (DNS, TLS, refused, timeout), missing credentials are their own,
+/// permanent, error.
+pub fn classify_at<E, R>(err: SdkError<E, R>, at: Option<&Attempt<'_>>) -> KmsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let host = at.map(|a| format!(" at {}", a.host)).unwrap_or_default();
     match &err {
         SdkError::ServiceError(se) => {
             let e = se.err();
@@ -225,20 +315,39 @@ where
                 Some(m) if !m.is_empty() => format!("{code}: {m}"),
                 _ => code.to_string(),
             };
-            classify_code(code, msg)
-        }
-        SdkError::TimeoutError(_) => KmsError::Unavailable("request timed out".into()),
-        SdkError::DispatchFailure(d) => KmsError::Unavailable(format!(
-            "cannot reach KMS ({})",
-            if d.is_timeout() {
-                "timeout"
-            } else if d.is_io() {
-                "connection failed"
-            } else {
-                "dispatch failure"
+            match (classify_code(code, msg), at) {
+                (KmsError::AccessDenied(m), Some(a)) => {
+                    KmsError::AccessDenied(format!("kms:{} on {}: {m}", a.op, a.key_id))
+                }
+                (other, _) => other,
             }
-        )),
+        }
+        SdkError::TimeoutError(_) => KmsError::Unavailable(format!("request{host} timed out")),
+        SdkError::DispatchFailure(d) => {
+            let cause = std::error::Error::source(&err).and_then(dispatch_cause);
+            match cause {
+                Some(KmsError::Unavailable(why)) => {
+                    KmsError::Unavailable(format!("cannot reach KMS{host}: {why}"))
+                }
+                Some(other) => other,
+                None => KmsError::Unavailable(format!(
+                    "cannot reach KMS{host} ({})",
+                    if d.is_timeout() {
+                        "timeout"
+                    } else if d.is_io() {
+                        "connection failed"
+                    } else {
+                        "dispatch failure"
+                    }
+                )),
+            }
+        }
         SdkError::ResponseError(_) => KmsError::Unavailable("unreadable response from KMS".into()),
+        SdkError::ConstructionFailure(_)
+            if let Some(cause) = std::error::Error::source(&err).and_then(dispatch_cause) =>
+        {
+            cause
+        }
         SdkError::ConstructionFailure(_) => KmsError::Invalid(
             "could not build the KMS request (are AWS credentials and a region configured?)".into(),
         ),
@@ -319,7 +428,7 @@ impl KmsProvider for AwsKms {
             .set_encryption_context(ctx_map(ctx))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify_at(e, Some(&self.attempt("Decrypt", key_id))))?;
         let pt = take_blob(out.plaintext, "plaintext")?;
         Dek::from_slice(&pt).map_err(|_| {
             KmsError::InvalidCiphertext("unwrapped key is not a 32-byte data key".into())
@@ -343,7 +452,7 @@ impl KmsProvider for AwsKms {
             .set_encryption_context(ctx_map(ctx))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify_at(e, Some(&self.attempt("Encrypt", key_id))))?;
         wrapped(out.key_id, key_id, out.ciphertext_blob)
     }
 
@@ -360,7 +469,7 @@ impl KmsProvider for AwsKms {
             .set_encryption_context(ctx_map(ctx))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify_at(e, Some(&self.attempt("GenerateDataKey", key_id))))?;
         let pt = take_blob(out.plaintext, "plaintext")?;
         let dek = Dek::from_slice(&pt).map_err(|_| {
             KmsError::Other("GenerateDataKey returned a key of the wrong size".into())
@@ -381,7 +490,12 @@ impl KmsProvider for AwsKms {
             .set_encryption_context(ctx_map(ctx))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| {
+                classify_at(
+                    e,
+                    Some(&self.attempt("GenerateDataKeyWithoutPlaintext", key_id)),
+                )
+            })?;
         wrapped(out.key_id, key_id, out.ciphertext_blob)
     }
 
@@ -403,7 +517,7 @@ impl KmsProvider for AwsKms {
             .set_destination_encryption_context(ctx_map(ctx))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify_at(e, Some(&self.attempt("ReEncrypt", dest_key_id))))?;
         wrapped(out.key_id, dest_key_id, out.ciphertext_blob)
     }
 
@@ -415,7 +529,7 @@ impl KmsProvider for AwsKms {
             .number_of_bytes(len as i32)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify_at(e, Some(&self.attempt("GenerateRandom", ""))))?;
         take_blob(out.plaintext, "random bytes")
     }
 
@@ -426,7 +540,7 @@ impl KmsProvider for AwsKms {
             .key_id(key_id)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify_at(e, Some(&self.attempt("DescribeKey", key_id))))?;
         let md = out
             .key_metadata
             .ok_or_else(|| KmsError::Other("DescribeKey returned no metadata".into()))?;

@@ -104,6 +104,10 @@ pub enum KmsError {
     Unavailable(String),
     #[error("KMS denied access ({0}); check the key policy / IAM role and the encryption context")]
     AccessDenied(String),
+    #[error(
+        "no AWS credentials found ({0}); set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run with IRSA / EKS Pod Identity"
+    )]
+    NoCredentials(String),
     #[error("KMS key is disabled or not usable ({0}); enable the key or re-wrap under another")]
     KeyDisabled(String),
     #[error("KMS key not found ({0})")]
@@ -151,7 +155,7 @@ impl KmsError {
     pub fn metric_result(&self) -> &'static str {
         match self {
             KmsError::Throttled(_) => "throttled",
-            KmsError::AccessDenied(_) => "access_denied",
+            KmsError::AccessDenied(_) | KmsError::NoCredentials(_) => "access_denied",
             KmsError::KeyDisabled(_) => "key_disabled",
             KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => "invalid_ciphertext",
             KmsError::Unavailable(_) => "unavailable",
@@ -164,7 +168,9 @@ impl KmsError {
         match self {
             KmsError::Throttled(_) => Reason::KmsThrottled,
             KmsError::Unavailable(_) | KmsError::Other(_) => Reason::KmsUnavailable,
-            KmsError::AccessDenied(_) | KmsError::NoKey { .. } => Reason::KmsAccessDenied,
+            KmsError::AccessDenied(_) | KmsError::NoKey { .. } | KmsError::NoCredentials(_) => {
+                Reason::KmsAccessDenied
+            }
             KmsError::KeyDisabled(_) | KmsError::NotFound(_) => Reason::KmsKeyDisabled,
             KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => Reason::DecryptFailed,
             KmsError::TooLarge(_) | KmsError::Invalid(_) => Reason::InvalidSpec,

@@ -15,6 +15,7 @@
 
 mod support;
 
+mod aws_errors;
 mod bad_input;
 mod binding;
 mod edit;
