@@ -825,55 +825,47 @@ async fn apiserver_restart_etcd_outage_and_leader_kill_converge() {
         },
     )
     .await;
-    for (ctl, id) in [(&mut a, "ctl-a"), (&mut b, "ctl-b")] {
-        if !ctl.is_running() {
-            assert!(
-                ctl.logs().contains("lost leadership"),
-                "{id} exited:\n{}",
-                ctl.logs()
-            );
-            eprintln!("{id} lost the lease during the etcd outage and exited; restarted");
-            *ctl = c.controller_env(&flags, &[("POD_NAME", id.into())]);
-        }
-    }
-    eventually(30 * SECOND, "a live lease holder", async || {
-        let out = c
-            .kubectl_raw(&[
-                "get",
-                "lease",
-                "kmsecrets-controller",
-                "-n",
-                "default",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ])
+    // A stale leader may notice the lost lease only seconds after etcd is
+    // back (seen in CI: 12 s later, after it had synced post-etcd), so the
+    // restart and the lease read are one poll: both replicas running and the
+    // lease held by one of them, read in the same pass.
+    let mut holder = String::new();
+    eventually(
+        60 * SECOND,
+        "both replicas running, one holding the lease",
+        async || {
+            for (ctl, id) in [(&mut a, "ctl-a"), (&mut b, "ctl-b")] {
+                if !ctl.is_running() {
+                    assert!(
+                        ctl.logs().contains("lost leadership"),
+                        "{id} exited:\n{}",
+                        ctl.logs()
+                    );
+                    eprintln!("{id} lost the lease during the etcd outage and exited; restarted");
+                    *ctl = c.controller_env(&flags, &[("POD_NAME", id.into())]);
+                }
+            }
+            let v = json_of(
+                &c,
+                &["get", "lease", "kmsecrets-controller", "-n", "default"],
+            )
             .await;
-        matches!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "ctl-a" | "ctl-b"
-        )
-    })
+            holder = v["spec"]["holderIdentity"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            matches!(holder.as_str(), "ctl-a" | "ctl-b") && a.is_running() && b.is_running()
+        },
+    )
     .await;
 
     // 3. kill -9 the leader: the standby takes over, nothing is lost
-    // read the holder again (a replica that just lost the lease may have
-    // released it between the two reads)
-    let mut holder = String::new();
-    eventually(30 * SECOND, "a lease holder to kill", async || {
-        let v = json_of(
-            &c,
-            &["get", "lease", "kmsecrets-controller", "-n", "default"],
-        )
-        .await;
-        holder = v["spec"]["holderIdentity"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        matches!(holder.as_str(), "ctl-a" | "ctl-b")
-    })
-    .await;
     let (mut leader, standby) = if holder == "ctl-a" { (a, b) } else { (b, a) };
-    let before = unwraps(&leader) + unwraps(&standby);
+    // (the leader may exit on its own right now, see above: read it softly)
+    let soft = |ctl: &common::cluster::Controller| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unwraps(ctl))).unwrap_or(0.0)
+    };
+    let before = soft(&leader) + unwraps(&standby);
     leader.kill();
     let killed = Instant::now();
     let doc = c.encrypt(&[
