@@ -127,6 +127,33 @@ impl Provider {
     }
 }
 
+/// How a copy of the data key is wrapped.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Algorithm {
+    /// A symmetric KMS key (or a local key): KMS Encrypt/GenerateDataKey
+    /// with the encryption context.
+    #[default]
+    #[serde(rename = "SYMMETRIC_DEFAULT")]
+    SymmetricDefault,
+    /// An RSA ENCRYPT_DECRYPT KMS key's public half, offline:
+    /// RSAES-OAEP-SHA-256 of `DEK || SHA-256(canonical context)`.
+    #[serde(rename = "RSAES_OAEP_SHA_256")]
+    RsaesOaepSha256,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::SymmetricDefault => "SYMMETRIC_DEFAULT",
+            Algorithm::RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+        }
+    }
+
+    pub fn is_asymmetric(self) -> bool {
+        self == Algorithm::RsaesOaepSha256
+    }
+}
+
 /// One wrapped copy of the resource's data key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -134,8 +161,18 @@ pub struct DataKey {
     pub provider: Provider,
     /// KMS key ARN, or `local:<16 hex digits>` for the local provider.
     pub key_id: String,
+    /// Absent = SYMMETRIC_DEFAULT. RSAES_OAEP_SHA_256: the copy was sealed
+    /// offline to an RSA KMS key's public key (provider aws-kms only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
     /// base64 of the wrapped data key (KMS CiphertextBlob, or the local format).
     pub ciphertext: String,
+}
+
+impl DataKey {
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm.unwrap_or_default()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -99,6 +99,7 @@ async fn vector_resource_decrypts_end_to_end() {
             data_keys: vec![DataKey {
                 provider: Provider::Local,
                 key_id: all["local_key_id"].as_str().unwrap().into(),
+                algorithm: None,
                 ciphertext: v["local_wrapped_dek_b64"].as_str().unwrap().into(),
             }],
             encrypted_data: [(
@@ -141,5 +142,104 @@ fn generated_crds_do_not_drift() {
             got == want,
             "{rel} differs from `kmsecrets crd`; regenerate with KMSECRETS_UPDATE_CRDS=1 cargo test --test format"
         );
+    }
+}
+
+// ---- asymmetric wrap (offline sealing): tests/vectors/generate_rsa.py ----
+
+fn rsa_vectors() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/rsa-oaep.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Hands OAEP the vector's fixed seed: the only randomness of the wrap.
+struct FixedSeed(Vec<u8>);
+
+impl rand::RngCore for FixedSeed {
+    fn next_u32(&mut self) -> u32 {
+        unimplemented!("OAEP draws its seed with fill_bytes")
+    }
+    fn next_u64(&mut self) -> u64 {
+        unimplemented!("OAEP draws its seed with fill_bytes")
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        assert!(
+            dest.len() <= self.0.len(),
+            "OAEP asked for more than the seed"
+        );
+        let rest = self.0.split_off(dest.len());
+        dest.copy_from_slice(&self.0);
+        self.0 = rest;
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+impl rand::CryptoRng for FixedSeed {}
+
+#[test]
+fn rsa_oaep_known_answer_vectors() {
+    use kmsecrets::sealing::{SealingKey, context_hash, unbind};
+    use rsa::pkcs8::DecodePrivateKey;
+    let all = rsa_vectors();
+    let dek = Dek::from_slice(&hex::decode(all["dek_hex"].as_str().unwrap()).unwrap()).unwrap();
+    for key in all["keys"].as_array().unwrap() {
+        let key_id = key["key_id"].as_str().unwrap();
+        // The SealingKey file: Python's text parses, and ours renders the same bytes.
+        let file = key["sealing_key_file"].as_str().unwrap();
+        let sealing = SealingKey::parse(file).unwrap();
+        assert_eq!(sealing.key_id(), key_id);
+        assert_eq!(sealing.bits(), key["bits"].as_u64().unwrap() as usize);
+        assert_eq!(sealing.render(), file, "SealingKey file drifted");
+        let der = unb64(key["public_key_der_b64"].as_str().unwrap()).unwrap();
+        assert_eq!(SealingKey::from_der(key_id, &der).unwrap(), sealing);
+        let pem = std::fs::read_to_string(format!(
+            "{}/tests/vectors/{}",
+            env!("CARGO_MANIFEST_DIR"),
+            key["private_key_file"].as_str().unwrap()
+        ))
+        .unwrap();
+        let private = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap();
+        for c in key["cases"].as_array().unwrap() {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            let b = Binding::new(
+                s("scope").parse().unwrap(),
+                Some(&s("namespace")),
+                Some(&s("name")),
+                map(&c["encryptionContext"]),
+            )
+            .unwrap();
+            let ctx = b.encryption_context();
+            assert_eq!(ctx, map(&c["context"]));
+            assert_eq!(hex::encode(context_hash(&ctx)), s("context_hash_hex"));
+            // Our wrap with the vector's OAEP seed is the vector, byte for byte.
+            let seed = hex::decode(s("oaep_seed_hex")).unwrap();
+            let ours = sealing.wrap_with_rng(&dek, &ctx, &mut FixedSeed(seed));
+            assert_eq!(kmsecrets::envelope::b64(&ours), s("wrapped_b64"), "{c}");
+            // What KMS Decrypt(RSAES_OAEP_SHA_256) returns for the vector
+            // unbinds to the DEK under its own context only.
+            let raw = private
+                .decrypt(
+                    rsa::Oaep::new::<sha2::Sha256>(),
+                    &unb64(&s("wrapped_b64")).unwrap(),
+                )
+                .unwrap();
+            assert_eq!(unbind(&raw, &ctx).unwrap().expose(), dek.expose());
+            let mut moved = ctx.clone();
+            moved.insert("kmsecrets.dev/scope".into(), "other".into());
+            assert!(unbind(&raw, &moved).is_err());
+            // A random-seed wrap differs but unwraps the same.
+            let fresh = sealing.wrap(&dek, &ctx);
+            assert_ne!(fresh, ours);
+            let raw = private
+                .decrypt(rsa::Oaep::new::<sha2::Sha256>(), &fresh)
+                .unwrap();
+            assert_eq!(unbind(&raw, &ctx).unwrap().expose(), dek.expose());
+        }
     }
 }

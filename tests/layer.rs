@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kmsecrets::envelope::Dek;
 use kmsecrets::kms::fake::{FakeKms, KeyState};
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers, backoff_delay};
-use kmsecrets::kms::{Context, KmsError, KmsProvider, Operation, Provider, WrappedKey};
+use kmsecrets::kms::{Algorithm, Context, KmsError, KmsProvider, Operation, Provider, WrappedKey};
 use kmsecrets::metrics::Metrics;
+use kmsecrets::resource::{self, KeyRef};
 use rand::SeedableRng;
 
 const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/fake";
@@ -401,4 +403,163 @@ async fn limiter_converges_under_a_throttling_quota() {
             == fake.throttled(),
         "every throttled attempt is counted"
     );
+}
+
+/// The vectors' test-only RSA key as a fake KMS asymmetric key.
+fn rsa_fake(latency: Duration) -> (Arc<FakeKms>, kmsecrets::sealing::SealingKey) {
+    use rsa::pkcs8::DecodePrivateKey;
+    const RSA_KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/rsa";
+    let pem = include_str!("vectors/rsa-2048-test-only.pem");
+    let private = rsa::RsaPrivateKey::from_pkcs8_pem(pem).unwrap();
+    let sealing = kmsecrets::sealing::SealingKey::new(RSA_KEY, private.to_public_key()).unwrap();
+    let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]).with_latency(latency));
+    fake.add_rsa_key(RSA_KEY, private);
+    (fake, sealing)
+}
+
+fn copies_of(data_keys: Vec<kmsecrets::api::DataKey>) -> Vec<WrappedKey> {
+    resource::wrapped_keys(&kmsecrets::api::EncryptedSecretSpec {
+        scope: Default::default(),
+        encryption_context: Default::default(),
+        data_keys,
+        encrypted_data: Default::default(),
+        template: None,
+        deletion_policy: Default::default(),
+    })
+    .unwrap()
+}
+
+fn sealed_copy(s: &kmsecrets::sealing::SealingKey, dek: &Dek, c: &Context) -> WrappedKey {
+    WrappedKey {
+        provider: Provider::AwsKms,
+        key_id: s.key_id().to_string(),
+        algorithm: Algorithm::RsaesOaepSha256,
+        ciphertext: s.wrap(dek, c),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_sealed_copies_are_cached_and_coalesced_and_bound() {
+    let (fake, sealing) = rsa_fake(Duration::from_millis(5));
+    let kms = layer(fake.clone(), fast_cfg());
+    let dek = Dek::generate();
+    let w = sealed_copy(&sealing, &dek, &ctx(1));
+    // 200 concurrent unwraps of one sealed copy: one asymmetric Decrypt
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (kms, w) = (kms.clone(), w.clone());
+            tokio::spawn(async move { kms.unwrap(&w, &ctx(1)).await.map(|d| *d.expose()) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(&t.await.unwrap().unwrap(), dek.expose());
+    }
+    assert_eq!(fake.calls(Operation::Decrypt), 1);
+    assert_eq!(metric(&kms, "kmsecrets_dek_cache_coalesced_total"), 199.0);
+    // cached afterwards
+    kms.unwrap(&w, &ctx(1)).await.unwrap();
+    assert_eq!(fake.calls(Operation::Decrypt), 1);
+
+    // the same copy under another context (moved, renamed, re-scoped,
+    // transplanted): KMS decrypts it (no context for RSA), the bound hash
+    // refuses it, every time (never cached), as DecryptFailed
+    for round in 0..2 {
+        let err = kms.unwrap(&w, &ctx(2)).await.err().unwrap();
+        assert!(matches!(err, KmsError::ContextMismatch(_)), "{err}");
+        assert_eq!(
+            err.reason(),
+            kmsecrets::api::Reason::DecryptFailed,
+            "round {round}"
+        );
+        assert!(
+            err.to_string()
+                .contains("bound to another namespace/name/scope")
+        );
+        assert!(!err.to_string().contains(&hex::encode(dek.expose())));
+    }
+    assert_eq!(fake.calls(Operation::Decrypt), 3);
+    // the KMS request itself succeeded: counted as such, not as a failure
+    assert_eq!(
+        metric(
+            &kms,
+            "kmsecrets_kms_requests_total{operation=\"decrypt\",result=\"success\"}"
+        ),
+        3.0
+    );
+    // a symmetric Decrypt of the RSA copy (algorithm dropped) fails permanently
+    let mut stripped = w.clone();
+    stripped.algorithm = Algorithm::SymmetricDefault;
+    let err = kms.unwrap(&stripped, &ctx(1)).await.err().unwrap();
+    assert!(matches!(err, KmsError::KeyUsage(_)), "{err}");
+    // a tampered wrap
+    let mut bad = w.clone();
+    bad.ciphertext[10] ^= 1;
+    let err = kms.unwrap(&bad, &ctx(1)).await.err().unwrap();
+    assert!(matches!(err, KmsError::InvalidCiphertext(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn mixed_copies_share_one_dek_and_fall_back_across_kinds() {
+    let (fake, sealing) = rsa_fake(Duration::ZERO);
+    let kms = layer(fake.clone(), fast_cfg());
+    let keys = [
+        KeyRef::sealing(sealing.clone()),
+        KeyRef::new(Provider::AwsKms, KEY),
+    ];
+    let c = ctx(7);
+    // SealingKey first: the DEK from the OS CSPRNG, no GenerateDataKey
+    let (dek, copies) = resource::new_dek(&kms, &keys, &c).await.unwrap();
+    assert_eq!(fake.calls(Operation::GenerateDataKey), 0);
+    assert_eq!(fake.calls(Operation::Encrypt), 1);
+    assert_eq!(copies[0].algorithm, Some(Algorithm::RsaesOaepSha256));
+    assert_eq!(copies[1].algorithm, None);
+    let spec_keys = copies_of(copies);
+    for w in &spec_keys {
+        let one = layer(fake.clone(), fast_cfg());
+        assert_eq!(one.unwrap(w, &c).await.unwrap().expose(), dek.expose());
+    }
+    // the asymmetric copy unavailable → the symmetric one serves
+    fake.set_key_state(sealing.key_id(), KeyState::Disabled);
+    let fresh = layer(fake.clone(), fast_cfg());
+    let (got, i) = fresh.unwrap_any(&spec_keys, &c).await.unwrap();
+    assert_eq!((got.expose(), i), (dek.expose(), 1));
+    fake.set_key_state(sealing.key_id(), KeyState::Enabled);
+
+    // --key ARN of an asymmetric key (no SealingKey file): GenerateDataKey
+    // is refused as KMS refuses it, GetPublicKey, local wrap
+    let arn_only = [KeyRef::new(Provider::AwsKms, sealing.key_id())];
+    let (dek2, copies) = resource::new_dek(&kms, &arn_only, &c).await.unwrap();
+    assert_eq!(fake.calls(Operation::GetPublicKey), 1);
+    assert_eq!(copies[0].algorithm, Some(Algorithm::RsaesOaepSha256));
+    let w = copies_of(copies);
+    assert_eq!(
+        layer(fake.clone(), fast_cfg())
+            .unwrap(&w[0], &c)
+            .await
+            .unwrap()
+            .expose(),
+        dek2.expose()
+    );
+    // rewrap symmetric → asymmetric: unwrap + local wrap (ReEncrypt cannot
+    // bind the context), and back
+    let sym = &spec_keys[1];
+    let to_rsa = resource::rewrap(&kms, sym, &KeyRef::sealing(sealing.clone()), &c)
+        .await
+        .unwrap();
+    assert_eq!(to_rsa.algorithm, Algorithm::RsaesOaepSha256);
+    let back = resource::rewrap(&kms, &to_rsa, &KeyRef::new(Provider::AwsKms, KEY), &c)
+        .await
+        .unwrap();
+    let fresh = layer(fake.clone(), fast_cfg());
+    assert_eq!(
+        fresh.unwrap(&back, &c).await.unwrap().expose(),
+        dek.expose()
+    );
+    assert_eq!(
+        fresh.unwrap(&to_rsa, &c).await.unwrap().expose(),
+        dek.expose()
+    );
+    // a key that is neither: refused in one line naming what it is
+    let err = resource::fetch_sealing_key(&kms, KEY).await.err().unwrap();
+    assert!(err.to_string().contains("symmetric"), "{err}");
 }

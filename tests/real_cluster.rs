@@ -916,3 +916,315 @@ async fn secret_uids(c: &Cluster, ns: &str) -> Vec<String> {
     v.sort();
     v.into_iter().map(|(_, u)| u).collect()
 }
+
+// ---------------------------------------------------------------------------
+// Offline sealing to an RSA KMS key, through local-kms (real RSA-OAEP)
+
+/// `kmsecrets` with NO AWS environment at all: no credentials, region,
+/// endpoint, profile or config file, and an empty HOME.
+fn kmsecrets_offline(c: &Cluster, args: &[&str]) -> Output {
+    let home = c.path("offline-home");
+    std::fs::create_dir_all(&home).unwrap();
+    Command::new(common::cluster::kmsecrets_bin())
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &home)
+        .current_dir(c.path(""))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_sealing_through_local_kms() {
+    let c = Cluster::start_on(Backend::Real).await;
+    let kms = LocalKms::start();
+    let sdk = common::sdk_client(&kms.url()).await;
+    let rsa_arn = sdk
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+        .send()
+        .await
+        .expect("CreateKey RSA_2048 on local-kms")
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    let sym_arn = sdk
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    let sign_arn = sdk
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    let env = aws_test_env();
+    let url = kms.url();
+    let with_env = |args: &[&str]| -> Output {
+        Command::new(common::cluster::kmsecrets_bin())
+            .args(args)
+            .args(["--kms-endpoint", &url])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(c.path(""))
+            .output()
+            .unwrap()
+    };
+
+    // pubkey: the SealingKey file; keys that cannot seal are refused in one line
+    let sk = c.path("sealing-key.yaml");
+    let sk_s = sk.to_str().unwrap().to_string();
+    check(
+        with_env(&["pubkey", "--key", &rsa_arn, "-o", &sk_s]),
+        "pubkey",
+    );
+    let text = std::fs::read_to_string(&sk).unwrap();
+    assert!(
+        text.contains("kind: SealingKey") && text.contains(&rsa_arn),
+        "{text}"
+    );
+    assert!(text.contains("BEGIN PUBLIC KEY"), "{text}");
+    for (arn, what) in [(&sym_arn, "SYMMETRIC_DEFAULT"), (&sign_arn, "SIGN_VERIFY")] {
+        let out = with_env(&["pubkey", "--key", arn]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "pubkey of a {what} key succeeded");
+        assert!(
+            err.contains("offline sealing needs an RSA") && err.trim().lines().count() == 1,
+            "pubkey {what}: {err}"
+        );
+    }
+
+    // encrypt with no AWS environment at all
+    let key = format!("pub:{sk_s}");
+    let sealed = kmsecrets_offline(
+        &c,
+        &[
+            "encrypt",
+            "--key",
+            &key,
+            "--name",
+            "db",
+            "--namespace",
+            "default",
+            "--from-literal",
+            "password=offline-s3cret",
+            "--generate",
+            "token=16",
+        ],
+    );
+    let doc = check(sealed, "offline encrypt (no AWS environment)");
+    assert!(doc.contains("algorithm: RSAES_OAEP_SHA_256"), "{doc}");
+    assert!(!doc.contains("offline-s3cret"));
+    let file = c.path("db.yaml");
+    std::fs::write(&file, &doc).unwrap();
+    // verify is offline too
+    check(
+        kmsecrets_offline(&c, &["verify", file.to_str().unwrap()]),
+        "offline verify",
+    );
+
+    // the controller unwraps through KMS Decrypt(RSAES_OAEP_SHA_256)
+    let ctl = c.controller_env(&["--kms-endpoint", &url], &env);
+    c.kubectl(&["apply", "-f", file.to_str().unwrap()]).await;
+    c.wait_ready_within("default", "db", "True", "Synced", 30 * SECOND)
+        .await;
+    let data = c.secret_data("default", "db").await.unwrap();
+    assert_eq!(data["password"], "offline-s3cret");
+    let raw = c.secret("default", "db").await.unwrap().data.unwrap();
+    assert_eq!(raw["token"].0.len(), 16, "generated offline: 16 bytes");
+    let es = c.esec("default", "db").await.unwrap();
+    assert_eq!(es.status.unwrap().key_id.as_deref(), Some(rsa_arn.as_str()));
+    // and the CLI decrypts it with KMS access
+    let out = check(
+        with_env(&["decrypt", "-f", file.to_str().unwrap()]),
+        "decrypt",
+    );
+    assert!(out.contains("kind: Secret"), "{out}");
+
+    // mixed: the offline-sealed copy plus a symmetric break-glass copy of
+    // the same DEK (`--key RSA-ARN` is covered against the fake in
+    // tests/layer.rs: local-kms answers GenerateDataKey on an RSA key with
+    // InternalFailure where KMS says InvalidKeyUsage)
+    let mixed = check(
+        with_env(&[
+            "encrypt",
+            "--key",
+            &key,
+            "--key",
+            &sym_arn,
+            "--name",
+            "mixed",
+            "--namespace",
+            "default",
+            "--from-literal",
+            "k=v",
+            "-o",
+            "json",
+        ]),
+        "encrypt --key pub:FILE --key SYMMETRIC-ARN",
+    );
+    let mut mixed: Value = serde_json::from_str(&mixed).unwrap();
+    let keys = mixed["spec"]["dataKeys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0]["algorithm"], "RSAES_OAEP_SHA_256");
+    assert!(keys[1].get("algorithm").is_none(), "{}", keys[1]);
+    for (i, only) in keys.iter().enumerate() {
+        mixed["spec"]["dataKeys"] = json!([only]);
+        let f = c.path(&format!("mixed-{i}.json"));
+        std::fs::write(&f, mixed.to_string()).unwrap();
+        let out = check(
+            with_env(&["decrypt", "-f", f.to_str().unwrap(), "-o", "json"]),
+            &format!("decrypt with copy {i} only"),
+        );
+        let s: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(s["data"]["k"], "dg==", "copy {i}");
+    }
+
+    // Binding: the offline-sealed resource moved to another namespace, and a
+    // wrapped DEK transplanted from another resource: DecryptFailed with the
+    // binding message, no Secret.
+    c.kubectl(&["create", "namespace", "other"]).await;
+    let moved = doc.replace("namespace: default", "namespace: other");
+    c.kubectl_stdin(&["apply", "-f", "-"], &moved).await;
+    let other = kmsecrets_offline(
+        &c,
+        &[
+            "encrypt",
+            "--key",
+            &key,
+            "--name",
+            "other-app",
+            "--namespace",
+            "default",
+            "--from-literal",
+            "x=y",
+            "-o",
+            "json",
+        ],
+    );
+    let other: Value = serde_json::from_str(&check(other, "offline encrypt 2")).unwrap();
+    let mut es_json: Value = serde_json::from_str(&check(
+        kmsecrets_offline(
+            &c,
+            &[
+                "encrypt",
+                "--key",
+                &key,
+                "--name",
+                "victim",
+                "--namespace",
+                "default",
+                "--from-literal",
+                "x=z",
+                "-o",
+                "json",
+            ],
+        ),
+        "offline encrypt 3",
+    ))
+    .unwrap();
+    es_json["spec"]["dataKeys"] = other["spec"]["dataKeys"].clone();
+    c.kubectl_stdin(&["apply", "-f", "-"], &es_json.to_string())
+        .await;
+    for (ns, name) in [("other", "db"), ("default", "victim")] {
+        c.wait_ready_within(ns, name, "False", "DecryptFailed", 30 * SECOND)
+            .await;
+        let es = c.esec(ns, name).await.unwrap();
+        let cond = kmsecrets::controller::status::ready_condition(es.status.as_ref())
+            .unwrap()
+            .message
+            .clone();
+        assert!(
+            cond.contains("bound to another namespace/name/scope"),
+            "{ns}/{name}: {cond}"
+        );
+        assert!(
+            c.secret(ns, name).await.is_none(),
+            "{ns}/{name}: a Secret appeared"
+        );
+    }
+    // renamed, scope widened, context added: the CLI says the same
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let edits: [(&str, Edit); 3] = [
+        (
+            "renamed",
+            Box::new(|v: &mut Value| v["metadata"]["name"] = json!("db2")),
+        ),
+        (
+            "scope widened",
+            Box::new(|v: &mut Value| v["spec"]["scope"] = json!("namespace")),
+        ),
+        (
+            "context added",
+            Box::new(|v: &mut Value| v["spec"]["encryptionContext"] = json!({"team": "x"})),
+        ),
+    ];
+    let base: Value = serde_json::from_str(&check(
+        kmsecrets_offline(
+            &c,
+            &[
+                "encrypt",
+                "--key",
+                &key,
+                "--name",
+                "db",
+                "--namespace",
+                "default",
+                "--from-literal",
+                "a=b",
+                "-o",
+                "json",
+            ],
+        ),
+        "offline encrypt 4",
+    ))
+    .unwrap();
+    for (what, edit) in edits {
+        let mut v = base.clone();
+        edit(&mut v);
+        let f = c.path(&format!("edited-{}.json", what.replace(' ', "-")));
+        std::fs::write(&f, v.to_string()).unwrap();
+        let out = with_env(&["decrypt", "-f", f.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: decrypted");
+        assert!(
+            err.contains("bound to another namespace/name/scope"),
+            "{what}: {err}"
+        );
+    }
+    // changing values needs kms:Decrypt: offline, edit-like commands say so
+    let out = kmsecrets_offline(
+        &c,
+        &[
+            "encrypt",
+            "--key",
+            &key,
+            "--from-literal",
+            "extra=1",
+            "--merge-into",
+            file.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("only kms:Decrypt") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), doc, "file touched");
+    drop(ctl);
+    drop(kms.proc);
+}

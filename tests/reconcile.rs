@@ -190,6 +190,7 @@ impl Rig {
                 data_keys: vec![DataKey {
                     provider: Provider::AwsKms,
                     key_id: KEY.into(),
+                    algorithm: None,
                     ciphertext: "AA==".into(),
                 }],
                 encrypted_data: BTreeMap::new(),
@@ -202,10 +203,7 @@ impl Rig {
         let ctx = binding.encryption_context();
         let keys: Vec<KeyRef> = key_ids
             .iter()
-            .map(|k| KeyRef {
-                provider: Provider::AwsKms,
-                key_id: k.to_string(),
-            })
+            .map(|k| KeyRef::new(Provider::AwsKms, *k))
             .collect();
         let (dek, data_keys) = resource::new_dek(&self.kms, &keys, &ctx).await.unwrap();
         let plain: Plaintext = values

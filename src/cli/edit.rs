@@ -262,7 +262,9 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
         dek,
         values: old,
         ..
-    } = resource::open_resource(&setup.kms, &es).await?;
+    } = resource::open_resource(&setup.kms, &es)
+        .await
+        .map_err(|e| super::needs_data_key(&es, e.into()))?;
 
     let template = es.spec.template.clone().unwrap_or_default();
     let mut string_data = Map::new();

@@ -37,7 +37,7 @@ pub struct EncryptArgs {
     /// A random value of N bytes from KMS GenerateRandom, printed nowhere: KEY=N (repeatable)
     #[arg(long = "generate", value_name = "KEY=N")]
     pub generate: Vec<String>,
-    /// Wrapping key: KMS key ARN, alias/NAME, alias ARN, key id, or file:PATH (repeatable; the first generates the data key)
+    /// Wrapping key: KMS key ARN, alias/NAME, alias ARN, key id, file:PATH (local key) or pub:PATH (SealingKey file: offline) (repeatable; every copy wraps the same data key)
     #[arg(long = "key", value_name = "KEY")]
     pub keys: Vec<String>,
     /// Where the ciphertext may be used: strict (namespace+name), namespace, cluster
@@ -324,7 +324,7 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
         let binding = Binding::new(scope, namespace.as_deref(), Some(&name), user_ctx.clone())
             .map_err(|e| msg(e.to_string()))?;
         for (k, n) in &generate {
-            let bytes = kms.generate_random(refs[0].provider, *n).await?;
+            let bytes = random_value(kms, &refs[0], *n).await?;
             insert_unique(&mut input.values, k, bytes, false)?;
         }
         let ctx = binding.encryption_context();
@@ -368,6 +368,22 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
     }
     super::write_output(&out, a.output)?;
     Ok(())
+}
+
+/// `--generate`: KMS GenerateRandom, except when the first key is a
+/// SealingKey file (offline: the OS CSPRNG, no KMS call).
+async fn random_value(
+    kms: &crate::kms::layer::Kms,
+    first: &resource::KeyRef,
+    n: usize,
+) -> CliResult<Zeroizing<Vec<u8>>> {
+    if first.is_offline() {
+        use rand::RngCore;
+        let mut v = Zeroizing::new(vec![0u8; n]);
+        rand::rngs::OsRng.fill_bytes(&mut v);
+        return Ok(v);
+    }
+    Ok(kms.generate_random(first.provider, n).await?)
 }
 
 /// The controller refuses Secret types the cluster would fill with a
@@ -454,6 +470,10 @@ async fn check_agreement(
         for (k, raw) in key_args.iter().zip(&a.keys) {
             let id = match k {
                 KeyArg::Local(p) => crate::kms::local::LocalKey::load(p)?.id().to_string(),
+                KeyArg::Sealing(p) => crate::sealing::SealingKey::load(p)
+                    .map_err(|e| msg(e.to_string()))?
+                    .key_id()
+                    .to_string(),
                 KeyArg::Kms(id) if have.contains(id.as_str()) => id.clone(),
                 KeyArg::Kms(id) => {
                     kms.describe_key(crate::api::Provider::AwsKms, id)
@@ -517,14 +537,16 @@ async fn merge_into(
     check_agreement(a, key_args, &es, kms, path).await?;
     let resource::Opened {
         dek, values: old, ..
-    } = resource::open_resource(kms, &es).await?;
+    } = resource::open_resource(kms, &es)
+        .await
+        .map_err(|e| super::needs_data_key(&es, e.into()))?;
     let mut values: Plaintext = old.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (k, v) in input.values {
         values.insert(k, v);
     }
     for (k, n) in generate {
-        let provider = es.spec.data_keys[0].provider;
-        values.insert(k.clone(), kms.generate_random(provider, *n).await?);
+        let first = resource::KeyRef::of(&es.spec.data_keys[0]);
+        values.insert(k.clone(), random_value(kms, &first, *n).await?);
     }
     es.spec.encrypted_data = resource::seal(
         &dek,

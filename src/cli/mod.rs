@@ -12,6 +12,7 @@ pub mod dev;
 mod edit;
 mod encrypt;
 mod init;
+mod pubkey;
 mod rotate;
 mod verify;
 
@@ -203,6 +204,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Check EncryptedSecret files offline (--decrypt also proves they decrypt)
     Verify(verify::VerifyArgs),
+    /// Write the SealingKey file of an asymmetric KMS key, for offline sealing (encrypt --key pub:FILE)
+    Pubkey(pubkey::PubkeyArgs),
     /// Write a new local key-encryption key to PATH (mode 0600)
     Keygen {
         /// Where to write the key (refuses to overwrite)
@@ -298,6 +301,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Rotate(a) => rotate::run(&g, a).await,
         Command::Init(a) => init::run(&g, a).await,
         Command::Verify(a) => verify::run(&g, a).await,
+        Command::Pubkey(a) => pubkey::run(&g, a).await,
         Command::Keygen { path } => {
             let key = LocalKey::write_new(&path)?;
             out(format!("{}\n", key.id()))?;
@@ -320,10 +324,12 @@ pub async fn run(cli: Cli) -> CliResult {
     }
 }
 
-/// A `--key` value: `file:PATH` (local key) or a KMS key ARN / alias / id.
+/// A `--key` value: `file:PATH` (local key), `pub:PATH` (a SealingKey
+/// file: offline sealing) or a KMS key ARN / alias / id.
 pub enum KeyArg {
     Kms(String),
     Local(PathBuf),
+    Sealing(PathBuf),
 }
 
 pub fn parse_key_arg(s: &str) -> Result<KeyArg, String> {
@@ -334,8 +340,18 @@ pub fn parse_key_arg(s: &str) -> Result<KeyArg, String> {
         }
         return Ok(KeyArg::Local(PathBuf::from(p)));
     }
+    if let Some(p) = s.strip_prefix("pub:") {
+        if p.is_empty() {
+            return Err(
+                "--key pub: needs a SealingKey file, e.g. --key pub:./sealing-key.yaml (write one with `kmsecrets pubkey`)".into(),
+            );
+        }
+        return Ok(KeyArg::Sealing(PathBuf::from(p)));
+    }
     if s.is_empty() {
-        return Err("--key is empty; pass a KMS key ARN, alias/NAME, key id, or file:PATH".into());
+        return Err(
+            "--key is empty; pass a KMS key ARN, alias/NAME, key id, file:PATH or pub:PATH".into(),
+        );
     }
     if s.starts_with("local:") {
         return Err(format!(
@@ -377,16 +393,13 @@ pub fn build_kms_with(
         match k {
             KeyArg::Local(p) => {
                 let key = LocalKey::load(p)?;
-                refs.push(KeyRef {
-                    provider: Provider::Local,
-                    key_id: key.id().to_string(),
-                });
+                refs.push(KeyRef::new(Provider::Local, key.id()));
                 local.add(key);
             }
-            KeyArg::Kms(id) => refs.push(KeyRef {
-                provider: Provider::AwsKms,
-                key_id: id.clone(),
-            }),
+            KeyArg::Sealing(p) => refs.push(KeyRef::sealing(
+                crate::sealing::SealingKey::load(p).map_err(|e| msg(e.to_string()))?,
+            )),
+            KeyArg::Kms(id) => refs.push(KeyRef::new(Provider::AwsKms, id.clone())),
         }
     }
     let aws = AwsOptions {
@@ -402,6 +415,23 @@ pub fn build_kms_with(
         },
         refs,
     ))
+}
+
+/// An error from unwrapping an existing resource's data key, for a
+/// resource with offline-sealed copies: say plainly that changing values
+/// needs `kms:Decrypt` (a SealingKey only seals new resources).
+pub fn needs_data_key(es: &EncryptedSecret, e: CliError) -> CliError {
+    let offline = es
+        .spec
+        .data_keys
+        .iter()
+        .any(|d| d.algorithm().is_asymmetric());
+    match e {
+        CliError::Resource(ResourceError::Kms(k)) if offline => CliError::Msg(format!(
+            "{k}; changing values keeps the resource's data key, which only kms:Decrypt on one of its dataKeys keys returns (a SealingKey, --key pub:, seals new resources only: re-create this one with `kmsecrets encrypt --key pub:FILE` from all its values, or have someone with kms:Decrypt run this)"
+        )),
+        other => other,
+    }
 }
 
 /// Parse `k=v` pairs (`--context`, `--from-literal`).

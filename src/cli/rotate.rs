@@ -20,7 +20,7 @@ pub struct RotateArgs {
     /// Keep the data key and values; re-wrap the data key under --key (ReEncrypt within KMS)
     #[arg(long)]
     pub rewrap: bool,
-    /// New wrapping keys (repeatable). Default: the file's current keys
+    /// New wrapping keys, as for encrypt (pub:PATH seals to a SealingKey) (repeatable). Default: the file's current keys
     #[arg(long = "key", value_name = "KEY")]
     pub keys: Vec<String>,
     #[command(flatten)]
@@ -44,15 +44,7 @@ async fn rotate(g: &GlobalArgs, a: RotateArgs) -> CliResult {
     let (setup, mut refs) = build_kms(g, &key_args, &a.layer)?;
     let kms = &setup.kms;
     if refs.is_empty() {
-        refs = es
-            .spec
-            .data_keys
-            .iter()
-            .map(|d| KeyRef {
-                provider: d.provider,
-                key_id: d.key_id.clone(),
-            })
-            .collect();
+        refs = es.spec.data_keys.iter().map(KeyRef::of).collect();
     }
     if a.rewrap {
         let copies = resource::wrapped_keys(&es.spec)?;
@@ -75,12 +67,16 @@ async fn rotate(g: &GlobalArgs, a: RotateArgs) -> CliResult {
             new_keys.push(crate::api::DataKey {
                 provider: w.provider,
                 key_id: w.key_id,
+                algorithm: w.algorithm.is_asymmetric().then_some(w.algorithm),
                 ciphertext: crate::envelope::b64(&w.ciphertext),
             });
         }
         es.spec.data_keys = new_keys;
     } else {
-        let values = resource::open_resource(kms, &es).await?.values;
+        let values = resource::open_resource(kms, &es)
+            .await
+            .map_err(|e| super::needs_data_key(&es, e.into()))?
+            .values;
         let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
         es.spec.encrypted_data = resource::seal(&dek, &binding, &values, None)?;
         es.spec.data_keys = data_keys;

@@ -141,6 +141,7 @@ mod tests {
                 data_keys: vec![DataKey {
                     provider: Provider::Local,
                     key_id: "local:1".into(),
+                    algorithm: None,
                     ciphertext: "AA==".into(),
                 }],
                 encrypted_data: [("a".to_string(), "Y2lwaGVy".to_string())].into(),

@@ -18,12 +18,14 @@ use async_trait::async_trait;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::DataKeySpec;
+use aws_sdk_kms::types::{DataKeySpec, EncryptionAlgorithmSpec};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use zeroize::Zeroizing;
 
-use super::{Context, ENCRYPT_MAX_BYTES, KeyInfo, KmsError, KmsProvider, Provider, WrappedKey};
+use super::{
+    Context, ENCRYPT_MAX_BYTES, KeyInfo, KmsError, KmsProvider, Provider, PublicKeyInfo, WrappedKey,
+};
 use crate::envelope::Dek;
 
 /// Where and how to reach KMS.
@@ -377,10 +379,12 @@ pub fn classify_code(code: &str, msg: String) -> KmsError {
         | "InternalFailureException"
         | "ServiceUnavailable"
         | "ServiceUnavailableException" => KmsError::Unavailable(msg),
-        "ValidationException"
-        | "InvalidKeyUsageException"
-        | "InvalidGrantTokenException"
-        | "UnsupportedOperationException" => KmsError::Invalid(msg),
+        "InvalidKeyUsageException" => {
+            KmsError::KeyUsage(format!("KMS refused the key for this operation: {msg}"))
+        }
+        "ValidationException" | "InvalidGrantTokenException" | "UnsupportedOperationException" => {
+            KmsError::Invalid(msg)
+        }
         _ => KmsError::Other(msg),
     }
 }
@@ -392,11 +396,11 @@ fn wrapped(
     asked: &str,
     blob: Option<Blob>,
 ) -> Result<WrappedKey, KmsError> {
-    Ok(WrappedKey {
-        provider: Provider::AwsKms,
-        key_id: key_id.unwrap_or_else(|| asked.to_string()),
-        ciphertext: take_blob(blob, "ciphertext")?.to_vec(),
-    })
+    Ok(WrappedKey::symmetric(
+        Provider::AwsKms,
+        key_id.unwrap_or_else(|| asked.to_string()),
+        take_blob(blob, "ciphertext")?.to_vec(),
+    ))
 }
 
 fn take_blob(b: Option<Blob>, what: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
@@ -531,6 +535,54 @@ impl KmsProvider for AwsKms {
             .await
             .map_err(|e| classify_at(e, Some(&self.attempt("GenerateRandom", ""))))?;
         take_blob(out.plaintext, "random bytes")
+    }
+
+    async fn decrypt_asymmetric(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let out = self
+            .client_for(key_id)?
+            .decrypt()
+            .key_id(key_id)
+            .ciphertext_blob(Blob::new(ciphertext))
+            .encryption_algorithm(EncryptionAlgorithmSpec::RsaesOaepSha256)
+            .send()
+            .await
+            .map_err(|e| classify_at(e, Some(&self.attempt("Decrypt", key_id))))?;
+        take_blob(out.plaintext, "plaintext")
+    }
+
+    async fn get_public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
+        let out = self
+            .client_for(key_id)?
+            .get_public_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| classify_at(e, Some(&self.attempt("GetPublicKey", key_id))))?;
+        Ok(PublicKeyInfo {
+            key_id: out.key_id.unwrap_or_else(|| key_id.to_string()),
+            key_spec: out
+                .key_spec
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            key_usage: out
+                .key_usage
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            encryption_algorithms: out
+                .encryption_algorithms
+                .unwrap_or_default()
+                .iter()
+                .map(|a| a.as_str().to_string())
+                .collect(),
+            der: out
+                .public_key
+                .map(|b| b.into_inner())
+                .ok_or_else(|| KmsError::Other("GetPublicKey returned no public key".into()))?,
+        })
     }
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyInfo, KmsError> {

@@ -35,6 +35,10 @@ pub fn cache_key(w: &WrappedKey, ctx: &Context) -> CacheKey {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
+    // Symmetric keys hash as before; an asymmetric copy adds its algorithm.
+    if w.algorithm.is_asymmetric() {
+        h.update(w.algorithm.as_str().as_bytes());
+    }
     h.finalize().into()
 }
 

@@ -17,7 +17,9 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::local::{LocalKey, LocalProvider};
-use super::{Context, KeyInfo, KmsError, KmsProvider, Operation, Provider, WrappedKey};
+use super::{
+    Context, KeyInfo, KmsError, KmsProvider, Operation, Provider, PublicKeyInfo, WrappedKey,
+};
 use crate::envelope::Dek;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +70,9 @@ pub struct FakeKms {
     latency: Mutex<Duration>,
     kek: LocalProvider,
     state: Mutex<State>,
-    calls: [AtomicU64; 7],
+    /// Asymmetric (RSA ENCRYPT_DECRYPT) keys: key id -> private key.
+    rsa: Mutex<HashMap<String, rsa::RsaPrivateKey>>,
+    calls: [AtomicU64; Operation::ALL.len()],
     throttled: AtomicU64,
     hanging: AtomicU64,
 }
@@ -105,6 +109,7 @@ impl FakeKms {
                 keys,
                 ..Default::default()
             }),
+            rsa: Mutex::default(),
             calls: Default::default(),
             throttled: AtomicU64::new(0),
             hanging: AtomicU64::new(0),
@@ -129,6 +134,30 @@ impl FakeKms {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add an asymmetric key (RSA ENCRYPT_DECRYPT, RSAES_OAEP_SHA_256):
+    /// `GetPublicKey` and asymmetric `Decrypt` work on it, symmetric
+    /// operations fail as KMS fails them (InvalidKeyUsageException).
+    pub fn add_rsa_key(&self, key_id: &str, key: rsa::RsaPrivateKey) {
+        self.state()
+            .keys
+            .insert(key_id.to_string(), (String::new(), KeyState::Enabled));
+        self.rsa_keys().insert(key_id.to_string(), key);
+    }
+
+    fn rsa_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, rsa::RsaPrivateKey>> {
+        self.rsa.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Symmetric operations on an asymmetric key fail like KMS.
+    fn symmetric_only(&self, key_id: &str) -> Result<(), KmsError> {
+        if self.rsa_keys().contains_key(key_id) {
+            return Err(KmsError::KeyUsage(format!(
+                "KMS refused the key for this operation: InvalidKeyUsageException: {key_id} is an RSA ENCRYPT_DECRYPT key"
+            )));
+        }
+        Ok(())
     }
 
     pub fn set_key_state(&self, key_id: &str, s: KeyState) {
@@ -254,6 +283,7 @@ impl KmsProvider for FakeKms {
             .admit(Operation::Decrypt, Some(key_id))
             .await?
             .unwrap_or_default();
+        self.symmetric_only(key_id)?;
         self.kek
             .decrypt(&kek, ciphertext, ctx)
             .await
@@ -270,6 +300,7 @@ impl KmsProvider for FakeKms {
             .admit(Operation::Encrypt, Some(key_id))
             .await?
             .unwrap_or_default();
+        self.symmetric_only(key_id)?;
         Ok(self.wrapped(key_id, self.kek.encrypt(&kek, plaintext, ctx).await?))
     }
 
@@ -282,6 +313,7 @@ impl KmsProvider for FakeKms {
             .admit(Operation::GenerateDataKey, Some(key_id))
             .await?
             .unwrap_or_default();
+        self.symmetric_only(key_id)?;
         let (dek, w) = self.kek.generate_data_key(&kek, ctx).await?;
         Ok((dek, self.wrapped(key_id, w)))
     }
@@ -295,6 +327,7 @@ impl KmsProvider for FakeKms {
             .admit(Operation::GenerateDataKeyWithoutPlaintext, Some(key_id))
             .await?
             .unwrap_or_default();
+        self.symmetric_only(key_id)?;
         let (_, w) = self.kek.generate_data_key(&kek, ctx).await?;
         Ok(self.wrapped(key_id, w))
     }
@@ -309,6 +342,7 @@ impl KmsProvider for FakeKms {
             .admit(Operation::ReEncrypt, Some(dest_key_id))
             .await?
             .unwrap_or_default();
+        self.symmetric_only(dest_key_id)?;
         let src_kek = kek_for(&src.key_id);
         let dek = self
             .kek
@@ -324,6 +358,44 @@ impl KmsProvider for FakeKms {
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         self.admit(Operation::GenerateRandom, None).await?;
         self.kek.generate_random(len).await
+    }
+
+    async fn decrypt_asymmetric(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        self.admit(Operation::Decrypt, Some(key_id)).await?;
+        let key = self.rsa_keys().get(key_id).cloned().ok_or_else(|| {
+            KmsError::KeyUsage(format!(
+                "KMS refused the key for this operation: InvalidKeyUsageException: {key_id} is a symmetric key"
+            ))
+        })?;
+        key.decrypt(rsa::Oaep::new::<Sha256>(), ciphertext)
+            .map(Zeroizing::new)
+            .map_err(|_| KmsError::InvalidCiphertext("InvalidCiphertextException".into()))
+    }
+
+    async fn get_public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
+        use rsa::pkcs8::EncodePublicKey;
+        use rsa::traits::PublicKeyParts;
+        self.admit(Operation::GetPublicKey, Some(key_id)).await?;
+        let key = self.rsa_keys().get(key_id).cloned().ok_or_else(|| {
+            KmsError::KeyUsage(format!(
+                "KMS refused the key for this operation: UnsupportedOperationException: {key_id} is a symmetric key"
+            ))
+        })?;
+        let public = key.to_public_key();
+        Ok(PublicKeyInfo {
+            key_id: key_id.to_string(),
+            key_spec: format!("RSA_{}", public.size() * 8),
+            key_usage: "ENCRYPT_DECRYPT".into(),
+            encryption_algorithms: vec!["RSAES_OAEP_SHA_1".into(), "RSAES_OAEP_SHA_256".into()],
+            der: public
+                .to_public_key_der()
+                .map(|d| d.as_bytes().to_vec())
+                .map_err(|_| KmsError::Other("cannot encode the public key".into()))?,
+        })
     }
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyInfo, KmsError> {

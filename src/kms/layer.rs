@@ -30,7 +30,10 @@ pub use super::cache::cache_key;
 use super::cache::{CacheKey, DekCache};
 use super::flight::{Flights, Joined};
 pub use super::limiter::{Permit, RateLimiter};
-use super::{Context, KeyInfo, KmsError, KmsProvider, Operation, Provider, WrappedKey};
+use super::{
+    Algorithm, Context, KeyInfo, KmsError, KmsProvider, Operation, Provider, PublicKeyInfo,
+    WrappedKey,
+};
 use crate::envelope::Dek;
 use crate::metrics::Metrics;
 
@@ -285,13 +288,7 @@ impl Kms {
         }
         if !self.inner.cfg.coalesce {
             m.cache_misses.inc();
-            let provider = self.provider(w.provider).await?;
-            let dek = Arc::new(
-                self.call_with(Operation::Decrypt, attempts, || {
-                    provider.decrypt(&w.key_id, &w.ciphertext, ctx)
-                })
-                .await?,
-            );
+            let dek = Arc::new(self.fetch(w, ctx, attempts).await?);
             self.cache_put(key, dek.clone());
             return Ok(dek);
         }
@@ -301,10 +298,7 @@ impl Kms {
             key,
             || self.cache_get(&key),
             move || async move {
-                let provider = this.provider(w.provider).await?;
-                let call = this.call_with(Operation::Decrypt, attempts, || {
-                    provider.decrypt(&w.key_id, &w.ciphertext, &ctx)
-                });
+                let call = this.fetch(&w, &ctx, attempts);
                 // The flight outlives a cancelled caller (see flight.rs), but
                 // never the unwrap deadline: a hung request must not pin
                 // the flight, and with it every later caller of this DEK.
@@ -334,6 +328,30 @@ impl Kms {
             Joined::Started(f) => {
                 m.cache_misses.inc();
                 f.await
+            }
+        }
+    }
+
+    /// One copy through the provider: `Decrypt` with the context for a
+    /// symmetric copy; for an offline-sealed one, `Decrypt` with
+    /// RSAES_OAEP_SHA_256 and then the bound-context check — after the
+    /// request is counted as the success it was, before anything is cached.
+    async fn fetch(&self, w: &WrappedKey, ctx: &Context, attempts: u32) -> Result<Dek, KmsError> {
+        let provider = self.provider(w.provider).await?;
+        match w.algorithm {
+            Algorithm::SymmetricDefault => {
+                self.call_with(Operation::Decrypt, attempts, || {
+                    provider.decrypt(&w.key_id, &w.ciphertext, ctx)
+                })
+                .await
+            }
+            Algorithm::RsaesOaepSha256 => {
+                let raw = self
+                    .call_with(Operation::Decrypt, attempts, || {
+                        provider.decrypt_asymmetric(&w.key_id, &w.ciphertext)
+                    })
+                    .await?;
+                crate::sealing::unbind(&raw, ctx)
             }
         }
     }
@@ -480,6 +498,16 @@ impl Kms {
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let p = self.provider(kind).await?;
         self.call(Operation::GenerateRandom, || p.generate_random(len))
+            .await
+    }
+
+    pub async fn get_public_key(
+        &self,
+        kind: Provider,
+        key_id: &str,
+    ) -> Result<PublicKeyInfo, KmsError> {
+        let p = self.provider(kind).await?;
+        self.call(Operation::GetPublicKey, || p.get_public_key(key_id))
             .await
     }
 

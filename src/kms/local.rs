@@ -180,11 +180,11 @@ impl KmsProvider for LocalProvider {
             return Err(KmsError::TooLarge(plaintext.len()));
         }
         let key = self.key(key_id)?;
-        Ok(WrappedKey {
-            provider: Provider::Local,
-            key_id: key.id.clone(),
-            ciphertext: key.wrap(plaintext, ctx),
-        })
+        Ok(WrappedKey::symmetric(
+            Provider::Local,
+            key.id.clone(),
+            key.wrap(plaintext, ctx),
+        ))
     }
 
     async fn generate_data_key(

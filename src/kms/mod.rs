@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-pub use crate::api::Provider;
 use crate::api::Reason;
+pub use crate::api::{Algorithm, Provider};
 use crate::envelope::Dek;
 
 /// Encryption context as KMS takes it.
@@ -49,7 +49,35 @@ pub struct WrappedKey {
     pub provider: Provider,
     /// As returned by the provider (a full ARN for aws-kms).
     pub key_id: String,
+    /// SYMMETRIC_DEFAULT, or RSAES_OAEP_SHA_256 for an offline-sealed copy.
+    pub algorithm: Algorithm,
     pub ciphertext: Vec<u8>,
+}
+
+impl WrappedKey {
+    /// A symmetric copy.
+    pub fn symmetric(provider: Provider, key_id: impl Into<String>, ciphertext: Vec<u8>) -> Self {
+        WrappedKey {
+            provider,
+            key_id: key_id.into(),
+            algorithm: Algorithm::SymmetricDefault,
+            ciphertext,
+        }
+    }
+}
+
+/// What KMS `GetPublicKey` says about an asymmetric key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeyInfo {
+    /// The key ARN.
+    pub key_id: String,
+    /// e.g. `RSA_3072`, `ECC_NIST_P256`.
+    pub key_spec: String,
+    /// e.g. `ENCRYPT_DECRYPT`, `SIGN_VERIFY`.
+    pub key_usage: String,
+    pub encryption_algorithms: Vec<String>,
+    /// DER SubjectPublicKeyInfo.
+    pub der: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,10 +98,11 @@ pub enum Operation {
     ReEncrypt,
     GenerateRandom,
     DescribeKey,
+    GetPublicKey,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 7] = [
+    pub const ALL: [Operation; 8] = [
         Operation::Decrypt,
         Operation::Encrypt,
         Operation::GenerateDataKey,
@@ -81,6 +110,7 @@ impl Operation {
         Operation::ReEncrypt,
         Operation::GenerateRandom,
         Operation::DescribeKey,
+        Operation::GetPublicKey,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,6 +121,7 @@ impl Operation {
             Operation::ReEncrypt => "re_encrypt",
             Operation::GenerateRandom => "generate_random",
             Operation::DescribeKey => "describe_key",
+            Operation::GetPublicKey => "get_public_key",
         }
     }
 }
@@ -118,6 +149,17 @@ pub enum KmsError {
     InvalidCiphertext(String),
     #[error("the ciphertext was wrapped under a different KMS key ({0})")]
     IncorrectKey(String),
+    /// An offline-sealed (asymmetric) copy whose bound context hash is not
+    /// this resource's: moved, renamed, re-scoped, context changed, or the
+    /// copy was taken from another resource.
+    #[error(
+        "data key is bound to another namespace/name/scope (or encryptionContext): {0}; the copy was sealed for a different resource (moved, renamed, re-scoped, context changed, or copied from another resource)"
+    )]
+    ContextMismatch(String),
+    /// The key exists but cannot do the operation (e.g. GenerateDataKey on an
+    /// asymmetric key, offline sealing to a signing key).
+    #[error("{0}")]
+    KeyUsage(String),
     #[error(
         "KMS Encrypt takes at most {ENCRYPT_MAX_BYTES} bytes (got {0}); larger data needs envelope encryption (a data key from GenerateDataKey), which is what `kmsecrets encrypt` does"
     )]
@@ -157,7 +199,9 @@ impl KmsError {
             KmsError::Throttled(_) => "throttled",
             KmsError::AccessDenied(_) | KmsError::NoCredentials(_) => "access_denied",
             KmsError::KeyDisabled(_) => "key_disabled",
-            KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => "invalid_ciphertext",
+            KmsError::InvalidCiphertext(_)
+            | KmsError::IncorrectKey(_)
+            | KmsError::ContextMismatch(_) => "invalid_ciphertext",
             KmsError::Unavailable(_) => "unavailable",
             _ => "error",
         }
@@ -172,8 +216,12 @@ impl KmsError {
                 Reason::KmsAccessDenied
             }
             KmsError::KeyDisabled(_) | KmsError::NotFound(_) => Reason::KmsKeyDisabled,
-            KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_) => Reason::DecryptFailed,
-            KmsError::TooLarge(_) | KmsError::Invalid(_) => Reason::InvalidSpec,
+            KmsError::InvalidCiphertext(_)
+            | KmsError::IncorrectKey(_)
+            | KmsError::ContextMismatch(_) => Reason::DecryptFailed,
+            KmsError::TooLarge(_) | KmsError::Invalid(_) | KmsError::KeyUsage(_) => {
+                Reason::InvalidSpec
+            }
         }
     }
 }
@@ -233,4 +281,27 @@ pub trait KmsProvider: Send + Sync {
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError>;
 
     async fn describe_key(&self, key_id: &str) -> Result<KeyInfo, KmsError>;
+
+    /// Unwrap an offline-sealed copy: `Decrypt` with
+    /// `EncryptionAlgorithm=RSAES_OAEP_SHA_256` and no context. Returns the
+    /// raw plaintext; the layer checks its bound context
+    /// ([`crate::sealing::unbind`]).
+    async fn decrypt_asymmetric(
+        &self,
+        key_id: &str,
+        _ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        Err(KmsError::Invalid(format!(
+            "{key_id}: {} keys are symmetric; an RSAES_OAEP_SHA_256 copy needs provider aws-kms",
+            self.provider().as_str()
+        )))
+    }
+
+    /// The public half of an asymmetric key (`GetPublicKey`).
+    async fn get_public_key(&self, key_id: &str) -> Result<PublicKeyInfo, KmsError> {
+        Err(KmsError::KeyUsage(format!(
+            "{key_id} is a {} key: it has no public key; offline sealing needs an RSA ENCRYPT_DECRYPT KMS key",
+            self.provider().as_str()
+        )))
+    }
 }

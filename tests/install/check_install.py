@@ -575,6 +575,10 @@ def check_features(objs: list[dict], values: dict, maximal: bool) -> str:
     for ns in values["watchNamespaces"]:
         need(f"--namespace={ns}" in args, f"--namespace={ns} missing")
     cms = [o for o in objs if o["kind"] == "ConfigMap"]
+    sk = [o for o in cms if o["metadata"]["name"].endswith("-sealing-keys")]
+    need(len(sk) == 1 and sk[0]["data"] == {k: v.rstrip("\n") for k, v in values["sealingKeys"].items()},
+         "sealingKeys must render one ConfigMap <fullname>-sealing-keys with the files as given")
+    cms = [o for o in cms if o not in sk]
     need(len(cms) == 1 and cms[0]["metadata"]["labels"].get("grafana_dashboard") == "1"
          and cms[0]["metadata"]["namespace"] == values["dashboard"]["namespace"],
          "dashboard ConfigMap with label grafana_dashboard: \"1\" in dashboard.namespace")
