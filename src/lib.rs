@@ -16,4 +16,3 @@ pub mod kms;
 pub mod manifest;
 pub mod metrics;
 pub mod resource;
-pub mod sealing;

@@ -13,8 +13,8 @@ use zeroize::Zeroizing;
 use crate::api::{Algorithm, DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, Reason};
 use crate::envelope::{self, Binding, Dek, EnvelopeError};
 use crate::kms::layer::Kms;
+use crate::kms::sealing::{SealingKey, SharedSealingKey};
 use crate::kms::{Context, KmsError, WrappedKey};
-use crate::sealing::{SealingKey, SharedSealingKey};
 
 pub type Plaintext = BTreeMap<String, Zeroizing<Vec<u8>>>;
 
@@ -309,8 +309,8 @@ pub async fn fetch_sealing_key(kms: &Kms, key_id: &str) -> Result<SealingKey, Re
             // what KMS says for a symmetric key
             KmsError::Invalid(m) | KmsError::KeyUsage(m) => KmsError::KeyUsage(format!(
                 "{key_id} has no public key: it is a symmetric key ({}); {}",
-                crate::cli::first_line(&m),
-                crate::sealing::NEED
+                m.lines().next().unwrap_or_default(),
+                crate::kms::sealing::NEED
             )),
             other => other,
         })?;

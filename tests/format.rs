@@ -184,7 +184,7 @@ impl rand::CryptoRng for FixedSeed {}
 
 #[test]
 fn rsa_oaep_known_answer_vectors() {
-    use kmsecrets::sealing::{SealingKey, context_hash, unbind};
+    use kmsecrets::kms::sealing::{SealingKey, context_hash, unbind};
     use rsa::pkcs8::DecodePrivateKey;
     let all = rsa_vectors();
     let dek = Dek::from_slice(&hex::decode(all["dek_hex"].as_str().unwrap()).unwrap()).unwrap();

@@ -406,12 +406,13 @@ async fn limiter_converges_under_a_throttling_quota() {
 }
 
 /// The vectors' test-only RSA key as a fake KMS asymmetric key.
-fn rsa_fake(latency: Duration) -> (Arc<FakeKms>, kmsecrets::sealing::SealingKey) {
+fn rsa_fake(latency: Duration) -> (Arc<FakeKms>, kmsecrets::kms::sealing::SealingKey) {
     use rsa::pkcs8::DecodePrivateKey;
     const RSA_KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/rsa";
     let pem = include_str!("vectors/rsa-2048-test-only.pem");
     let private = rsa::RsaPrivateKey::from_pkcs8_pem(pem).unwrap();
-    let sealing = kmsecrets::sealing::SealingKey::new(RSA_KEY, private.to_public_key()).unwrap();
+    let sealing =
+        kmsecrets::kms::sealing::SealingKey::new(RSA_KEY, private.to_public_key()).unwrap();
     let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]).with_latency(latency));
     fake.add_rsa_key(RSA_KEY, private);
     (fake, sealing)
@@ -429,7 +430,7 @@ fn copies_of(data_keys: Vec<kmsecrets::api::DataKey>) -> Vec<WrappedKey> {
     .unwrap()
 }
 
-fn sealed_copy(s: &kmsecrets::sealing::SealingKey, dek: &Dek, c: &Context) -> WrappedKey {
+fn sealed_copy(s: &kmsecrets::kms::sealing::SealingKey, dek: &Dek, c: &Context) -> WrappedKey {
     WrappedKey {
         provider: Provider::AwsKms,
         key_id: s.key_id().to_string(),

@@ -470,7 +470,7 @@ async fn check_agreement(
         for (k, raw) in key_args.iter().zip(&a.keys) {
             let id = match k {
                 KeyArg::Local(p) => crate::kms::local::LocalKey::load(p)?.id().to_string(),
-                KeyArg::Sealing(p) => crate::sealing::SealingKey::load(p)
+                KeyArg::Sealing(p) => crate::kms::sealing::SealingKey::load(p)
                     .map_err(|e| msg(e.to_string()))?
                     .key_id()
                     .to_string(),

@@ -397,7 +397,7 @@ pub fn build_kms_with(
                 local.add(key);
             }
             KeyArg::Sealing(p) => refs.push(KeyRef::sealing(
-                crate::sealing::SealingKey::load(p).map_err(|e| msg(e.to_string()))?,
+                crate::kms::sealing::SealingKey::load(p).map_err(|e| msg(e.to_string()))?,
             )),
             KeyArg::Kms(id) => refs.push(KeyRef::new(Provider::AwsKms, id.clone())),
         }

@@ -351,7 +351,7 @@ impl Kms {
                         provider.decrypt_asymmetric(&w.key_id, &w.ciphertext)
                     })
                     .await?;
-                crate::sealing::unbind(&raw, ctx)
+                crate::kms::sealing::unbind(&raw, ctx)
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod flight;
 pub mod layer;
 pub mod limiter;
 pub mod local;
+pub mod sealing;
 
 use std::collections::BTreeMap;
 
@@ -285,7 +286,7 @@ pub trait KmsProvider: Send + Sync {
     /// Unwrap an offline-sealed copy: `Decrypt` with
     /// `EncryptionAlgorithm=RSAES_OAEP_SHA_256` and no context. Returns the
     /// raw plaintext; the layer checks its bound context
-    /// ([`crate::sealing::unbind`]).
+    /// ([`crate::kms::sealing::unbind`]).
     async fn decrypt_asymmetric(
         &self,
         key_id: &str,

@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use super::{Context, KmsError, PublicKeyInfo};
 use crate::envelope::{DEK_LEN, Dek, canonical_context};
-use crate::kms::{Context, KmsError, PublicKeyInfo};
 
 /// The one asymmetric algorithm of the wire format.
 pub const ALGORITHM: &str = "RSAES_OAEP_SHA_256";
@@ -183,7 +183,7 @@ impl SealingKey {
         let f: SealingKeyFile = serde_saphyr::from_str(text).map_err(|e| {
             bad(format!(
                 "not a SealingKey document ({})",
-                crate::cli::first_line(&e.to_string())
+                e.to_string().lines().next().unwrap_or_default()
             ))
         })?;
         if f.kind != KIND || f.api_version != API_VERSION {
