@@ -72,9 +72,70 @@ pub struct EncryptedSecretSpec {
     /// Applied to the materialised Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<SecretTemplate>,
+    /// Workloads in the same namespace restarted (like `kubectl rollout
+    /// restart`) when a write changes the Secret's content; never on its
+    /// creation or a no-op resync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
     /// `Delete` garbage-collects the Secret with this resource, `Retain` orphans it.
     #[serde(default, skip_serializing_if = "DeletionPolicy::is_default")]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// A workload to restart when the Secret's content changes.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub struct RolloutRestartTarget {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+impl std::str::FromStr for RolloutRestartTarget {
+    type Err = String;
+    /// `Deployment/api` (kinds are matched case-insensitively; `deploy`,
+    /// `sts` and `ds` as kubectl spells them).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, name) = s.split_once('/').ok_or_else(|| {
+            format!("invalid restart target {s:?}: expected KIND/NAME, e.g. Deployment/api")
+        })?;
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "deployment" | "deployments" | "deploy" => WorkloadKind::Deployment,
+            "statefulset" | "statefulsets" | "sts" => WorkloadKind::StatefulSet,
+            "daemonset" | "daemonsets" | "ds" => WorkloadKind::DaemonSet,
+            other => {
+                return Err(format!(
+                    "invalid restart target kind {other:?}: expected Deployment, StatefulSet or DaemonSet"
+                ));
+            }
+        };
+        if name.is_empty() {
+            return Err(format!("invalid restart target {s:?}: the name is empty"));
+        }
+        Ok(RolloutRestartTarget {
+            kind,
+            name: name.to_string(),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -185,6 +246,12 @@ pub struct SecretTemplate {
     pub immutable: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TemplateMetadata>,
+    /// Extra Secret keys rendered from the decrypted values: key -> template
+    /// (minijinja syntax; the variables are the `encryptedData` keys and
+    /// `values`; see docs/templates.md). A key may not also be in
+    /// `encryptedData`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -227,6 +294,10 @@ pub struct EncryptedSecretStatus {
     pub secret_resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
+    /// The content change (the Secret's `kmsecrets.dev/content-changed-at`)
+    /// the rolloutRestartTargets were last restarted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout_restart: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -248,6 +319,12 @@ pub mod limits {
     pub const KEY_ID_LEN: usize = 2048;
     /// A wrapped data key, base64 (an RSA-4096 wrap is 684 characters).
     pub const WRAPPED_LEN: usize = 4096;
+    /// Rendered keys (`template.data`).
+    pub const TEMPLATE_DATA: usize = 64;
+    /// One template's source.
+    pub const TEMPLATE_LEN: usize = 64 * 1024;
+    /// Workloads restarted on a content change.
+    pub const RESTART_TARGETS: usize = 16;
 }
 
 /// The CRD, with the validation the derive cannot express: at least one data
@@ -293,6 +370,30 @@ pub fn crd() -> CustomResourceDefinition {
                 "self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))",
                 "encryptedData keys must match ^[-._a-zA-Z0-9]+$",
             )]);
+        }
+        if let Some(td) = spec
+            .get_mut("template")
+            .and_then(|t| t.properties.as_mut())
+            .and_then(|p| p.get_mut("data"))
+        {
+            td.max_properties = Some(limits::TEMPLATE_DATA as i64);
+            td.x_kubernetes_validations = Some(vec![rule(
+                "self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))",
+                "template.data keys must match ^[-._a-zA-Z0-9]+$",
+            )]);
+            if let Some(v) = td
+                .additional_properties
+                .as_mut()
+                .and_then(|a| match a {
+                    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    _ => None,
+                })
+            {
+                v.max_length = Some(limits::TEMPLATE_LEN as i64);
+            }
+        }
+        if let Some(targets) = spec.get_mut("rolloutRestartTargets") {
+            targets.max_items = Some(limits::RESTART_TARGETS as i64);
         }
         if let Some(md) = spec
             .get_mut("template")

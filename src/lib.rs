@@ -16,3 +16,4 @@ pub mod kms;
 pub mod manifest;
 pub mod metrics;
 pub mod resource;
+pub mod template;

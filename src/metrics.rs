@@ -27,6 +27,7 @@ pub struct Metrics {
     pub reconcile: IntCounterVec,
     pub reconcile_duration: Histogram,
     pub reconcile_deferred: IntCounter,
+    pub rollout_restarts: IntCounterVec,
     pub encryptedsecrets: IntGaugeVec,
     pub build_info: IntGaugeVec,
 }
@@ -173,6 +174,17 @@ impl Metrics {
                 IntCounter::new(
                     "kmsecrets_reconcile_deferred_total",
                     "Reconciles deferred because their namespace held its share of the workers (--max-workers-per-namespace)",
+                )
+                .expect("valid"),
+            ),
+            rollout_restarts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kmsecrets_rollout_restarts_total",
+                        "Workload restarts requested after a Secret's content changed (spec.rolloutRestartTargets)",
+                    ),
+                    &["kind", "result"],
                 )
                 .expect("valid"),
             ),

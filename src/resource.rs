@@ -15,6 +15,7 @@ use crate::envelope::{self, Binding, Dek, EnvelopeError};
 use crate::kms::layer::Kms;
 use crate::kms::sealing::{SealingKey, SharedSealingKey};
 use crate::kms::{Context, KmsError, WrappedKey};
+use crate::template;
 
 pub type Plaintext = BTreeMap<String, Zeroizing<Vec<u8>>>;
 
@@ -123,7 +124,59 @@ pub fn validate(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
             .into());
         }
     }
+    if let Some(t) = &es.spec.template {
+        for k in t.data.keys() {
+            envelope::validate_key_name(k).map_err(|_| {
+                ResourceError::InvalidSpec(format!(
+                    "spec.template.data[{k}]: not a valid Secret key (must match ^[-._a-zA-Z0-9]+$)"
+                ))
+            })?;
+            if es.spec.encrypted_data.contains_key(k) {
+                return Err(ResourceError::InvalidSpec(format!(
+                    "spec.template.data[{k}]: the key is also in encryptedData; a Secret key comes from one of them"
+                )));
+            }
+        }
+        template::check(&t.data).map_err(|e| ResourceError::InvalidSpec(e.to_string()))?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &es.spec.rollout_restart_targets {
+        if t.name.is_empty() {
+            return Err(ResourceError::InvalidSpec(
+                "rolloutRestartTargets: a target has no name".into(),
+            ));
+        }
+        if !seen.insert(t) {
+            return Err(ResourceError::InvalidSpec(format!(
+                "rolloutRestartTargets: {}/{} is listed twice",
+                t.kind.as_str(),
+                t.name
+            )));
+        }
+    }
     Ok(binding)
+}
+
+/// Every key of the Secret: the opened values and what `template.data`
+/// renders from them. A render error is `InvalidSpec` naming the template
+/// key (never a value).
+pub fn secret_data(es: &EncryptedSecret, values: &Plaintext) -> Result<Plaintext, ResourceError> {
+    let templates = match &es.spec.template {
+        Some(t) if !t.data.is_empty() => &t.data,
+        _ => return Ok(values.clone()),
+    };
+    let rendered = template::render(templates, values)
+        .map_err(|e| ResourceError::InvalidSpec(e.to_string()))?;
+    let mut all = values.clone();
+    for (k, v) in rendered {
+        if all.contains_key(&k) {
+            return Err(ResourceError::InvalidSpec(format!(
+                "spec.template.data[{k}]: the key is also in encryptedData; a Secret key comes from one of them"
+            )));
+        }
+        all.insert(k, v);
+    }
+    Ok(all)
 }
 
 /// The size limits the CRD also enforces (an older CRD, a server that
@@ -159,6 +212,26 @@ fn check_limits(spec: &EncryptedSecretSpec) -> Result<(), ResourceError> {
                 return Err(over(what, n, limits::TEMPLATE_METADATA));
             }
         }
+    }
+    let templates = spec.template.as_ref().map(|t| &t.data);
+    if let Some(td) = templates {
+        if td.len() > limits::TEMPLATE_DATA {
+            return Err(over("template.data", td.len(), limits::TEMPLATE_DATA));
+        }
+        if let Some((k, v)) = td.iter().find(|(_, v)| v.len() > limits::TEMPLATE_LEN) {
+            return Err(ResourceError::InvalidSpec(format!(
+                "spec.template.data[{k}] is {} bytes long; at most {} are allowed",
+                v.len(),
+                limits::TEMPLATE_LEN
+            )));
+        }
+    }
+    if spec.rollout_restart_targets.len() > limits::RESTART_TARGETS {
+        return Err(over(
+            "rolloutRestartTargets",
+            spec.rollout_restart_targets.len(),
+            limits::RESTART_TARGETS,
+        ));
     }
     if spec
         .data_keys

@@ -1331,6 +1331,142 @@ async fn a_stalled_tenant_cannot_starve_others_or_block_shutdown(b: Backend) {
     );
 }
 
+/// (metadata.generation, pod-template kmsecrets.dev/restartedAt) of a Deployment.
+async fn deployment_restarts(c: &Cluster, name: &str) -> (i64, Option<String>) {
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(c.client.clone(), NS);
+    let d = api.get(name).await.unwrap();
+    let at = d
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("kmsecrets.dev/restartedAt").cloned());
+    (d.metadata.generation.unwrap_or_default(), at)
+}
+
+/// Templates render into the Secret, and the Deployment that reads it is
+/// restarted exactly once per content change: not on creation, not on a
+/// controller restart, not on an unchanged re-apply; `decrypt` shows what
+/// the cluster got.
+async fn templates_render_and_rollout_restarts_once_per_change(b: Backend) {
+    let c = Cluster::start_on(b).await;
+    let deploy = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "api", "namespace": NS},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {
+                "metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}
+            }
+        }
+    });
+    c.apply(&deploy.to_string()).await;
+    let (gen0, none) = deployment_restarts(&c, "api").await;
+    assert_eq!(none, None);
+    let mut ctl = c.controller(&[]);
+    let file = c.path("db.yaml");
+    let f = file.to_str().unwrap();
+    let url = "postgres://app:{{ password | urlencode }}@db:5432/app";
+    std::fs::write(
+        &file,
+        c.encrypt(&[
+            "--from-literal",
+            "password=p/1",
+            "--template",
+            &format!("url={url}"),
+            "--rollout-restart",
+            "Deployment/api",
+            "--name",
+            "db",
+            "--namespace",
+            NS,
+        ]),
+    )
+    .unwrap();
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(
+        NS,
+        "db",
+        &[
+            ("password", "p/1"),
+            ("url", "postgres://app:p%2F1@db:5432/app"),
+        ],
+    )
+    .await;
+    c.wait_ready(NS, "db", "True", "Synced").await;
+    // decrypt renders exactly what the controller applied
+    let shown: Value =
+        serde_json::from_str(&c.kmsecrets(&["decrypt", "-f", f, "-o", "json"])).unwrap();
+    let cluster = c.secret(NS, "db").await.unwrap();
+    assert_eq!(
+        shown["data"],
+        serde_json::to_value(&cluster).unwrap()["data"],
+        "decrypt shows what the cluster gets"
+    );
+    // a controller restart (and its cold-start re-verification) restarts nothing
+    ctl.kill();
+    let ctl2 = c.controller(&[]);
+    eventually(
+        c.patience(),
+        "restarted controller re-verified db",
+        async || ctl2.metric("kmsecrets_reconcile_total", &[("result", "success")]) >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        deployment_restarts(&c, "api").await,
+        (gen0, None),
+        "creation/restart: none"
+    );
+
+    // content change → exactly one restart
+    c.kmsecrets(&[
+        "encrypt",
+        "--merge-into",
+        f,
+        "--from-literal",
+        "password=p/2",
+    ]);
+    c.kubectl(&["apply", "-f", f]).await;
+    c.wait_secret_data(
+        NS,
+        "db",
+        &[
+            ("password", "p/2"),
+            ("url", "postgres://app:p%2F2@db:5432/app"),
+        ],
+    )
+    .await;
+    eventually(c.patience(), "Deployment api restarted", async || {
+        deployment_restarts(&c, "api").await.1.is_some()
+    })
+    .await;
+    let (gen1, at) = deployment_restarts(&c, "api").await;
+    assert_eq!(gen1, gen0 + 1, "one pod-template change");
+    let secret = c.secret(NS, "db").await.unwrap();
+    assert_eq!(
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kmsecrets.dev/content-changed-at")),
+        at.as_ref()
+    );
+    // an unchanged re-apply: nothing
+    c.kubectl(&["apply", "-f", f]).await;
+    tokio::time::sleep(2 * SECOND).await;
+    assert_eq!(deployment_restarts(&c, "api").await, (gen1, at));
+    assert_eq!(
+        ctl2.metric(
+            "kmsecrets_rollout_restarts_total",
+            &[("kind", "Deployment"), ("result", "success")]
+        ),
+        1.0
+    );
+}
+
 // One scenario list, two backends: `memory::<name>` on the in-memory server,
 // `real::<name>` on etcd + kube-apiserver + kube-controller-manager.
 
@@ -1372,4 +1508,5 @@ on_both_backends!(
     immutable_secret_is_replaced_on_change_only_after_a_good_decrypt,
     malformed_retain_resource_is_still_orphaned_on_delete,
     a_stalled_tenant_cannot_starve_others_or_block_shutdown,
+    templates_render_and_rollout_restarts_once_per_change,
 );

@@ -108,6 +108,7 @@ async fn vector_resource_decrypts_end_to_end() {
             )]
             .into(),
             template: None,
+            rollout_restart_targets: Vec::new(),
             deletion_policy: Default::default(),
         },
     );
@@ -240,6 +241,45 @@ fn rsa_oaep_known_answer_vectors() {
                 .decrypt(rsa::Oaep::new::<sha2::Sha256>(), &fresh)
                 .unwrap();
             assert_eq!(unbind(&raw, &ctx).unwrap().expose(), dek.expose());
+        }
+    }
+}
+
+/// Every `template-example` block of docs/templates.md renders exactly as
+/// the page says (the docs cannot drift from the engine).
+#[test]
+fn docs_template_examples_render() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/templates.md"),
+    )
+    .unwrap();
+    let mut blocks = Vec::new();
+    let mut lines = page.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "```yaml template-example" {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            blocks.push(body.join("\n") + "\n");
+        }
+    }
+    assert_eq!(
+        blocks.len(),
+        3,
+        "dockerconfigjson, database URL, config file"
+    );
+    for b in &blocks {
+        let doc: Value = serde_saphyr::from_str(b).unwrap();
+        let values: kmsecrets::resource::Plaintext = map(&doc["values"])
+            .into_iter()
+            .map(|(k, v)| (k, zeroize::Zeroizing::new(v.into_bytes())))
+            .collect();
+        let templates = map(&doc["templates"]);
+        let got = kmsecrets::template::render(&templates, &values).unwrap();
+        for (k, want) in map(&doc["expect"]) {
+            assert_eq!(
+                String::from_utf8(got[&k].to_vec()).unwrap(),
+                want,
+                "docs/templates.md example {k}"
+            );
         }
     }
 }

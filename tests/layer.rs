@@ -425,6 +425,7 @@ fn copies_of(data_keys: Vec<kmsecrets::api::DataKey>) -> Vec<WrappedKey> {
         data_keys,
         encrypted_data: Default::default(),
         template: None,
+        rollout_restart_targets: Vec::new(),
         deletion_policy: Default::default(),
     })
     .unwrap()

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("fsutil", 0),
     ("manifest", 0),
     ("metrics", 0),
+    ("template", 0),
     ("envelope", 1),
     ("http", 1),
     ("kms", 2),

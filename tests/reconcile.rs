@@ -195,6 +195,7 @@ impl Rig {
                 }],
                 encrypted_data: BTreeMap::new(),
                 template: None,
+                rollout_restart_targets: Vec::new(),
                 deletion_policy: Default::default(),
             },
         );
@@ -887,4 +888,246 @@ async fn a_down_region_costs_one_attempt_and_oversized_specs_none() {
     let msg = &ready_condition(es.status.as_ref()).unwrap().message;
     assert!(msg.contains("dataKeys has 11 entries; at most 10"), "{msg}");
     assert_eq!(rig.fake.total_calls(), calls, "no KMS call");
+}
+
+/// `template.data` as the controller renders it: every DESIGN example, the
+/// source-hash annotation, and a render error that keeps the last good
+/// Secret and never quotes a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_render_into_the_secret_and_a_broken_one_keeps_the_last_good() {
+    let rig = Rig::start().await;
+    let mut es = rig
+        .sealed(
+            "registry",
+            &[
+                ("username", "ci-bot"),
+                ("password", "p@ss:w/rd"),
+                ("registry", "ghcr.io"),
+            ],
+        )
+        .await;
+    let templates: BTreeMap<String, String> = [
+        (
+            ".dockerconfigjson",
+            r#"{"auths":{"{{ registry }}":{"auth":"{{ (username ~ ":" ~ password) | b64encode }}"}}}"#,
+        ),
+        (
+            "url",
+            "postgres://{{ username | urlencode }}:{{ password | urlencode }}@db:5432/app",
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    es.spec.template = Some(SecretTemplate {
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: templates,
+        ..Default::default()
+    });
+    rig.create(&es).await;
+    let es = rig.reconcile("registry").await;
+    assert_eq!(reason(&es), "True/Synced");
+    let got = rig.secret_data("registry").await;
+    let cfg: serde_json::Value = serde_json::from_slice(&got[".dockerconfigjson"]).unwrap();
+    assert_eq!(cfg["auths"]["ghcr.io"]["auth"], "Y2ktYm90OnBAc3M6dy9yZA==");
+    assert_eq!(
+        String::from_utf8(got["url"].clone()).unwrap(),
+        "postgres://ci-bot:p%40ss%3Aw%2Frd@db:5432/app"
+    );
+    assert_eq!(got["password"], b"p@ss:w/rd");
+    let secret = rig.secrets.get("registry").await.unwrap();
+    assert_eq!(
+        secret.annotations().get("kmsecrets.dev/source-hash"),
+        es.status.as_ref().unwrap().source_hash.as_ref(),
+        "the Secret carries status.sourceHash"
+    );
+
+    // a template that fails at render time (the canary is a value): the
+    // existing Secret stays, the status names the template key only
+    let canary = "CANARY-d41d8cd9";
+    let mut broken = rig
+        .reseal(
+            &es,
+            &[("username", canary), ("password", "x"), ("registry", "r")],
+        )
+        .await;
+    broken
+        .spec
+        .template
+        .as_mut()
+        .unwrap()
+        .data
+        .insert("port".into(), "{{ username | int }}".into());
+    rig.replace(&broken).await;
+    let es = rig.reconcile("registry").await;
+    assert_eq!(reason(&es), "False/InvalidSpec");
+    let status = serde_json::to_string(&es.status).unwrap();
+    assert!(status.contains("spec.template.data[port]"), "{status}");
+    assert!(
+        !status.contains("CANARY"),
+        "a value reached the status: {status}"
+    );
+    assert_eq!(
+        rig.secret_data("registry").await,
+        got,
+        "a render error keeps the last good Secret"
+    );
+}
+
+async fn deployment(client: &Client, name: &str) -> Api<k8s_openapi::api::apps::v1::Deployment> {
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), NS);
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}
+            }
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &d).await.unwrap();
+    api
+}
+
+/// (generation, restartedAt annotation) of a Deployment.
+async fn restarts(
+    api: &Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+) -> (i64, Option<String>) {
+    let d = api.get(name).await.unwrap();
+    let at = d
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("kmsecrets.dev/restartedAt").cloned());
+    (d.metadata.generation.unwrap_or_default(), at)
+}
+
+/// Restarts happen exactly once per content change: not on creation, a
+/// no-op resync, a controller restart (= failover: a new State), a rotation
+/// that keeps the values, or a retried reconcile; a missing target is a
+/// Warning and does not block the Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_restarts_happen_once_per_content_change() {
+    let rig = Rig::start().await;
+    let deploys = deployment(&rig.client, "api").await;
+    let (gen0, none) = restarts(&deploys, "api").await;
+    assert_eq!(none, None);
+    let targets: Vec<kmsecrets::api::RolloutRestartTarget> = vec![
+        "Deployment/api".parse().unwrap(),
+        "StatefulSet/missing".parse().unwrap(),
+    ];
+    let mut es = rig.sealed("db", &[("password", "one")]).await;
+    es.spec.rollout_restart_targets = targets.clone();
+    rig.create(&es).await;
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(
+        restarts(&deploys, "api").await,
+        (gen0, None),
+        "creation restarts nothing"
+    );
+
+    // no-op resync, then a restarted controller (as after a failover)
+    rig.store_caught_up("db").await;
+    let es = rig.reconcile("db").await;
+    let rig = rig.restart().await;
+    rig.store_caught_up("db").await;
+    rig.reconcile_obj(es.clone()).await;
+    assert_eq!(
+        restarts(&deploys, "api").await,
+        (gen0, None),
+        "resync/restart: none"
+    );
+
+    // rotation: new data key and ciphertext, same values → a write, no restart
+    let mut rotated = rig.reseal(&es, &[("password", "one")]).await;
+    rotated.spec.rollout_restart_targets = targets.clone();
+    rig.replace(&rotated).await;
+    rig.store_caught_up("db").await;
+    let before = rig.counters();
+    let es = rig.reconcile("db").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(
+        rig.counters().since(&before).writes("secrets"),
+        1,
+        "rotation re-applies"
+    );
+    assert_eq!(
+        restarts(&deploys, "api").await,
+        (gen0, None),
+        "same content: no restart"
+    );
+
+    // a content change: exactly one restart, with the Secret's change time
+    let mut changed = rig.reseal(&es, &[("password", "two")]).await;
+    changed.spec.rollout_restart_targets = targets.clone();
+    rig.replace(&changed).await;
+    rig.store_caught_up("db").await;
+    let es = rig.reconcile("db").await;
+    assert_eq!(
+        reason(&es),
+        "True/Synced",
+        "a missing target never blocks the Secret"
+    );
+    let secret = rig.secrets.get("db").await.unwrap();
+    let at = secret
+        .annotations()
+        .get("kmsecrets.dev/content-changed-at")
+        .cloned()
+        .expect("content-change time on the Secret");
+    assert_eq!(
+        restarts(&deploys, "api").await,
+        (gen0 + 1, Some(at.clone()))
+    );
+    assert_eq!(
+        es.status.as_ref().unwrap().last_rollout_restart.as_deref(),
+        Some(at.as_str())
+    );
+    let m = rig.ctx.state.metrics.render();
+    assert!(
+        m.contains(r#"kmsecrets_rollout_restarts_total{kind="StatefulSet",result="not_found"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"kmsecrets_rollout_restarts_total{kind="Deployment",result="success"} 1"#)
+    );
+
+    // resync and restart after the change: nothing more
+    rig.store_caught_up("db").await;
+    rig.reconcile("db").await;
+    let rig = rig.restart().await;
+    rig.store_caught_up("db").await;
+    let es = rig.reconcile("db").await;
+    assert_eq!(
+        restarts(&deploys, "api").await,
+        (gen0 + 1, Some(at.clone()))
+    );
+
+    // the status write after the restarts was lost (a crash): the retry
+    // re-requests the same restart, which changes nothing
+    let lost =
+        serde_json::json!({"status": {"lastRolloutRestart": null, "secretResourceVersion": "0"}});
+    rig.es
+        .patch_status("db", &PatchParams::default(), &Patch::Merge(&lost))
+        .await
+        .unwrap();
+    let rig = rig.restart().await;
+    rig.store_caught_up("db").await;
+    let es2 = rig.reconcile("db").await;
+    assert_eq!(reason(&es2), "True/Synced");
+    assert_eq!(
+        es2.status.as_ref().unwrap().last_rollout_restart.as_deref(),
+        Some(at.as_str())
+    );
+    assert_eq!(
+        restarts(&deploys, "api").await,
+        (gen0 + 1, Some(at)),
+        "no second rollout"
+    );
+    drop(es);
 }

@@ -56,10 +56,9 @@ pub async fn run(g: &GlobalArgs, a: DecryptArgs) -> CliResult {
     let results = join_all(items.iter().map(|es| async move {
         let Some(es) = es else { return Ok(None) };
         let opened = resource::open_resource(kms, es).await?;
-        Ok::<_, resource::ResourceError>(Some(crate::controller::secret::build_plain(
-            es,
-            &opened.values,
-        )))
+        // rendered exactly as the controller renders them
+        let data = resource::secret_data(es, &opened.values)?;
+        Ok::<_, resource::ResourceError>(Some(crate::controller::secret::build_plain(es, &data)))
     }))
     .await;
     let mut out: Vec<Value> = Vec::new();

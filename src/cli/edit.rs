@@ -276,10 +276,18 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
         };
     }
     let md = template.metadata.clone().unwrap_or_default();
+    // templates travel as the annotations `encrypt -f` reads them from
+    let mut annotations = md.annotations.clone();
+    for (k, t) in &template.data {
+        annotations.insert(
+            format!("{}{k}", super::encrypt::TEMPLATE_ANNOTATION_PREFIX),
+            t.clone(),
+        );
+    }
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": es.metadata.name, "namespace": es.metadata.namespace, "labels": md.labels, "annotations": md.annotations},
+        "metadata": {"name": es.metadata.name, "namespace": es.metadata.namespace, "labels": md.labels, "annotations": annotations},
         "type": template.type_.clone().unwrap_or_else(|| "Opaque".into()),
         "stringData": string_data,
         "data": data,
@@ -326,14 +334,23 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
                 annotations: input.annotations.clone(),
             }
         }),
+        data: input.templates.clone(),
     };
-    let same_values = old.len() == input.values.len()
-        && old.iter().all(|(k, v)| {
-            input
-                .values
-                .get(k)
-                .is_some_and(|n| n.as_slice() == v.as_slice())
-        });
+    if new_template.data != template.data || !same_values_of(&old, &input.values) {
+        // what the cluster will render, checked now with the values at hand
+        if let Some(k) = new_template
+            .data
+            .keys()
+            .find(|k| input.values.contains_key(*k))
+        {
+            return Err(msg(format!(
+                "{k:?} is both a value and a template; a Secret key comes from one of them; nothing changed"
+            )));
+        }
+        crate::template::render(&new_template.data, &input.values)
+            .map_err(|e| msg(format!("{e}; nothing changed")))?;
+    }
+    let same_values = same_values_of(&old, &input.values);
     if same_values && normalized(&new_template) == normalized(&template) {
         eprintln!("no changes");
         return Ok(());
@@ -354,6 +371,13 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
         es.spec.encrypted_data.len()
     );
     Ok(())
+}
+
+fn same_values_of(old: &resource::Plaintext, new: &resource::Plaintext) -> bool {
+    old.len() == new.len()
+        && old
+            .iter()
+            .all(|(k, v)| new.get(k).is_some_and(|n| n.as_slice() == v.as_slice()))
 }
 
 /// Templates compared as the Secret would come out (absent type = Opaque,

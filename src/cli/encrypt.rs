@@ -58,6 +58,15 @@ pub struct EncryptArgs {
     /// Add/replace values in this EncryptedSecret FILE in place, reusing its data key (unchanged values keep their ciphertext)
     #[arg(long = "merge-into", value_name = "FILE")]
     pub merge_into: Option<PathBuf>,
+    /// A Secret key rendered from the values in the cluster: KEY=TEMPLATE (minijinja; see docs/templates.md) (repeatable)
+    #[arg(long = "template", value_name = "KEY=TEMPLATE")]
+    pub template: Vec<String>,
+    /// Like --template, the template read from a file: KEY=PATH (repeatable)
+    #[arg(long = "template-file", value_name = "KEY=PATH")]
+    pub template_file: Vec<String>,
+    /// Restart this workload when the Secret's content changes: KIND/NAME, KIND one of Deployment, StatefulSet, DaemonSet (repeatable)
+    #[arg(long = "rollout-restart", value_name = "KIND/NAME")]
+    pub rollout_restart: Vec<crate::api::RolloutRestartTarget>,
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
     pub output: Format,
@@ -74,7 +83,15 @@ pub struct SecretInput {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub values: Plaintext,
+    /// `template.data`: from `kmsecrets.dev/template.KEY` annotations and
+    /// the --template flags.
+    pub templates: BTreeMap<String, String>,
 }
+
+/// Annotation prefix on an input Secret manifest: `kmsecrets.dev/template.KEY`
+/// holds the template of rendered key KEY (moved into `template.data`, never
+/// copied to the Secret's annotations).
+pub const TEMPLATE_ANNOTATION_PREFIX: &str = "kmsecrets.dev/template.";
 
 fn string_map(v: Option<&Value>, what: &str, doc: &str) -> CliResult<BTreeMap<String, String>> {
     let Some(v) = v else {
@@ -127,7 +144,16 @@ pub fn parse_secret(doc: &Doc, source: &str) -> CliResult<SecretInput> {
         &d,
     )?;
     annotations.remove(LAST_APPLIED);
+    let mut templates = BTreeMap::new();
+    annotations.retain(|k, v| match k.strip_prefix(TEMPLATE_ANNOTATION_PREFIX) {
+        Some(key) => {
+            templates.insert(key.to_string(), std::mem::take(v));
+            false
+        }
+        None => true,
+    });
     Ok(SecretInput {
+        templates,
         name: doc.name().map(str::to_string),
         namespace: doc.namespace().map(str::to_string),
         type_: doc
@@ -271,22 +297,28 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             values: Plaintext::new(),
+            templates: BTreeMap::new(),
         });
     }
+    let flag_templates = flag_templates(&a)?;
     if inputs.len() > 1
         && (a.name.is_some()
             || a.namespace.is_some()
             || !extra.is_empty()
             || !generate.is_empty()
+            || !flag_templates.is_empty()
             || a.merge_into.is_some())
     {
         return Err(msg(
-            "--name, --namespace, --merge-into and value flags need a single input document",
+            "--name, --namespace, --merge-into, --template and value flags need a single input document",
         ));
     }
     for (k, v) in extra {
         let input = &mut inputs[0];
         input.values.insert(k, v);
+    }
+    for (k, v) in flag_templates {
+        inputs[0].templates.insert(k, v);
     }
 
     if let Some(path) = &a.merge_into {
@@ -327,6 +359,7 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             let bytes = random_value(kms, &refs[0], *n).await?;
             insert_unique(&mut input.values, k, bytes, false)?;
         }
+        check_templates(&name, &input.templates, &input.values)?;
         let ctx = binding.encryption_context();
         let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
         let encrypted_data = resource::seal(&dek, &binding, &input.values, None)?;
@@ -346,6 +379,7 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
                     annotations: input.annotations,
                 })
             },
+            data: input.templates,
         };
         let mut es = EncryptedSecret::new(
             &name,
@@ -355,6 +389,7 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
                 data_keys,
                 encrypted_data,
                 template: Some(template),
+                rollout_restart_targets: restart_targets(&a)?,
                 deletion_policy: Default::default(),
             },
         );
@@ -367,6 +402,56 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
         out.push(es);
     }
     super::write_output(&out, a.output)?;
+    Ok(())
+}
+
+/// `--template KEY=TEMPLATE` and `--template-file KEY=PATH`.
+fn flag_templates(a: &EncryptArgs) -> CliResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut add = |k: &str, v: String, flag: &str| -> CliResult {
+        envelope::validate_key_name(k).map_err(|e| msg(format!("{flag} {k}: {e}")))?;
+        if out.insert(k.to_string(), v).is_some() {
+            return Err(msg(format!("template {k:?} is given more than once")));
+        }
+        Ok(())
+    };
+    for t in &a.template {
+        let (k, v) = split_kv(t, "--template")?;
+        add(k, v.to_string(), "--template")?;
+    }
+    for t in &a.template_file {
+        let (k, p) = split_kv(t, "--template-file")?;
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| msg(format!("--template-file: cannot read {p}: {e}")))?;
+        add(k, text, "--template-file")?;
+    }
+    Ok(out)
+}
+
+fn restart_targets(a: &EncryptArgs) -> CliResult<Vec<crate::api::RolloutRestartTarget>> {
+    let mut targets = a.rollout_restart.clone();
+    targets.sort();
+    let before = targets.len();
+    targets.dedup();
+    if targets.len() != before {
+        return Err(msg("a --rollout-restart target is given more than once"));
+    }
+    Ok(targets)
+}
+
+/// Templates are rendered now, with the values at hand, so a mistake is
+/// found here rather than as `InvalidSpec` in the cluster.
+fn check_templates(
+    name: &str,
+    templates: &BTreeMap<String, String>,
+    values: &Plaintext,
+) -> CliResult {
+    if let Some(k) = templates.keys().find(|k| values.contains_key(*k)) {
+        return Err(msg(format!(
+            "{name}: {k:?} is both a value and a template; a Secret key comes from one of them"
+        )));
+    }
+    crate::template::render(templates, values).map_err(|e| msg(format!("{name}: {e}")))?;
     Ok(())
 }
 
@@ -557,6 +642,27 @@ async fn merge_into(
     if let Some(t) = &a.type_ {
         es.spec.template.get_or_insert_with(Default::default).type_ = Some(t.clone());
     }
+    if !input.templates.is_empty() {
+        let t = es.spec.template.get_or_insert_with(Default::default);
+        t.data.extend(input.templates);
+    }
+    let templates = es
+        .spec
+        .template
+        .as_ref()
+        .map(|t| t.data.clone())
+        .unwrap_or_default();
+    check_templates(
+        es.metadata.name.as_deref().unwrap_or(""),
+        &templates,
+        &values,
+    )?;
+    for target in restart_targets(a)? {
+        if !es.spec.rollout_restart_targets.contains(&target) {
+            es.spec.rollout_restart_targets.push(target);
+        }
+    }
+    es.spec.rollout_restart_targets.sort();
     warn_if_refused(&es);
     let text = manifest::render(std::slice::from_ref(&es), super::file_format(path));
     crate::fsutil::rewrite_atomic(path, text.as_bytes())

@@ -68,6 +68,7 @@ pub async fn run(g: &GlobalArgs, a: InitArgs) -> CliResult {
                 type_: Some(a.type_),
                 ..Default::default()
             }),
+            rollout_restart_targets: Vec::new(),
             deletion_policy: Default::default(),
         },
     );

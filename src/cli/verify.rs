@@ -39,8 +39,17 @@ pub async fn run(g: &GlobalArgs, a: VerifyArgs) -> CliResult {
                 let opened = resource::open_resource(kms, &es)
                     .await
                     .map_err(|e| msg(format!("{what}: {e}")))?;
+                let rendered = resource::secret_data(&es, &opened.values)
+                    .map_err(|e| msg(format!("{what}: {e}")))?
+                    .len()
+                    - opened.values.len();
+                let also = if rendered > 0 {
+                    format!(", {rendered} template(s) render")
+                } else {
+                    String::new()
+                };
                 super::out(format!(
-                    "ok: {what}: {} values decrypt (data key via {})\n",
+                    "ok: {what}: {} values decrypt{also} (data key via {})\n",
                     opened.values.len(),
                     opened.key_id
                 ))?;

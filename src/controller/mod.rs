@@ -426,11 +426,64 @@ pub fn owned_secrets(
         secret::MANAGED_BY_VALUE
     ));
     let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg)
-        .modify(trim_secret_meta)
-        .reflect(writer)
-        .touched_objects();
+    let stream = watcher(api, cfg).modify(trim_secret_meta).reflect(writer);
+    let stream = touched_and_vanished(stream, store.clone());
     (store, stream)
+}
+
+/// The objects a watch event touches, plus those a relist shows gone.
+///
+/// `touched_objects()` yields nothing for an object deleted while the watch
+/// was broken: after a `410 Expired` or a dropped stream the watcher relists
+/// (`Init` … `InitApply` … `InitDone`), and an object missing from the new
+/// list simply never appears. For the owned Secrets that is a deletion the
+/// controller would not repair until the next resync (10 min by default).
+/// So at `Init` the store (the reflector fills a side buffer until
+/// `InitDone`, so it still holds the pre-relist state) is snapshotted, and
+/// at `InitDone` every snapshotted object the relist did not return is
+/// yielded like a `Delete`, which triggers its owner.
+pub fn touched_and_vanished<K, S>(
+    events: S,
+    store: Store<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    use kube::runtime::reflector::ObjectRef;
+    // (the pre-relist snapshot, the refs the relist has returned so far)
+    type Relist<K> = Option<(Vec<Arc<K>>, HashSet<ObjectRef<K>>)>;
+    events
+        .scan(
+            None::<(Vec<Arc<K>>, HashSet<ObjectRef<K>>)>,
+            move |relist: &mut Relist<K>, ev| {
+                let out: Vec<Result<K, watcher::Error>> = match ev {
+                    Err(e) => vec![Err(e)],
+                    Ok(watcher::Event::Init) => {
+                        *relist = Some((store.state(), HashSet::new()));
+                        Vec::new()
+                    }
+                    Ok(watcher::Event::InitApply(o)) => {
+                        if let Some((_, seen)) = relist.as_mut() {
+                            seen.insert(ObjectRef::from_obj(&o));
+                        }
+                        vec![Ok(o)]
+                    }
+                    Ok(watcher::Event::InitDone) => match relist.take() {
+                        Some((before, seen)) => before
+                            .into_iter()
+                            .filter(|o| !seen.contains(&ObjectRef::from_obj(o.as_ref())))
+                            .map(|o| Ok(o.as_ref().clone()))
+                            .collect(),
+                        None => Vec::new(),
+                    },
+                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => vec![Ok(o)],
+                };
+                futures::future::ready(Some(futures::stream::iter(out)))
+            },
+        )
+        .flatten()
 }
 
 /// One scope's controller: EncryptedSecrets (trimmed, see [`trim_watched`])
@@ -681,4 +734,71 @@ const LEASE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Resolves once the shutdown channel says stop (or its sender is gone).
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    fn cm(name: &str, rv: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn names(items: &[Result<ConfigMap, watcher::Error>]) -> Vec<String> {
+        items
+            .iter()
+            .map(|r| r.as_ref().map(|o| o.name_any()).unwrap_or_default())
+            .collect()
+    }
+
+    use kube::ResourceExt;
+
+    /// An object deleted while the watch was broken is absent from the
+    /// relist; it must still trigger its owner (as a Delete would have).
+    #[tokio::test]
+    async fn a_relist_yields_objects_that_vanished_during_the_gap() {
+        use watcher::Event::*;
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let events = vec![
+            Ok(Init),
+            Ok(InitApply(cm("a", "1"))),
+            Ok(InitApply(cm("b", "2"))),
+            Ok(InitDone),
+            Ok(Apply(cm("c", "3"))),
+            // the watch broke; b and c were deleted meanwhile, a changed
+            Ok(Init),
+            Ok(InitApply(cm("a", "4"))),
+            Ok(InitDone),
+            Ok(Delete(cm("a", "5"))),
+        ];
+        let out: Vec<_> = touched_and_vanished(stream::iter(events).reflect(writer), store.clone())
+            .collect()
+            .await;
+        assert_eq!(names(&out), ["a", "b", "c", "a", "b", "c", "a"]);
+        assert!(
+            store
+                .get(&reflector::ObjectRef::new("b").within("ns"))
+                .is_none()
+        );
+        // a first list (empty store) yields only what it lists
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let out: Vec<_> = touched_and_vanished(
+            stream::iter(vec![Ok(Init), Ok(InitApply(cm("x", "1"))), Ok(InitDone)]).reflect(writer),
+            store,
+        )
+        .collect()
+        .await;
+        assert_eq!(names(&out), ["x"]);
+    }
 }

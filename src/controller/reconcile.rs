@@ -15,6 +15,8 @@
 //! 5. [`build`] — the Secret object (pure)
 //! 6. [`apply`] — server-side apply (async edge), replacing an immutable
 //!    Secret when its content changed
+//! 7. [`restart`] — after a write that changed the Secret's content, the
+//!    `rolloutRestartTargets` are restarted (once per change)
 //!
 //! # Guarantees
 //! - A failing KMS or decryption never deletes or empties a Secret: writes
@@ -32,6 +34,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -48,7 +51,7 @@ use super::secret::{self, build_owned, source_hash};
 use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
-    FINALIZER,
+    FINALIZER, WorkloadKind,
 };
 use crate::resource::{self, Opened};
 
@@ -130,6 +133,10 @@ struct SyncInfo {
     hash: String,
     secret_rv: Option<String>,
     key_id: Option<String>,
+    /// The applied Secret's content-change time (with restart targets).
+    content_changed_at: Option<String>,
+    /// The content change whose restarts [`restart`] has now requested.
+    restarted: Option<String>,
 }
 
 /// Either the next stage's input or an early end.
@@ -226,10 +233,11 @@ async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
     let current = stage!(ownership(t, ctx).await);
     let hash = stage!(in_sync(t, ctx, current.as_ref()));
     let opened = stage!(open(t, ctx).await);
-    let secret = build(t.es, &opened);
+    let secret = stage!(build(t.es, &opened, &hash));
     let key_id = opened.key_id.clone();
     drop(opened);
-    apply(t, ctx, secret, current.as_ref(), hash, key_id).await
+    let done = apply(t, ctx, secret, current.as_ref(), hash, key_id).await?;
+    Ok(restart(t, ctx, done).await)
 }
 
 /// 1. Deletion, and the finalizer `deletionPolicy: Retain` needs.
@@ -345,6 +353,8 @@ fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage
             hash,
             secret_rv: current_rv,
             key_id: status.and_then(|s| s.key_id.clone()),
+            content_changed_at: None,
+            restarted: None,
         };
         return stop(
             Outcome::synced(&t.name),
@@ -408,9 +418,55 @@ async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
     }
 }
 
-/// 5. The Secret to apply (pure).
-fn build(es: &EncryptedSecret, opened: &Opened) -> Secret {
-    build_owned(es, &opened.values)
+/// 5. The Secret to apply (pure): the opened values and what
+///    `template.data` renders from them. A render error is `InvalidSpec`
+///    naming the template key; the existing Secret stays as it is.
+fn build(es: &EncryptedSecret, opened: &Opened, hash: &str) -> Stage<Secret> {
+    match resource::secret_data(es, &opened.values) {
+        Ok(data) => Ok(ControlFlow::Continue(build_owned(es, &data, hash))),
+        Err(e) => stop(
+            Outcome::failed(e.reason(), e.to_string()),
+            Report::Status(None),
+            Next::SlowRetry,
+        ),
+    }
+}
+
+/// 6a. With rolloutRestartTargets, whether this write changes the Secret's
+///     content: the existing Secret is read in full (its data, for the
+///     comparison only) and the content-change annotation is carried over,
+///     or set to now when `data` or `type` differ. A new Secret has no
+///     change time (creation restarts nothing).
+async fn mark_content_change(
+    t: &Target<'_>,
+    secret: &mut Secret,
+    current: Option<&SecretMeta>,
+) -> Result<()> {
+    if t.es.spec.rollout_restart_targets.is_empty() || current.is_none() {
+        return Ok(());
+    }
+    let Some(old) = t.secrets.get_opt(&t.name).await? else {
+        return Ok(());
+    };
+    let empty = std::collections::BTreeMap::new();
+    let changed = old.data.as_ref().unwrap_or(&empty) != secret.data.as_ref().unwrap_or(&empty)
+        || old.type_.as_deref().unwrap_or("Opaque") != secret.type_.as_deref().unwrap_or("Opaque");
+    let at = if changed {
+        Some(jiff::Timestamp::now().to_string())
+    } else {
+        old.annotations()
+            .get(secret::CONTENT_CHANGED_ANNOTATION)
+            .cloned()
+    };
+    drop(old);
+    if let Some(at) = at {
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(secret::CONTENT_CHANGED_ANNOTATION.into(), at);
+    }
+    Ok(())
 }
 
 /// 6. Server-side apply; an immutable Secret whose content changed is
@@ -424,6 +480,25 @@ async fn apply(
     hash: String,
     key_id: String,
 ) -> Result<Done> {
+    let mut secret = secret;
+    if let Err(e) = mark_content_change(t, &mut secret, current).await {
+        return Ok(done(
+            Outcome::failed(
+                Reason::ApiError,
+                format!(
+                    "reading Secret {} failed: {}",
+                    t.name,
+                    api_error_text_of(&e)
+                ),
+            ),
+            Report::Status(None),
+            Next::Backoff,
+        ));
+    }
+    let changed_at = secret
+        .annotations()
+        .get(secret::CONTENT_CHANGED_ANNOTATION)
+        .cloned();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut result = t
         .secrets
@@ -464,6 +539,8 @@ async fn apply(
                     hash,
                     secret_rv,
                     key_id: Some(key_id),
+                    content_changed_at: changed_at,
+                    restarted: None,
                 })),
                 Next::Resync,
             ))
@@ -477,6 +554,103 @@ async fn apply(
             Next::Backoff,
         )),
     }
+}
+
+/// 7. After a write: restart the rolloutRestartTargets when the Secret's
+///    content-change time is one they have not been restarted for
+///    (`status.lastRolloutRestart`). Each target's pod template gets
+///    `kmsecrets.dev/restartedAt` = that time (a merge patch; repeating it
+///    is a no-op, so a retry after a crash or a stale status restarts
+///    nothing twice). A failure is a Warning Event `RolloutRestartFailed`
+///    and a metric; it never changes the Secret's outcome and is not
+///    retried for the same change.
+async fn restart(t: &Target<'_>, ctx: &Context, mut d: Done) -> Done {
+    let Report::Status(Some(sync)) = &mut d.report else {
+        return d;
+    };
+    let Some(at) = sync.content_changed_at.clone() else {
+        return d;
+    };
+    let last =
+        t.es.status
+            .as_ref()
+            .and_then(|s| s.last_rollout_restart.as_deref());
+    if last == Some(at.as_str()) {
+        sync.restarted = Some(at);
+        return d;
+    }
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        secret::RESTARTED_AT_ANNOTATION: at,
+    }}}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let client = ctx.state.client.clone();
+    for target in &t.es.spec.rollout_restart_targets {
+        let kind = target.kind;
+        let name = target.name.as_str();
+        let res = match kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), &t.ns)
+                .patch(name, &params, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), &t.ns)
+                .patch(name, &params, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), &t.ns)
+                .patch(name, &params, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+        };
+        let result = match &res {
+            Ok(()) => "success",
+            Err(kube::Error::Api(s)) if s.code == 404 => "not_found",
+            Err(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Err(_) => "error",
+        };
+        ctx.state
+            .metrics
+            .rollout_restarts
+            .with_label_values(&[kind.as_str(), result])
+            .inc();
+        match res {
+            Ok(()) => {
+                info!(name = %t.name, namespace = %t.ns, target_kind = kind.as_str(), target = name, "rollout restart requested: the Secret's content changed");
+            }
+            Err(e) => {
+                let why = match result {
+                    "not_found" => {
+                        format!("{} {name} not found in namespace {}", kind.as_str(), t.ns)
+                    }
+                    "forbidden" => format!(
+                        "the controller may not patch {} {name} ({}); grant it with the chart's rolloutRestart.enabled=true or deploy/rollout-restart",
+                        kind.as_str(),
+                        api_error_text(&e)
+                    ),
+                    _ => format!(
+                        "restarting {} {name} failed: {}",
+                        kind.as_str(),
+                        api_error_text(&e)
+                    ),
+                };
+                warn!(name = %t.name, namespace = %t.ns, target_kind = kind.as_str(), target = name, error = %why, "rollout restart failed");
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: "RolloutRestartFailed".into(),
+                    note: Some(why),
+                    action: "RolloutRestart".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.state.recorder.publish(&ev, &t.es.object_ref(&())).await {
+                    warn!(error = %e, "cannot publish event");
+                }
+            }
+        }
+    }
+    sync.restarted = Some(at);
+    d
 }
 
 /// The one place status and events are written, and the per-object memory
@@ -611,6 +785,13 @@ async fn publish(
     }
 }
 
+fn api_error_text_of(e: &ReconcileError) -> String {
+    match e {
+        ReconcileError::Kube(k) => api_error_text(k),
+        other => other.to_string(),
+    }
+}
+
 /// API errors in status: code and reason only, never the request body.
 fn api_error_text(e: &kube::Error) -> String {
     match e {
@@ -640,6 +821,7 @@ async fn write_status(
         source_hash: prev.source_hash.clone(),
         secret_resource_version: prev.secret_resource_version.clone(),
         last_sync_time: prev.last_sync_time.clone(),
+        last_rollout_restart: prev.last_rollout_restart.clone(),
         conditions: vec![cond.clone()],
     };
     if let Some(s) = sync {
@@ -649,6 +831,9 @@ async fn write_status(
         next.secret_resource_version = s.secret_rv.clone();
         if s.key_id.is_some() {
             next.key_id = s.key_id.clone();
+        }
+        if s.restarted.is_some() {
+            next.last_rollout_restart = s.restarted.clone();
         }
         if changed || next.last_sync_time.is_none() {
             next.last_sync_time = Some(now.0.to_string());
@@ -662,6 +847,7 @@ async fn write_status(
         && prev.source_hash == next.source_hash
         && prev.secret_resource_version == next.secret_resource_version
         && prev.last_sync_time == next.last_sync_time
+        && prev.last_rollout_restart == next.last_rollout_restart
         && prev_cond.is_some_and(|p| {
             p.status == cond.status
                 && p.reason == cond.reason

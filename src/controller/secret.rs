@@ -16,6 +16,19 @@ use crate::resource::Plaintext;
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "kmsecrets";
 
+/// On every Secret the controller writes: `status.sourceHash`, for
+/// checksum-based tools (a pod-template annotation that changes with it).
+pub const SOURCE_HASH_ANNOTATION: &str = "kmsecrets.dev/source-hash";
+/// On a Secret with rolloutRestartTargets: when a write last changed its
+/// content (absent until the first change after creation). Written in the
+/// same apply as the content, so a restart interrupted by a crash is found
+/// again (it differs from `status.lastRolloutRestart`).
+pub const CONTENT_CHANGED_ANNOTATION: &str = "kmsecrets.dev/content-changed-at";
+/// Pod-template annotation set on a restart target (as `kubectl rollout
+/// restart` sets `kubectl.kubernetes.io/restartedAt`); its value is the
+/// content change it restarts for, so repeating a restart is a no-op.
+pub const RESTARTED_AT_ANNOTATION: &str = "kmsecrets.dev/restartedAt";
+
 fn base(es: &EncryptedSecret, values: &Plaintext) -> Secret {
     let t = es.spec.template.clone().unwrap_or_default();
     let md = t.metadata.unwrap_or_default();
@@ -40,14 +53,20 @@ fn base(es: &EncryptedSecret, values: &Plaintext) -> Secret {
 }
 
 /// The Secret as `kmsecrets decrypt` prints it (no cluster ownership).
-pub fn build_plain(es: &EncryptedSecret, values: &Plaintext) -> Secret {
-    base(es, values)
+/// `data`: every key, rendered ones included ([`crate::resource::secret_data`]).
+pub fn build_plain(es: &EncryptedSecret, data: &Plaintext) -> Secret {
+    base(es, data)
 }
 
-/// The Secret the controller applies: template labels/annotations, our
-/// managed-by label, and a controller ownerReference for garbage collection.
-pub fn build_owned(es: &EncryptedSecret, values: &Plaintext) -> Secret {
-    let mut s = base(es, values);
+/// The Secret the controller applies: template labels/annotations, the
+/// source-hash annotation, our managed-by label, and a controller
+/// ownerReference for garbage collection.
+pub fn build_owned(es: &EncryptedSecret, data: &Plaintext, source_hash: &str) -> Secret {
+    let mut s = base(es, data);
+    s.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SOURCE_HASH_ANNOTATION.into(), source_hash.into());
     s.metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -152,7 +171,9 @@ mod tests {
                         labels: [("app".to_string(), "x".to_string())].into(),
                         annotations: Default::default(),
                     }),
+                    data: Default::default(),
                 }),
+                rollout_restart_targets: Default::default(),
                 deletion_policy: Default::default(),
             },
         );
@@ -164,7 +185,11 @@ mod tests {
     #[test]
     fn owned_secret_shape() {
         let values: Plaintext = [("a".to_string(), Zeroizing::new(b"v".to_vec()))].into();
-        let s = build_owned(&es(), &values);
+        let s = build_owned(&es(), &values, "sha256:ab");
+        assert_eq!(
+            s.metadata.annotations.as_ref().unwrap()[SOURCE_HASH_ANNOTATION],
+            "sha256:ab"
+        );
         assert_eq!(s.metadata.name.as_deref(), Some("db"));
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/basic-auth"));
         assert_eq!(s.immutable, Some(true));
@@ -232,5 +257,12 @@ mod tests {
         let mut d = a.clone();
         d.metadata.namespace = Some("other".into());
         assert_ne!(source_hash(&d), h);
+        let mut e = a.clone();
+        let t = e.spec.template.as_mut().unwrap();
+        t.data.insert("url".into(), "{{ a }}".into());
+        assert_ne!(source_hash(&e), h, "templates are part of the source");
+        let mut f = a.clone();
+        f.spec.rollout_restart_targets = vec!["Deployment/api".parse().unwrap()];
+        assert_eq!(source_hash(&f), h, "restart targets do not change content");
     }
 }

@@ -94,6 +94,8 @@ CONTROLLER_RULES = {
 }
 SECRET_VERBS = CONTROLLER_RULES[("", "secrets")]
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
+# rolloutRestartTargets (opt-in): patch only, on the three workload kinds.
+RESTART_RULES = {("apps", res): {"patch"} for res in ("deployments", "statefulsets", "daemonsets")}
 
 CRD_TYPED = {("monitoring.coreos.com/v1", "ServiceMonitor"),
              ("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -292,6 +294,18 @@ def kustomize(dirpath: Path, label: str) -> list[dict]:
     p = subprocess.run([kubectl(), "kustomize", str(dirpath)], capture_output=True, text=True, timeout=120)
     need(p.returncode == 0, f"kubectl kustomize {label} failed:\n{p.stderr.strip()}")
     return load_docs(p.stdout, f"kustomize {label}")
+
+
+def kustomize_with_rollout_restart() -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="kmsecrets-overlay-") as d:
+        rel = os.path.relpath(DEPLOY, d)
+        Path(d, "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [rel], "components": [f"{rel}/components/rollout-restart"]}))
+        objs = kustomize(Path(d), "deploy/ + components/rollout-restart")
+    roles = [o for o in objs if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "kmsecrets-rollout-restart"]
+    need(len(roles) == 1, "the rollout-restart component should add the ClusterRole kmsecrets-rollout-restart")
+    return objs
 
 
 def kustomize_with_servicemonitor() -> list[dict]:
@@ -510,6 +524,7 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
          f"{label}: ServiceAccount {dep_ns}/{sa} used by the Deployment is not created")
     controller_scopes = []
     lease_roles = []
+    restart_roles = []
     for r in roles:
         w = obj_id(r)
         grants: dict[tuple[str, str], set[str]] = {}
@@ -522,8 +537,10 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
                 for res in rule["resources"]:
                     grants.setdefault((g, res), set()).update(rule["verbs"])
         need(not r.get("aggregationRule"), f"{w}: aggregationRule")
-        if grants == CONTROLLER_RULES:
+        if grants == CONTROLLER_RULES or grants == {**CONTROLLER_RULES, **RESTART_RULES}:
             controller_scopes.append(r)
+        elif grants == RESTART_RULES:
+            restart_roles.append(r)
         elif grants == LEASE_RULES:
             need(r["kind"] == "Role" and r["metadata"]["namespace"] == dep_ns,
                  f"{w}: the Lease Role must be namespaced in the controller namespace {dep_ns}")
@@ -542,7 +559,7 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
     leader = any(a == "--leader-elect" for a in controller_container(dep).get("args", []))
     need(bool(lease_roles) == leader, f"{label}: Lease Role present={bool(lease_roles)} but --leader-elect={leader}")
     # Every role is bound to the controller's ServiceAccount, and nothing else is bound.
-    for r in controller_scopes + lease_roles:
+    for r in controller_scopes + lease_roles + restart_roles:
         bk = "ClusterRoleBinding" if r["kind"] == "ClusterRole" else "RoleBinding"
         matches = [b for b in bindings if b["kind"] == bk and b["roleRef"]["name"] == r["metadata"]["name"]
                    and b["roleRef"]["kind"] == r["kind"] and b["metadata"].get("namespace") == r["metadata"].get("namespace")]
@@ -550,7 +567,7 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
         subj = matches[0]["subjects"]
         need(subj == [{"kind": "ServiceAccount", "name": sa, "namespace": dep_ns}],
              f"{obj_id(matches[0])}: subjects should be exactly ServiceAccount {dep_ns}/{sa}, got {subj}")
-    need(len(bindings) == len(controller_scopes) + len(lease_roles), f"{label}: unexpected extra bindings")
+    need(len(bindings) == len(controller_scopes) + len(lease_roles) + len(restart_roles), f"{label}: unexpected extra bindings")
     return f"{len(roles)} roles, Secret verbs {sorted(SECRET_VERBS)}"
 
 
@@ -567,9 +584,17 @@ def check_features(objs: list[dict], values: dict, maximal: bool) -> str:
         need({"NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount", "ClusterRole"} <= kinds,
              f"defaults should include NetworkPolicy, PDB, metrics Service, RBAC: {sorted(kinds)}")
         need("--leader-elect" in args and dep["spec"]["replicas"] == 1, "defaults: 1 replica with leader election")
+        need(not any("apps" in r.get("apiGroups", []) for o in objs if o["kind"] in ("ClusterRole", "Role")
+                     for r in o.get("rules", [])),
+             "defaults must not grant access to workloads (rolloutRestart is opt-in)")
         need(c["image"] == "ghcr.io/kmsecrets/kmsecrets:" + yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"],
              f"default image tag must be the appVersion, got {c['image']}")
         return "defaults: secure, no optional CRD-typed objects"
+    apps_rules = [r for o in objs if o["kind"] in ("ClusterRole", "Role")
+                  for r in o.get("rules", []) if "apps" in r.get("apiGroups", [])]
+    need(apps_rules and all(r["verbs"] == ["patch"] and set(r["resources"]) == {"deployments", "statefulsets", "daemonsets"}
+                            for r in apps_rules),
+         "rolloutRestart.enabled must grant patch (only) on deployments, statefulsets, daemonsets")
     need(dep["spec"]["replicas"] == values["replicas"] and "--leader-elect" in args,
          "replicas > 1 must force --leader-elect even with leaderElection.enabled=false")
     for ns in values["watchNamespaces"]:
@@ -919,6 +944,9 @@ def main() -> int:
         sm = r.check("kubectl kustomize deploy/ + servicemonitor component", kustomize_with_servicemonitor)
         if sm:
             rendered["deploy/+servicemonitor"] = sm
+        rr = r.check("kubectl kustomize deploy/ + rollout-restart component", kustomize_with_rollout_restart)
+        if rr:
+            rendered["deploy/+rollout-restart"] = rr
     else:
         r.skip("kubectl kustomize deploy/", "crds/ is not ready (see the failure above)")
 

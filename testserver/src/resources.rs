@@ -77,7 +77,7 @@ impl ResourceType {
 
     /// Whether objects carry `metadata.generation`.
     pub fn tracks_generation(&self) -> bool {
-        self.custom || (self.group == "apiextensions.k8s.io")
+        self.custom || self.group == "apiextensions.k8s.io" || self.group == "apps"
     }
 }
 
@@ -201,6 +201,24 @@ impl Registry {
             &["crd", "crds"],
             true,
         ));
+        // Workloads, stored only (no controller runs them): enough for a
+        // client that patches their pod template (rollout restarts).
+        for (plural, singular, kind, short) in [
+            ("deployments", "deployment", "Deployment", "deploy"),
+            ("statefulsets", "statefulset", "StatefulSet", "sts"),
+            ("daemonsets", "daemonset", "DaemonSet", "ds"),
+        ] {
+            r.add(builtin(
+                "apps",
+                "v1",
+                plural,
+                singular,
+                kind,
+                true,
+                &[short],
+                true,
+            ));
+        }
         r
     }
 

@@ -86,6 +86,14 @@ app.kubernetes.io/part-of: kmsecrets
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.rolloutRestart.enabled }}
+# rolloutRestartTargets (opt-in): a merge patch of the pod template's
+# kmsecrets.dev/restartedAt annotation, as `kubectl rollout restart` does.
+# patch only: no get, list, create or delete of workloads.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["patch"]
+{{- end }}
 {{- end }}
 
 {{/* Fail early on value combinations that would render a broken install. */}}
