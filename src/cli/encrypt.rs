@@ -283,8 +283,12 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             inputs.push(parse_secret(&doc, &source)?);
         }
     }
+    let flag_templates = flag_templates(&a)?;
     if inputs.is_empty() {
-        if extra.is_empty() && generate.is_empty() {
+        // --merge-into may add only templates or restart targets
+        let merge_only = a.merge_into.is_some()
+            && (!flag_templates.is_empty() || !a.rollout_restart.is_empty());
+        if extra.is_empty() && generate.is_empty() && !merge_only {
             return Err(msg(
                 "nothing to encrypt: pass -f FILE, --from-literal, --from-file, --from-env-file or --generate",
             ));
@@ -300,7 +304,6 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             templates: BTreeMap::new(),
         });
     }
-    let flag_templates = flag_templates(&a)?;
     if inputs.len() > 1
         && (a.name.is_some()
             || a.namespace.is_some()

@@ -24,4 +24,5 @@ mod misc;
 mod output;
 mod properties;
 mod rotate;
+mod templates;
 mod values;
