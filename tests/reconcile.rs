@@ -1096,6 +1096,19 @@ async fn rollout_restarts_happen_once_per_content_change() {
     assert!(
         m.contains(r#"kmsecrets_rollout_restarts_total{kind="Deployment",result="success"} 1"#)
     );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(rig.client.clone(), NS);
+    let failed: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RolloutRestartFailed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "one Warning for the missing StatefulSet");
+    assert_eq!(failed[0].type_.as_deref(), Some("Warning"));
+    let note = failed[0].note.clone().unwrap_or_default();
+    assert!(note.contains("StatefulSet missing not found"), "{note}");
 
     // resync and restart after the change: nothing more
     rig.store_caught_up("db").await;

@@ -286,8 +286,8 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
     let flag_templates = flag_templates(&a)?;
     if inputs.is_empty() {
         // --merge-into may add only templates or restart targets
-        let merge_only = a.merge_into.is_some()
-            && (!flag_templates.is_empty() || !a.rollout_restart.is_empty());
+        let merge_only =
+            a.merge_into.is_some() && (!flag_templates.is_empty() || !a.rollout_restart.is_empty());
         if extra.is_empty() && generate.is_empty() && !merge_only {
             return Err(msg(
                 "nothing to encrypt: pass -f FILE, --from-literal, --from-file, --from-env-file or --generate",

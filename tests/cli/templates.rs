@@ -14,12 +14,23 @@ fn flags_and_annotations_become_templates_and_decrypt_renders_them() {
     let keyarg = format!("file:{key}");
     let cfg = t.write("cfg.j2", "password: {{ password | tojson }}\n");
     let out = ok(kms([
-        "encrypt", "--key", &keyarg, "--name", "db", "--namespace", "app",
-        "--from-literal", "password=p@ss/1",
-        "--template", "url=pg://app:{{ password | urlencode }}@db/app",
-        "--template-file", &format!("config.yaml={cfg}"),
-        "--rollout-restart", "Deployment/api",
-        "--rollout-restart", "sts/worker",
+        "encrypt",
+        "--key",
+        &keyarg,
+        "--name",
+        "db",
+        "--namespace",
+        "app",
+        "--from-literal",
+        "password=p@ss/1",
+        "--template",
+        "url=pg://app:{{ password | urlencode }}@db/app",
+        "--template-file",
+        &format!("config.yaml={cfg}"),
+        "--rollout-restart",
+        "Deployment/api",
+        "--rollout-restart",
+        "sts/worker",
     ])
     .run());
     let es = yaml(&out.stdout());
@@ -52,9 +63,17 @@ fn flags_and_annotations_become_templates_and_decrypt_renders_them() {
     assert!(es["spec"]["template"]["data"][".dockerconfigjson"].is_string());
     let ann = &es["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(ann["team"], "a");
-    assert!(ann.as_object().unwrap().keys().all(|k| !k.starts_with("kmsecrets.dev/")), "{ann}");
+    assert!(
+        ann.as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("kmsecrets.dev/")),
+        "{ann}"
+    );
     let f2 = t.write("reg.yaml", &out.stdout());
-    let got = secret_data(&yaml(&ok(kms(["decrypt", "-f", &f2, "--local-key", &key]).run()).stdout()));
+    let got = secret_data(&yaml(
+        &ok(kms(["decrypt", "-f", &f2, "--local-key", &key]).run()).stdout(),
+    ));
     assert_eq!(
         String::from_utf8(got[".dockerconfigjson"].clone()).unwrap(),
         r#"{"auths":{"r":{"auth":"Ym90OnB3"}}}"#
@@ -62,15 +81,30 @@ fn flags_and_annotations_become_templates_and_decrypt_renders_them() {
 
     // --merge-into: a new value re-renders; a new template joins; targets merge
     ok(kms([
-        "encrypt", "--merge-into", &f, "--local-key", &key,
-        "--from-literal", "password=two",
-        "--template", "user=app",
-        "--rollout-restart", "Deployment/api",
+        "encrypt",
+        "--merge-into",
+        &f,
+        "--local-key",
+        &key,
+        "--from-literal",
+        "password=two",
+        "--template",
+        "user=app",
+        "--rollout-restart",
+        "Deployment/api",
     ])
     .run());
     let es = yaml(&t.read_str("db.yaml"));
-    assert_eq!(es["spec"]["rolloutRestartTargets"].as_array().unwrap().len(), 2);
-    let got = secret_data(&yaml(&ok(kms(["decrypt", "-f", &f, "--local-key", &key]).run()).stdout()));
+    assert_eq!(
+        es["spec"]["rolloutRestartTargets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let got = secret_data(&yaml(
+        &ok(kms(["decrypt", "-f", &f, "--local-key", &key]).run()).stdout(),
+    ));
     assert_eq!(got["url"], b"pg://app:two@db/app");
     assert_eq!(got["user"], b"app");
 }
@@ -90,8 +124,17 @@ fn template_mistakes_fail_before_writing_and_never_quote_a_value() {
         ("bad/key={{ password }}", "invalid key name"),
     ] {
         let out = kms([
-            "encrypt", "--key", &keyarg, "--name", "db", "--namespace", "app",
-            "--from-literal", &lit, "--template", tmpl,
+            "encrypt",
+            "--key",
+            &keyarg,
+            "--name",
+            "db",
+            "--namespace",
+            "app",
+            "--from-literal",
+            &lit,
+            "--template",
+            tmpl,
         ])
         .run();
         fails(&out, fragment);
@@ -101,16 +144,30 @@ fn template_mistakes_fail_before_writing_and_never_quote_a_value() {
     let f = t.write("es.yaml", encrypt_fixture(&key, &[]));
     let before = t.read("es.yaml");
     let out = kms([
-        "encrypt", "--merge-into", &f, "--local-key", &key,
-        "--template", "x={{ password | int }}",
+        "encrypt",
+        "--merge-into",
+        &f,
+        "--local-key",
+        &key,
+        "--template",
+        "x={{ password | int }}",
     ])
     .run();
     fails(&out, "spec.template.data[x]");
     assert_eq!(t.read("es.yaml"), before);
     // an invalid restart target is a usage error naming the kinds
     let out = kms([
-        "encrypt", "--key", &keyarg, "--name", "db", "--namespace", "app",
-        "--from-literal", "a=b", "--rollout-restart", "Pod/x",
+        "encrypt",
+        "--key",
+        &keyarg,
+        "--name",
+        "db",
+        "--namespace",
+        "app",
+        "--from-literal",
+        "a=b",
+        "--rollout-restart",
+        "Pod/x",
     ])
     .run();
     usage_error(&out, "Deployment, StatefulSet or DaemonSet");
@@ -122,8 +179,17 @@ fn edit_shows_templates_as_annotations_and_saves_their_changes() {
     let key = t.keygen("k.key");
     let keyarg = format!("file:{key}");
     let out = ok(kms([
-        "encrypt", "--key", &keyarg, "--name", "db", "--namespace", "app",
-        "--from-literal", "password=pw", "--template", "url=a:{{ password }}",
+        "encrypt",
+        "--key",
+        &keyarg,
+        "--name",
+        "db",
+        "--namespace",
+        "app",
+        "--from-literal",
+        "password=pw",
+        "--template",
+        "url=a:{{ password }}",
     ])
     .run());
     let f = t.write("es.yaml", &out.stdout());
@@ -135,8 +201,16 @@ fn edit_shows_templates_as_annotations_and_saves_their_changes() {
         .env("EDITOR", format!("sh {ed}"))
         .run());
     let es = yaml(&t.read_str("es.yaml"));
-    assert_eq!(es["spec"]["template"]["data"]["url"], "b:{{ password | upper }}");
-    assert!(es["spec"]["template"]["metadata"].is_null(), "no template annotation leaks into metadata: {es}");
-    let got = secret_data(&yaml(&ok(kms(["decrypt", "-f", &f, "--local-key", &key]).run()).stdout()));
+    assert_eq!(
+        es["spec"]["template"]["data"]["url"],
+        "b:{{ password | upper }}"
+    );
+    assert!(
+        es["spec"]["template"]["metadata"].is_null(),
+        "no template annotation leaks into metadata: {es}"
+    );
+    let got = secret_data(&yaml(
+        &ok(kms(["decrypt", "-f", &f, "--local-key", &key]).run()).stdout(),
+    ));
     assert_eq!(got["url"], b"b:PW");
 }
