@@ -146,17 +146,35 @@ struct Quota {
 }
 
 impl Quota {
-    fn take(&mut self) -> bool {
+    /// Refill up to now.
+    fn take_none(&mut self) {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
             .min(self.rate.max(1.0));
         self.last = now;
+    }
+
+    fn take(&mut self) -> bool {
+        self.take_none();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+}
+
+/// A shared view of a [`KmsProxy`]'s counters.
+#[derive(Clone)]
+pub struct ProxyCounters(Arc<ProxyState>);
+
+impl ProxyCounters {
+    pub fn injected(&self) -> u64 {
+        self.0.injected.load(Ordering::SeqCst)
+    }
+    pub fn forwarded(&self) -> u64 {
+        self.0.forwarded.load(Ordering::SeqCst)
     }
 }
 
@@ -169,7 +187,9 @@ struct ProxyState {
     decrypts: AtomicU64,
     injected: AtomicU64,
     refused: AtomicU64,
-    quota: Mutex<Option<Quota>>,
+    /// Shared between proxies made with [`KmsProxy::start_sharing_quota`]
+    /// (several clients, one account quota).
+    quota: Arc<Mutex<Option<Quota>>>,
     hang: AtomicBool,
     hung_now: AtomicU64,
     hung_max: AtomicU64,
@@ -187,11 +207,28 @@ pub struct KmsProxy {
 
 impl KmsProxy {
     pub fn start(upstream_port: u16) -> KmsProxy {
+        KmsProxy::start_with(upstream_port, ProxyState::default())
+    }
+
+    /// A second proxy (own counters) in front of the same upstream whose
+    /// requests draw on `other`'s quota: two clients sharing one account
+    /// and region quota, each counted on its own.
+    pub fn start_sharing_quota(upstream_port: u16, other: &KmsProxy) -> KmsProxy {
+        KmsProxy::start_with(
+            upstream_port,
+            ProxyState {
+                quota: other.st.quota.clone(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn start_with(upstream_port: u16, st: ProxyState) -> KmsProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let p = KmsProxy {
             port,
-            st: Arc::default(),
+            st: Arc::new(st),
             stop: Arc::default(),
         };
         let (st, stop) = (p.st.clone(), p.stop.clone());
@@ -226,6 +263,25 @@ impl KmsProxy {
             last: Instant::now(),
         });
     }
+    /// Change the quota's rate, keeping the tokens it holds (capped at the
+    /// new rate): a quota that moves while clients are using it.
+    pub fn change_quota(&self, rate: f64) {
+        let mut q = self.st.quota.lock().unwrap_or_else(|p| p.into_inner());
+        match q.as_mut() {
+            Some(q) => {
+                q.take_none();
+                q.rate = rate;
+                q.tokens = q.tokens.min(rate.max(1.0));
+            }
+            None => {
+                *q = Some(Quota {
+                    rate,
+                    tokens: rate.max(1.0),
+                    last: Instant::now(),
+                })
+            }
+        }
+    }
     pub fn set_down(&self, down: bool) {
         self.st.down.store(down, Ordering::SeqCst);
     }
@@ -252,6 +308,10 @@ impl KmsProxy {
     /// ThrottlingExceptions answered (injected or over quota).
     pub fn injected(&self) -> u64 {
         self.st.injected.load(Ordering::SeqCst)
+    }
+    /// The counters, readable after the proxy is moved or from other tasks.
+    pub fn counters(&self) -> ProxyCounters {
+        ProxyCounters(self.st.clone())
     }
     /// Requests that arrived while down (each is one KMS attempt).
     pub fn refused(&self) -> u64 {
