@@ -252,7 +252,10 @@ async fn run(
                     async move {
                         let ok = kms.unwrap(&w, &context()).await.is_ok();
                         if ok {
-                            successes.lock().unwrap().push(start.elapsed().as_secs_f64());
+                            successes
+                                .lock()
+                                .unwrap()
+                                .push(start.elapsed().as_secs_f64());
                         }
                         ok
                     }
@@ -263,10 +266,7 @@ async fn run(
                 .await
         }
         Client::SdkAdaptive => {
-            let c = sdk(
-                &proxy.url(),
-                RetryConfig::adaptive().with_max_attempts(8),
-            );
+            let c = sdk(&proxy.url(), RetryConfig::adaptive().with_max_attempts(8));
             futures::stream::iter(0..sc.keys)
                 .map(|i| {
                     let (c, blobs, successes) = (c.clone(), blobs.clone(), successes.clone());
@@ -281,7 +281,10 @@ async fn run(
                         }
                         let ok = req.send().await.is_ok();
                         if ok {
-                            successes.lock().unwrap().push(start.elapsed().as_secs_f64());
+                            successes
+                                .lock()
+                                .unwrap()
+                                .push(start.elapsed().as_secs_f64());
                         }
                         ok
                     }
@@ -323,7 +326,10 @@ fn proxy_handle(proxy: &KmsProxy) -> impl Fn(f64) + Send + Sync + 'static {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let pick: Vec<u8> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let pick: Vec<u8> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let kms = LocalKms::start();
     let setup = sdk(&kms.url(), RetryConfig::standard());
     let key_id = setup
@@ -360,7 +366,11 @@ async fn main() {
         .collect()
         .await;
     let blobs = Arc::new(blobs);
-    eprintln!("{} data keys from local-kms in {:?}", blobs.len(), t.elapsed());
+    eprintln!(
+        "{} data keys from local-kms in {:?}",
+        blobs.len(),
+        t.elapsed()
+    );
 
     println!(
         "| scenario | concurrency | client | attempts | throttled | time ÷ bound | recovery to 90% |"

@@ -11,6 +11,7 @@ mod decrypt;
 pub mod dev;
 mod edit;
 mod encrypt;
+mod fleet;
 mod init;
 mod pubkey;
 mod rotate;

@@ -1,23 +1,45 @@
-//! `kmsecrets rotate FILE`: a new data key with every value re-encrypted, or
-//! (`--rewrap --key NEW`) the existing data key moved under other KMS keys
-//! with ReEncrypt, values untouched.
+//! `kmsecrets rotate PATH...`: a new data key with every value re-encrypted,
+//! or (`--rewrap --key NEW`) the existing data key moved under other KMS
+//! keys, values untouched — for one file or a whole repository.
+//!
+//! Every file is rewritten atomically (temp file + rename), and only when
+//! each of its EncryptedSecrets was processed: a failure leaves that file
+//! exactly as it was and the run goes on with the others. Documents of other
+//! kinds are kept (counted as skipped). All files share one KMS layer, so a
+//! data key shared by many files is unwrapped once (cache, single-flight),
+//! and at most `--parallel` files are in flight.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
+use futures::StreamExt;
+use serde_json::Value;
 
+use super::fleet::{self, FileOutcome, Summary};
 use super::{
-    CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, file_format, msg, parse_key_arg,
-    read_one_encrypted,
+    CliError, CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, file_format, msg, parse_key_arg,
+    to_encrypted,
 };
+use crate::api::EncryptedSecret;
+use crate::kms::layer::Kms;
 use crate::manifest;
 use crate::resource::{self, KeyRef, ResourceError};
 
 #[derive(Args, Debug)]
 pub struct RotateArgs {
-    /// The EncryptedSecret file, rewritten in place
-    pub file: PathBuf,
-    /// Keep the data key and values; re-wrap the data key under --key (ReEncrypt within KMS)
+    /// EncryptedSecret files, or directories of them (.yaml, .yml, .json), each rewritten in place
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Recurse into subdirectories of directory PATHs
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Say what would change; write nothing and make no KMS call that changes anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Files processed at once
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// Keep the data key and values; re-wrap the data key under --key (ReEncrypt within KMS). Files already under exactly those keys are left unchanged
     #[arg(long)]
     pub rewrap: bool,
     /// New wrapping keys, as for encrypt (pub:PATH seals to a SealingKey) (repeatable). Default: the file's current keys
@@ -27,7 +49,181 @@ pub struct RotateArgs {
     pub layer: LayerArgs,
 }
 
-async fn rotate(g: &GlobalArgs, a: RotateArgs) -> CliResult {
+/// The new copies of `es`'s data key under `refs` (ReEncrypt, or a local
+/// wrap for offline keys), trying each existing copy as the source.
+async fn rewrap(kms: &Kms, es: &mut EncryptedSecret, refs: &[KeyRef]) -> CliResult {
+    let binding = resource::validate(es)?;
+    let ctx = binding.encryption_context();
+    let copies = resource::wrapped_keys(&es.spec)?;
+    let mut new_keys = Vec::new();
+    for dest in refs {
+        let mut last = None;
+        let mut done = None;
+        for src in &copies {
+            match resource::rewrap(kms, src, dest, &ctx).await {
+                Ok(w) => {
+                    done = Some(w);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let w = done.ok_or_else(|| {
+            last.unwrap_or_else(|| ResourceError::InvalidSpec("no dataKeys".into()))
+        })?;
+        new_keys.push(crate::api::DataKey {
+            provider: w.provider,
+            key_id: w.key_id,
+            algorithm: w.algorithm.is_asymmetric().then_some(w.algorithm),
+            ciphertext: crate::envelope::b64(&w.ciphertext),
+        });
+    }
+    es.spec.data_keys = new_keys;
+    Ok(())
+}
+
+/// Whether `es`'s copies are already exactly under `refs` (a KMS alias or
+/// bare key id is resolved with DescribeKey, once per id thanks to the run's
+/// shared answers).
+async fn already_under(kms: &Kms, es: &EncryptedSecret, refs: &[KeyRef]) -> CliResult<bool> {
+    let have: std::collections::BTreeSet<&str> = es
+        .spec
+        .data_keys
+        .iter()
+        .map(|k| k.key_id.as_str())
+        .collect();
+    if have.len() != refs.len() {
+        return Ok(false);
+    }
+    for r in refs {
+        if have.contains(r.key_id.as_str()) {
+            continue;
+        }
+        if r.is_offline()
+            || r.provider != crate::api::Provider::AwsKms
+            || r.key_id.starts_with("arn:")
+        {
+            return Ok(false);
+        }
+        let arn = kms.describe_key(r.provider, &r.key_id).await?.arn;
+        if !have.contains(arn.as_str()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// One EncryptedSecret: rotated or re-wrapped in memory. `false`: nothing
+/// to do (a rewrap to the keys it already has).
+async fn rotate_one(
+    kms: &Kms,
+    es: &mut EncryptedSecret,
+    refs: &[KeyRef],
+    a: &RotateArgs,
+) -> CliResult<bool> {
+    let refs: Vec<KeyRef> = if refs.is_empty() {
+        es.spec.data_keys.iter().map(KeyRef::of).collect()
+    } else {
+        refs.to_vec()
+    };
+    if a.rewrap {
+        if already_under(kms, es, &refs).await? {
+            // nothing to move, but a broken or moved file must not pass as
+            // "unchanged": prove it still opens (one cached Decrypt)
+            resource::open_resource(kms, es)
+                .await
+                .map_err(|e| super::needs_data_key(es, e.into()))?;
+            return Ok(false);
+        }
+        if !a.dry_run {
+            rewrap(kms, es, &refs).await?;
+        }
+        return Ok(true);
+    }
+    let binding = resource::validate(es)?;
+    if a.dry_run {
+        return Ok(true);
+    }
+    let ctx = binding.encryption_context();
+    let values = resource::open_resource(kms, es)
+        .await
+        .map_err(|e| super::needs_data_key(es, e.into()))?
+        .values;
+    let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
+    es.spec.encrypted_data = resource::seal(&dek, &binding, &values, None)?;
+    es.spec.data_keys = data_keys;
+    Ok(true)
+}
+
+/// One file, all or nothing. Returns the outcome and the number of
+/// documents of other kinds it holds (`strict`: a file named on its own
+/// must hold only EncryptedSecrets).
+async fn rotate_file(
+    kms: &Kms,
+    refs: &[KeyRef],
+    a: &RotateArgs,
+    path: &Path,
+    strict: bool,
+) -> CliResult<(FileOutcome, usize)> {
+    let name = path.display().to_string();
+    let bytes = manifest::read_source(&name)?;
+    let docs = manifest::parse_stream(&bytes, &name)?;
+    let mut out: Vec<Value> = Vec::with_capacity(docs.len());
+    let (mut resources, mut changed, mut others) = (0usize, 0usize, 0usize);
+    let (mut keys, mut values) = (0usize, 0usize);
+    for doc in &docs {
+        let other = doc.kind() != crate::api::KIND || doc.api_version() != crate::api::API_VERSION;
+        if other && !strict {
+            others += 1;
+            out.push(doc.value.clone());
+            continue;
+        }
+        let mut es = to_encrypted(doc, &name)?;
+        resources += 1;
+        if rotate_one(kms, &mut es, refs, a)
+            .await
+            .map_err(|e| super::name_file(path, e))?
+        {
+            changed += 1;
+        }
+        keys += es.spec.data_keys.len();
+        values += es.spec.encrypted_data.len();
+        out.push(serde_json::to_value(&es).map_err(|e| msg(e.to_string()))?);
+    }
+    if resources == 0 {
+        return Ok((FileOutcome::Skipped, others));
+    }
+    let what = if resources == 1 {
+        format!("{keys} data keys, {values} values")
+    } else {
+        format!("{resources} EncryptedSecrets")
+    };
+    if changed == 0 {
+        return Ok((
+            FileOutcome::Unchanged(format!(
+                "unchanged {name} (already under exactly those keys; it decrypts)"
+            )),
+            others,
+        ));
+    }
+    let verb = match (a.rewrap, a.dry_run) {
+        (true, false) => "re-wrapped",
+        (false, false) => "rotated",
+        (true, true) => "would re-wrap",
+        (false, true) => "would rotate",
+    };
+    if !a.dry_run {
+        let text = manifest::render(&out, file_format(path));
+        crate::fsutil::rewrite_atomic(path, text.as_bytes())
+            .map_err(|e| msg(format!("cannot write {name}: {e}")))?;
+    }
+    Ok((
+        FileOutcome::Rewritten(format!("{verb} {name} ({what})")),
+        others,
+    ))
+}
+
+pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
     let key_args = a
         .keys
         .iter()
@@ -38,63 +234,57 @@ async fn rotate(g: &GlobalArgs, a: RotateArgs) -> CliResult {
             "--rewrap needs --key NEW (the key(s) to move the data key under)",
         ));
     }
-    let mut es = read_one_encrypted(&a.file)?;
-    let binding = resource::validate(&es)?;
-    let ctx = binding.encryption_context();
-    let (setup, mut refs) = build_kms(g, &key_args, &a.layer)?;
+    let files = fleet::expand(&a.paths, a.recursive)?;
+    let single = files.len() == 1 && a.paths.len() == 1 && !a.paths[0].is_dir();
+    let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
     let kms = &setup.kms;
-    if refs.is_empty() {
-        refs = es.spec.data_keys.iter().map(KeyRef::of).collect();
-    }
-    if a.rewrap {
-        let copies = resource::wrapped_keys(&es.spec)?;
-        let mut new_keys = Vec::new();
-        for dest in &refs {
-            let mut last = None;
-            let mut done = None;
-            for src in &copies {
-                match resource::rewrap(kms, src, dest, &ctx).await {
-                    Ok(w) => {
-                        done = Some(w);
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            let w = done.ok_or_else(|| {
-                last.unwrap_or_else(|| ResourceError::InvalidSpec("no dataKeys".into()))
-            })?;
-            new_keys.push(crate::api::DataKey {
-                provider: w.provider,
-                key_id: w.key_id,
-                algorithm: w.algorithm.is_asymmetric().then_some(w.algorithm),
-                ciphertext: crate::envelope::b64(&w.ciphertext),
-            });
-        }
-        es.spec.data_keys = new_keys;
-    } else {
-        let values = resource::open_resource(kms, &es)
+    if single {
+        // one file: its error is the command's error, as for every command
+        let (o, _) = rotate_file(kms, &refs, &a, &files[0], true)
             .await
-            .map_err(|e| super::needs_data_key(&es, e.into()))?
-            .values;
-        let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
-        es.spec.encrypted_data = resource::seal(&dek, &binding, &values, None)?;
-        es.spec.data_keys = data_keys;
+            .map_err(|e| super::name_file(&files[0], e))?;
+        match o {
+            FileOutcome::Rewritten(line) | FileOutcome::Unchanged(line) => eprintln!("{line}"),
+            FileOutcome::Skipped => {
+                return Err(msg(format!(
+                    "{} holds no EncryptedSecret",
+                    files[0].display()
+                )));
+            }
+            FileOutcome::Failed(e) => return Err(msg(e)),
+        }
+        return Ok(());
     }
-    let text = manifest::render(std::slice::from_ref(&es), file_format(&a.file));
-    crate::fsutil::rewrite_atomic(&a.file, text.as_bytes())
-        .map_err(|e| msg(format!("cannot write {}: {e}", a.file.display())))?;
-    eprintln!(
-        "{} {} ({} data keys, {} values)",
-        if a.rewrap { "re-wrapped" } else { "rotated" },
-        a.file.display(),
-        es.spec.data_keys.len(),
-        es.spec.encrypted_data.len()
-    );
+    let pb = fleet::progress(files.len(), if a.rewrap { "rewrap" } else { "rotate" });
+    let mut summary = Summary::default();
+    let mut results = futures::stream::iter(files.iter())
+        .map(|path| {
+            let (refs, a) = (&refs, &a);
+            async move {
+                let r = rotate_file(kms, refs, a, path, false).await;
+                (path, r)
+            }
+        })
+        // in parallel, reported in path order
+        .buffered(usize::from(a.parallel));
+    while let Some((path, r)) = results.next().await {
+        let (o, others) = match r {
+            Ok(x) => x,
+            Err(CliError::ReaderGone) => return Err(CliError::ReaderGone),
+            Err(e) => (FileOutcome::Failed(e.to_string()), 0),
+        };
+        summary.skipped_docs += others;
+        summary.add(&o);
+        fleet::report(&pb, path, &o);
+    }
+    pb.finish_and_clear();
+    eprintln!("{}", summary.line(a.dry_run));
+    if summary.failed > 0 {
+        return Err(msg(format!(
+            "{} of {} files failed (left unchanged)",
+            summary.failed,
+            files.len()
+        )));
+    }
     Ok(())
-}
-
-pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
-    let file = a.file.clone();
-    rotate(g, a).await.map_err(|e| super::name_file(&file, e))
 }

@@ -211,7 +211,11 @@ impl RateLimiter {
                     st.last_decision = now;
                 }
             }
-            Phase::Hold if busy && now.saturating_duration_since(st.last_decision) >= probe_interval(st.rate) => {
+            Phase::Hold
+                if busy
+                    && now.saturating_duration_since(st.last_decision)
+                        >= probe_interval(st.rate) =>
+            {
                 let base = st.rate;
                 st.rate = base * PROBE_STEP;
                 st.phase = Phase::Probe { base, since: now };
@@ -343,7 +347,11 @@ mod tests {
         // one token to start, then 10/s (doubling every 0.4 s while
         // waited for): 5 permits take ~0.3 s, not the 0 s a full burst of
         // 100 would
-        assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

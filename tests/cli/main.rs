@@ -19,6 +19,7 @@ mod aws_errors;
 mod bad_input;
 mod binding;
 mod edit;
+mod fleet;
 mod merge;
 mod misc;
 mod output;

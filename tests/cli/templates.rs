@@ -41,7 +41,7 @@ fn flags_and_annotations_become_templates_and_decrypt_renders_them() {
         es["spec"]["rolloutRestartTargets"],
         serde_json::json!([{"kind": "Deployment", "name": "api"}, {"kind": "StatefulSet", "name": "worker"}])
     );
-    let f = t.write("db.yaml", &out.stdout());
+    let f = t.write("db.yaml", out.stdout());
     let shown = ok(kms(["decrypt", "-f", &f, "--local-key", &key]).run());
     let got = secret_data(&yaml(&shown.stdout()));
     assert_eq!(
@@ -70,7 +70,7 @@ fn flags_and_annotations_become_templates_and_decrypt_renders_them() {
             .all(|k| !k.starts_with("kmsecrets.dev/")),
         "{ann}"
     );
-    let f2 = t.write("reg.yaml", &out.stdout());
+    let f2 = t.write("reg.yaml", out.stdout());
     let got = secret_data(&yaml(
         &ok(kms(["decrypt", "-f", &f2, "--local-key", &key]).run()).stdout(),
     ));
@@ -192,7 +192,7 @@ fn edit_shows_templates_as_annotations_and_saves_their_changes() {
         "url=a:{{ password }}",
     ])
     .run());
-    let f = t.write("es.yaml", &out.stdout());
+    let f = t.write("es.yaml", out.stdout());
     let ed = t.write(
         "ed.sh",
         "#!/bin/sh\nset -e\ngrep -q 'kmsecrets.dev/template.url' \"$1\"\nsed 's/a:{{ password }}/b:{{ password | upper }}/' \"$1\" > \"$1.new\"\nmv \"$1.new\" \"$1\"\n",
