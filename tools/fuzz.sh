@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../fuzz"
 SECONDS_PER_TARGET="${1:-600}"
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz is missing: cargo install cargo-fuzz" >&2; exit 1; }
-targets=(manifest envelope_open key_file)
+targets=(manifest envelope_open key_file sealing_key template)
 cargo fuzz build --release
 for t in "${targets[@]}"; do
   # new inputs go to work/ (git-ignored); corpus/ holds the committed seeds

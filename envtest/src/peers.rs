@@ -196,7 +196,7 @@ struct ProxyState {
 }
 
 /// A fault-injecting HTTP proxy in front of a KMS endpoint: answers the next
-/// N crypto requests (Decrypt, GenerateDataKey*) with ThrottlingException,
+/// N crypto requests (Decrypt, GenerateDataKey*, ReEncrypt) with ThrottlingException,
 /// enforces a requests/s quota on them, or drops connections while "down".
 /// One request per connection (responses carry Connection: close).
 pub struct KmsProxy {
@@ -389,7 +389,10 @@ fn handle(conn: TcpStream, upstream: u16, st: &ProxyState) -> std::io::Result<()
     }
     let is_crypto = headers.iter().any(|h| {
         let l = h.to_ascii_lowercase();
-        l.starts_with("x-amz-target:") && (l.contains(".decrypt") || l.contains(".generatedatakey"))
+        l.starts_with("x-amz-target:")
+            && (l.contains(".decrypt")
+                || l.contains(".generatedatakey")
+                || l.contains(".reencrypt"))
     });
     let is_decrypt = headers.iter().any(|h| {
         let l = h.to_ascii_lowercase();
