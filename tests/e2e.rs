@@ -716,8 +716,8 @@ async fn idle_resync_makes_no_kms_calls_and_no_writes(b: Backend) {
     for n in names {
         c.wait_ready(NS, n, "True", "Synced").await;
     }
-    // cold start: exactly one Secret apply and one status write each; a new
-    // Secret is read (404) before it is written
+    // cold start: exactly one Secret write (a create) and one status write
+    // each; the listed owned-Secret store answers that none exists yet
     let delta = c.counters().await.since(&cold);
     assert_eq!(
         delta.writes("secrets"),
@@ -725,12 +725,17 @@ async fn idle_resync_makes_no_kms_calls_and_no_writes(b: Backend) {
         "Secret writes on cold start: {delta:?}"
     );
     assert_eq!(
+        delta.get("create", "secrets"),
+        3,
+        "Secret creates on cold start: {delta:?}"
+    );
+    assert_eq!(
         delta.writes("encryptedsecrets/status"),
         3,
         "status writes on cold start: {delta:?}"
     );
-    // (a second read happens only when the owned-Secret watch lags our own
-    // write: seen under CPU contention on the real apiserver)
+    // (a read happens only when the owned-Secret watch lags our own write:
+    // seen under CPU contention on the real apiserver)
     assert!(
         delta.get("get", "secrets") <= 6,
         "Secret reads on cold start: {delta:?}"

@@ -333,14 +333,19 @@ async fn cold_start_resync_and_restart_cost_exactly_what_they_must() {
     // one after it) are not the controller's
     let own_gets = 2 * N as u64;
     let c = cost(&rig.counters().since(&before));
-    assert_eq!(c.secret_writes, N as u64, "one Secret apply per resource");
-    assert_eq!(c.status_writes, N as u64, "one status write per resource");
-    // new Secrets are not in the owned-Secret store: one metadata read each
-    // (404) before the first write, so an unlabelled Secret is never clobbered
+    assert_eq!(c.secret_writes, N as u64, "one Secret write per resource");
     assert_eq!(
-        c.gets - own_gets,
+        rig.counters().since(&before).get("create", "secrets"),
         N as u64,
-        "one Secret read per new Secret"
+        "a new Secret is created (create-if-absent), not applied"
+    );
+    assert_eq!(c.status_writes, N as u64, "one status write per resource");
+    // the listed owned-Secret store says the Secrets do not exist: no read
+    assert_eq!(c.gets - own_gets, 0, "no Secret read on a cold start");
+    assert_eq!(
+        c.total - own_gets,
+        2 * N as u64,
+        "nothing but one Secret write and one status write per resource"
     );
     assert_eq!(
         rig.fake.calls(Operation::Decrypt) - kms_before,
@@ -391,6 +396,53 @@ async fn cold_start_resync_and_restart_cost_exactly_what_they_must() {
     assert_eq!(rig.fake.total_calls(), kms_before);
 }
 
+/// A created Secret's keys belong to our create (an `Update` managedFields
+/// entry), so a later server-side apply alone would not remove a dropped
+/// key: the controller prunes it, and only then reports Synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_dropped_from_a_created_secret_leaves_the_secret() {
+    let rig = Rig::start().await;
+    let es = rig.sealed("app", &[("a", "one"), ("b", "two")]).await;
+    rig.create(&es).await;
+    let es = rig.reconcile("app").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(
+        rig.secret_data("app").await,
+        data(&[("a", "one"), ("b", "two")])
+    );
+    let created = rig.secrets.get("app").await.unwrap();
+    let keys =
+        kmsecrets::controller::reconcile::keys_left_by_create(&created, &["a".to_string()].into());
+    assert_eq!(keys, ["b"], "the create owns the keys");
+    rig.store_caught_up("app").await;
+
+    // a changed value and a dropped key, in one resealed spec
+    rig.replace(&rig.reseal(&es, &[("a", "uno")]).await).await;
+    let before = rig.counters();
+    let es = rig.reconcile("app").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(rig.secret_data("app").await, data(&[("a", "uno")]));
+    let c = rig.counters().since(&before);
+    // apply + the prune (merge patch) + status
+    assert_eq!(c.writes("secrets"), 2, "{c:?}");
+    let s = rig.secrets.get("app").await.unwrap();
+    assert_eq!(
+        es.status.as_ref().unwrap().secret_resource_version,
+        s.metadata.resource_version,
+        "the status names the pruned Secret's version"
+    );
+
+    // the next drop needs no prune: the apply owns what is left
+    rig.store_caught_up("app").await;
+    let es = rig.get("app").await;
+    rig.replace(&rig.reseal(&es, &[("c", "three")]).await).await;
+    let before = rig.counters();
+    let es = rig.reconcile("app").await;
+    assert_eq!(reason(&es), "True/Synced");
+    assert_eq!(rig.secret_data("app").await, data(&[("c", "three")]));
+    assert_eq!(rig.counters().since(&before).writes("secrets"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_secret_is_left_alone_until_annotated_for_adoption() {
     let rig = Rig::start().await;
@@ -413,14 +465,25 @@ async fn conflicting_secret_is_left_alone_until_annotated_for_adoption() {
     assert_eq!(reason(&es), "False/SecretConflict");
     let msg = &ready_condition(es.status.as_ref()).unwrap().message;
     assert!(msg.contains("kmsecrets.dev/adopt"), "{msg}");
-    assert_eq!(rig.counters().since(&before).writes("secrets"), 0);
+    // the store (ours only) does not show it: one create attempt, which the
+    // server refuses (AlreadyExists), then a read; never an apply
+    let c = rig.counters().since(&before);
+    assert_eq!(c.get("create", "secrets"), 1, "{c:?}");
+    assert_eq!(c.get("patch", "secrets"), 0, "{c:?}");
+    assert_eq!(c.get("get", "secrets"), 1, "{c:?}");
     assert_eq!(rig.secret_data("db").await, data(&[("password", "theirs")]));
+    let theirs_rv = rig.secrets.get("db").await.unwrap().resource_version();
     // the conflict is re-reported on the next reconcile without a second write
     let before = rig.counters();
     let es = rig.reconcile("db").await;
     assert_eq!(reason(&es), "False/SecretConflict");
     let c = rig.counters().since(&before);
     assert_eq!(c.total_writes(), 0, "same conflict, no new status write");
+    assert_eq!(
+        rig.secrets.get("db").await.unwrap().resource_version(),
+        theirs_rv,
+        "the conflicting Secret was written"
+    );
 
     let adopt = serde_json::json!({"metadata": {"annotations": {"kmsecrets.dev/adopt": "true"}}});
     rig.secrets

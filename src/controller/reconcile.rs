@@ -7,14 +7,16 @@
 //!    `deletionPolicy: Retain`); then [`admit`] — Secret types that would
 //!    make the cluster mint a credential are refused (pure)
 //! 2. [`ownership`] — who controls the existing Secret (metadata from the
-//!    owned-Secret store; a GET only when the store does not have it)
+//!    owned-Secret store; a GET only before its first list, while it lags
+//!    our own write, or while a conflict is polled)
 //! 3. [`in_sync`] — source hash + Secret resourceVersion unchanged since our
 //!    last write → nothing to do
 //! 4. [`open`] — unwrap the DEK through the KMS layer and decrypt (async
 //!    edge; [`resource::open_resource`])
 //! 5. [`build`] — the Secret object (pure)
-//! 6. [`apply`] — server-side apply (async edge), replacing an immutable
-//!    Secret when its content changed
+//! 6. [`apply`] — create a new Secret (create-if-absent), server-side apply
+//!    an existing one (async edge), replacing an immutable Secret when its
+//!    content changed
 //! 7. [`restart`] — after a write that changed the Secret's content, the
 //!    `rolloutRestartTargets` are restarted (once per change)
 //!
@@ -23,13 +25,16 @@
 //!   happen only after a complete, authenticated decrypt.
 //! - A Secret we do not control is never overwritten unless it carries
 //!   `kmsecrets.dev/adopt: "true"`. A Secret missing from the owned-Secret
-//!   store (which only holds Secrets labelled as ours) is read before it is
-//!   written, so an unlabelled Secret of the same name is never clobbered.
+//!   store (which only holds Secrets labelled as ours) is created, never
+//!   applied: if one of that name exists after all, the create fails and
+//!   the Secret is read and judged, so an unlabelled Secret of the same name
+//!   is never clobbered.
 //! - When nothing changed there is no KMS call, no decrypt, no API read and
 //!   no write.
 //! - Status, events and logs carry bounded text: reasons, key ids, field
 //!   names, API error codes; never a value.
 
+use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +42,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::{DeserializeGuard, ObjectMeta, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -274,21 +279,45 @@ fn admit(t: &Target<'_>, ctx: &Context) -> Stage<()> {
 }
 
 /// 2. The existing Secret's metadata, if any, and whether we may write it.
+///
+/// The owned-Secret store answers; no request is made when it has the
+/// Secret, or when it has listed and does not (a new resource: [`apply`]
+/// then creates the Secret, and a create fails rather than overwrite a
+/// Secret someone else made). The store is not trusted to be complete —
+/// and the Secret is read — only before its first list, while our own
+/// last write may not have reached it yet, and while a conflict is being
+/// polled (the values are not sent to a Secret that is not ours).
 async fn ownership(t: &Target<'_>, ctx: &Context) -> Stage<Option<SecretMeta>> {
-    // Until the owned-Secret watch has listed once, every lookup would miss
-    // and fall back to a GET; wait for it (bounded, so a broken Secret watch
-    // degrades to GETs instead of stalling reconciles).
-    let _ = tokio::time::timeout(STORE_WAIT, ctx.secrets.wait_until_ready()).await;
+    // Until the owned-Secret watch has listed once, every lookup would miss;
+    // wait for it (bounded, so a broken Secret watch degrades to GETs
+    // instead of stalling reconciles).
+    let listed = tokio::time::timeout(STORE_WAIT, ctx.secrets.wait_until_ready())
+        .await
+        .is_ok();
     let current = match ctx.secrets.get(&ObjectRef::new(&t.name).within(&t.ns)) {
         Some(m) => Some((*m).clone()),
-        // Not ours (no managed-by label), not there yet, or the store lags
-        // our own write: read it. Cold starts of existing Secrets and
-        // resyncs never get here.
+        None if listed && !store_may_miss_it(t, ctx) => None,
+        // Not ours (no managed-by label), or the store lags our own write.
         None => t.secrets.get_metadata_opt(&t.name).await?,
     };
-    let Some(meta) = &current else {
-        return Ok(ControlFlow::Continue(None));
-    };
+    match current {
+        None => Ok(ControlFlow::Continue(None)),
+        Some(meta) => controlled(t, meta).map(|flow| flow.map_continue(Some)),
+    }
+}
+
+/// Whether a Secret missing from the (listed) owned-Secret store may exist
+/// anyway: we wrote it and the watch has not caught up, or the last look
+/// found a Secret that is not ours.
+fn store_may_miss_it(t: &Target<'_>, ctx: &Context) -> bool {
+    ctx.state.last_write(&t.uid).is_some()
+        || ready_condition(t.es.status.as_ref())
+            .is_some_and(|c| c.reason == Reason::SecretConflict.as_str())
+}
+
+/// Whether we control the existing Secret `meta` (our controller owner
+/// reference, or the adopt annotation); `SecretConflict` otherwise.
+fn controlled(t: &Target<'_>, meta: SecretMeta) -> Stage<SecretMeta> {
     let controller = meta
         .metadata
         .owner_references
@@ -301,7 +330,7 @@ async fn ownership(t: &Target<'_>, ctx: &Context) -> Stage<Option<SecretMeta>> {
         .get(ADOPT_ANNOTATION)
         .is_some_and(|v| v == "true");
     if ours || adopt {
-        return Ok(ControlFlow::Continue(current));
+        return Ok(ControlFlow::Continue(meta));
     }
     let who = controller.map_or("no controller".to_string(), |o| {
         format!("controlled by {} {}", o.kind, o.name)
@@ -432,7 +461,7 @@ fn build(es: &EncryptedSecret, opened: &Opened, hash: &str) -> Stage<Secret> {
     }
 }
 
-/// 6a. With rolloutRestartTargets, whether this write changes the Secret's
+/// 6d. With rolloutRestartTargets, whether this write changes the Secret's
 ///     content: the existing Secret is read in full (its data, for the
 ///     comparison only) and the content-change annotation is carried over,
 ///     or set to now when `data` or `type` differ. A new Secret has no
@@ -469,70 +498,57 @@ async fn mark_content_change(
     Ok(())
 }
 
-/// 6. Server-side apply; an immutable Secret whose content changed is
-///    replaced (delete preconditioned on the uid checked in [`ownership`],
-///    then apply), only ever after a complete, authenticated decrypt.
+/// 6. Write the Secret, only ever after a complete, authenticated decrypt.
+///    A new Secret is created (an atomic create-if-absent: a Secret someone
+///    made meanwhile is never overwritten; it is read and judged by
+///    [`controlled`]); an existing one is server-side applied, and an
+///    immutable one whose content changed is replaced (delete preconditioned
+///    on its uid, then apply).
 async fn apply(
     t: &Target<'_>,
     ctx: &Context,
-    secret: Secret,
+    mut secret: Secret,
     current: Option<&SecretMeta>,
     hash: String,
     key_id: String,
 ) -> Result<Done> {
-    let mut secret = secret;
-    if let Err(e) = mark_content_change(t, &mut secret, current).await {
-        return Ok(done(
-            Outcome::failed(
-                Reason::ApiError,
-                format!(
-                    "reading Secret {} failed: {}",
-                    t.name,
-                    api_error_text_of(&e)
-                ),
-            ),
-            Report::Status(None),
-            Next::Backoff,
-        ));
-    }
+    let keys: BTreeSet<String> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .collect();
+    let result = match current {
+        None => match create(t, &secret).await {
+            Err(e) if is_already_exists(&e) => {
+                let Some(meta) = t.secrets.get_metadata_opt(&t.name).await? else {
+                    // created and deleted between the two requests: again soon
+                    drop(secret);
+                    return Ok(api_failed(t, "creating", &e));
+                };
+                let meta = stage!(controlled(t, meta));
+                stage!(update(t, &mut secret, &meta).await)
+            }
+            created => created,
+        },
+        Some(meta) => stage!(update(t, &mut secret, meta).await),
+    };
     let changed_at = secret
         .annotations()
         .get(secret::CONTENT_CHANGED_ANNOTATION)
         .cloned();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut result = t
-        .secrets
-        .patch(&t.name, &params, &Patch::Apply(&secret))
-        .await;
-    if let Err(e) = &result
-        && is_immutable_conflict(e)
-        && let Some(meta) = current
-    {
-        info!(name = %t.name, namespace = %t.ns, "Secret is immutable; replacing it");
-        let dp = kube::api::DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                uid: meta.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        if t.secrets.delete(&t.name, &dp).await.is_ok() {
-            result = t
-                .secrets
-                .patch(&t.name, &params, &Patch::Apply(&secret))
-                .await;
-        }
-    }
     drop(secret);
+    let result = match result {
+        Ok(written) => prune_created_keys(t, written, &keys).await,
+        Err(e) => Err(e),
+    };
     match result {
-        Ok(applied) => {
-            let secret_rv = applied.metadata.resource_version.clone();
-            drop(applied);
+        Ok(secret_rv) => {
             // Remembered before the status write: if that fails, the retry
             // still knows the Secret is already written.
             ctx.state
                 .remember_write(&t.uid, &hash, secret_rv.as_deref().unwrap_or_default());
-            info!(name = %t.name, namespace = %t.ns, "Secret applied");
+            info!(name = %t.name, namespace = %t.ns, "Secret written");
             Ok(done(
                 Outcome::synced(&t.name),
                 Report::Status(Some(SyncInfo {
@@ -554,6 +570,139 @@ async fn apply(
             Next::Backoff,
         )),
     }
+}
+
+/// 6a. Create a Secret the owned-Secret store says does not exist.
+async fn create(t: &Target<'_>, secret: &Secret) -> Result<Secret, kube::Error> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        dry_run: false,
+    };
+    t.secrets.create(&params, secret).await
+}
+
+/// 6b. Server-side apply over an existing Secret we control (`meta`),
+///     replacing it when it is immutable and its content changed.
+async fn update(
+    t: &Target<'_>,
+    secret: &mut Secret,
+    meta: &SecretMeta,
+) -> Stage<Result<Secret, kube::Error>> {
+    if let Err(e) = mark_content_change(t, secret, Some(meta)).await {
+        return stop(
+            Outcome::failed(
+                Reason::ApiError,
+                format!(
+                    "reading Secret {} failed: {}",
+                    t.name,
+                    api_error_text_of(&e)
+                ),
+            ),
+            Report::Status(None),
+            Next::Backoff,
+        );
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut result = t
+        .secrets
+        .patch(&t.name, &params, &Patch::Apply(&*secret))
+        .await;
+    if let Err(e) = &result
+        && is_immutable_conflict(e)
+    {
+        info!(name = %t.name, namespace = %t.ns, "Secret is immutable; replacing it");
+        let dp = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: meta.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        if t.secrets.delete(&t.name, &dp).await.is_ok() {
+            result = t
+                .secrets
+                .patch(&t.name, &params, &Patch::Apply(&*secret))
+                .await;
+        }
+    }
+    Ok(ControlFlow::Continue(result))
+}
+
+/// 6c. A Secret we created holds its keys under our `Update` entry of
+///     managedFields (a create is an update to the server), and a later
+///     server-side apply does not remove a field another entry still owns:
+///     a key dropped from the EncryptedSecret would stay in the Secret. Such
+///     keys — in `data`, no longer applied, and owned by our create — are
+///     removed with a merge patch preconditioned on the resourceVersion just
+///     written. Costs nothing (no request) when there are none. Returns the
+///     Secret's resourceVersion after the write.
+async fn prune_created_keys(
+    t: &Target<'_>,
+    written: Secret,
+    keys: &BTreeSet<String>,
+) -> Result<Option<String>, kube::Error> {
+    let rv = written.metadata.resource_version.clone();
+    let stale = keys_left_by_create(&written, keys);
+    drop(written);
+    if stale.is_empty() {
+        return Ok(rv);
+    }
+    let data: serde_json::Map<String, serde_json::Value> = stale
+        .into_iter()
+        .map(|k| (k, serde_json::Value::Null))
+        .collect();
+    let patch = json!({"metadata": {"resourceVersion": rv}, "data": data});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let pruned = t
+        .secrets
+        .patch(&t.name, &params, &Patch::Merge(&patch))
+        .await?;
+    Ok(pruned.metadata.resource_version)
+}
+
+/// The keys of `written.data` that are not in `keys` and that our own
+/// `Update` managedFields entry (the create) owns.
+pub fn keys_left_by_create(written: &Secret, keys: &BTreeSet<String>) -> Vec<String> {
+    let created: BTreeSet<&str> = written
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| {
+            e.manager.as_deref() == Some(FIELD_MANAGER)
+                && e.operation.as_deref() == Some("Update")
+                && e.subresource.as_deref().is_none_or(str::is_empty)
+        })
+        .filter_map(|e| e.fields_v1.as_ref()?.0.get("f:data")?.as_object())
+        .flat_map(|m| m.keys().filter_map(|k| k.strip_prefix("f:")))
+        .collect();
+    written
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .filter(|k| !keys.contains(*k) && created.contains(k.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn is_already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
+}
+
+/// A failed API request as the reconcile's outcome: `ApiError`, backoff.
+fn api_failed(t: &Target<'_>, what: &str, e: &kube::Error) -> Done {
+    done(
+        Outcome::failed(
+            Reason::ApiError,
+            format!("{what} Secret {} failed: {}", t.name, api_error_text(e)),
+        ),
+        Report::Status(None),
+        Next::Backoff,
+    )
 }
 
 /// 7. After a write: restart the rolloutRestartTargets when the Secret's
