@@ -628,7 +628,7 @@ async fn leader_election_one_writer_and_failover(b: Backend) {
     })
     .await;
     assert_eq!(rec(standby), 0.0, "standby reconciled while not leading");
-    assert!(!standby.logs().contains("Secret applied"));
+    assert!(!standby.logs().contains("Secret written"));
     assert_eq!(lease_holder(&c).await, holder, "leadership flapped");
 
     let killed = Instant::now();
@@ -973,7 +973,7 @@ async fn no_plaintext_in_logs_events_status_or_metrics(b: Backend) {
     }
     // sanity: the controller really logged the work that was checked
     assert!(
-        captured[0].1.contains("Secret applied"),
+        captured[0].1.contains("Secret written"),
         "{}",
         captured[0].1
     );

@@ -25,5 +25,6 @@ mod misc;
 mod output;
 mod properties;
 mod rotate;
+mod sealing_files;
 mod templates;
 mod values;
