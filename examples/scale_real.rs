@@ -6,6 +6,7 @@
 //! cargo run --release --example scale_real -- 2000 200 100 # RESOURCES DEKS QUOTA
 //! cargo run --release --example scale_real -- 2000 200 100 real   # one backend only (real | memory)
 //! SCALE_CONTROLLER_ARGS="--concurrency 16" cargo run --release --example scale_real  # non-default flags
+//! SCALE_PERF=/tmp/perf.data cargo run --release --example scale_real  # also `perf record` the controller
 //! ```
 //!
 //! Workload: RESOURCES EncryptedSecrets over DEKS data keys (AWS provider,
@@ -16,17 +17,21 @@
 //! all Ready), KMS Decrypt calls that reached KMS, throttled calls,
 //! controller CPU seconds and peak RSS (VmHWM), and — measured in the same
 //! run — the API server's own write rate (a plain client server-side-applying
-//! Secrets at concurrency 8), so that the bound is
-//! max(DEKS ÷ QUOTA, writes needed ÷ write rate) with writes needed =
-//! one Secret apply + one status patch per resource.
+//! Secrets at concurrency 8) and the KMS peer's own Decrypt rate (a plain
+//! client at concurrency 16, no quota), so that the bound is
+//! max(DEKS ÷ min(QUOTA, peer rate), writes needed ÷ write rate) with
+//! writes needed = one Secret write + one status patch per resource.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/aws.rs"]
 mod aws;
 mod support;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -36,6 +41,8 @@ use kmsecrets_envtest::ControlPlane;
 use kmsecrets_envtest::peers::{KmsProxy, Moto};
 use kmsecrets_testserver::TestServer;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use support::{Controller, kmsecrets_bin, metric, metrics};
 
@@ -50,6 +57,7 @@ struct Params {
 struct Row {
     backend: &'static str,
     write_rate: f64,
+    kms_rate: f64,
     secrets_present: Duration,
     all_ready: Duration,
     decrypts: u64,
@@ -152,17 +160,110 @@ async fn write_rate(client: &Client, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-async fn count_ready(api: &Api<EncryptedSecret>) -> usize {
-    let Ok(list) = api.list(&ListParams::default()).await else {
-        return 0;
-    };
-    list.items
-        .iter()
-        .filter(|es| {
-            kmsecrets::controller::status::ready_condition(es.status.as_ref())
-                .is_some_and(|c| c.status == "True")
+/// Decrypts/s the KMS peer itself serves (through the proxy, no quota):
+/// `n` Decrypts of one ciphertext at the controller's worker concurrency.
+/// The KMS bound uses min(quota, this): a quota the peer cannot reach on
+/// this machine is no bound anyone could meet.
+async fn kms_rate(proxy_url: &str, key: &str, n: usize) -> f64 {
+    let kms = aws::sdk_client(proxy_url).await;
+    let blob = kms
+        .encrypt()
+        .key_id(key)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(vec![7u8; 32]))
+        .encryption_context("kmsecrets.dev/bench", "rate")
+        .send()
+        .await
+        .expect("Encrypt on moto")
+        .ciphertext_blob
+        .unwrap();
+    let t = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let (kms, blob) = (kms.clone(), blob.clone());
+            async move {
+                kms.decrypt()
+                    .ciphertext_blob(blob)
+                    .encryption_context("kmsecrets.dev/bench", "rate")
+                    .send()
+                    .await
+                    .map(|_| ())
+            }
         })
-        .count()
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Live counts of the namespace's Secrets and of its Ready
+/// EncryptedSecrets, kept by two watches (polling full lists of 10,000
+/// objects twice a second cost the in-memory server — which runs in this
+/// process — more CPU than the controller under test).
+#[derive(Clone, Default)]
+struct Counts {
+    secrets: Arc<AtomicUsize>,
+    ready: Arc<AtomicUsize>,
+}
+
+impl Counts {
+    async fn watch(client: &Client) -> Counts {
+        let c = Counts::default();
+        let (listed_tx, mut listed) = tokio::sync::mpsc::channel::<()>(2);
+        let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), NS);
+        let (n, tx) = (c.secrets.clone(), listed_tx.clone());
+        tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            let mut w = std::pin::pin!(watcher(secrets, watcher::Config::default()));
+            while let Some(ev) = w.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        seen.insert(o.metadata.name.unwrap_or_default());
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        seen.remove(&o.metadata.name.unwrap_or_default());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        let _ = tx.send(()).await;
+                    }
+                    _ => {}
+                }
+                n.store(seen.len(), Ordering::SeqCst);
+            }
+        });
+        let es: Api<EncryptedSecret> = Api::namespaced(client.clone(), NS);
+        let (n, tx) = (c.ready.clone(), listed_tx);
+        tokio::spawn(async move {
+            let mut ready = HashSet::new();
+            let mut w = std::pin::pin!(watcher(es, watcher::Config::default()));
+            while let Some(ev) = w.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        let name = o.metadata.name.clone().unwrap_or_default();
+                        if kmsecrets::controller::status::ready_condition(o.status.as_ref())
+                            .is_some_and(|c| c.status == "True")
+                        {
+                            ready.insert(name);
+                        } else {
+                            ready.remove(&name);
+                        }
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        ready.remove(&o.metadata.name.unwrap_or_default());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        let _ = tx.send(()).await;
+                    }
+                    _ => {}
+                }
+                n.store(ready.len(), Ordering::SeqCst);
+            }
+        });
+        for _ in 0..2 {
+            listed.recv().await.expect("count watches listed");
+        }
+        c
+    }
 }
 
 async fn run_backend(
@@ -231,8 +332,12 @@ async fn run_backend(
     let rate = write_rate(&client, n_writes).await;
     eprintln!("[{backend}] plain-client SSA write rate: {rate:.0}/s over {n_writes} Secrets");
 
+    let peer_rate = kms_rate(&proxy.url(), &key, 300).await;
+    eprintln!("[{backend}] KMS peer alone: {peer_rate:.0} Decrypts/s (concurrency 16, no quota)");
+
     proxy.set_quota(Some(p.quota));
     let (dec0, thr0) = (proxy.decrypts(), proxy.injected());
+    let counts = Counts::watch(&client).await;
     let log = dir.join(format!("controller-{backend}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let started = Instant::now();
@@ -255,22 +360,38 @@ async fn run_backend(
         .stderr(file)
         .spawn()
         .unwrap();
+    // SCALE_PERF=FILE: sample the controller with `perf record` for the
+    // whole cold start (a profile, not part of the table)
+    let perf = std::env::var("SCALE_PERF").ok().map(|out| {
+        Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "499", "-g", "-o"])
+            .arg(format!("{out}.{backend}"))
+            .args(["-p", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("SCALE_PERF set but perf does not start")
+    });
     let ctl = Controller { child, log };
     let addr = ctl.http_addr();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let mut present = None;
+    let progress = std::env::var_os("SCALE_PROGRESS").is_some();
+    let mut last_print = Instant::now();
     loop {
-        if present.is_none() {
-            let n = secrets
-                .list_metadata(&ListParams::default())
-                .await
-                .map(|l| l.items.len())
-                .unwrap_or(0);
-            if n >= p.resources {
-                present = Some(started.elapsed());
-            }
+        let n = counts.secrets.load(Ordering::SeqCst);
+        if present.is_none() && n >= p.resources {
+            present = Some(started.elapsed());
         }
-        if present.is_some() && count_ready(&es_api).await >= p.resources {
+        let ready = counts.ready.load(Ordering::SeqCst);
+        if progress && last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "[{backend}] {:>5.1} s: {n} Secrets, {ready} Ready, {} Decrypts",
+                started.elapsed().as_secs_f64(),
+                proxy.decrypts() - dec0
+            );
+        }
+        if present.is_some() && ready >= p.resources {
             break;
         }
         assert!(
@@ -278,7 +399,7 @@ async fn run_backend(
             "[{backend}] cold start did not converge in 20 min; log {}",
             ctl.log.display()
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let all_ready = started.elapsed();
     let m = metrics(addr);
@@ -291,15 +412,39 @@ async fn run_backend(
         "kmsecrets_kms_requests_total",
         &[("operation", "decrypt"), ("result", "success")],
     );
+    let reconciles = metric(&m, "kmsecrets_reconcile_total", &[]);
+    let deferred = metric(&m, "kmsecrets_reconcile_deferred_total", &[]);
+    eprintln!("[{backend}] reconciles {reconciles} (+ {deferred} deferred)");
+    let mean = |name: &str, labels: &[(&str, &str)]| {
+        let sum = metric(&m, &format!("{name}_sum"), labels);
+        let n = metric(&m, &format!("{name}_count"), labels);
+        1000.0 * sum / n.max(1.0)
+    };
+    eprintln!(
+        "[{backend}] KMS Decrypt: mean {:.1} ms per request; mean {:.1} ms waiting for the rate limiter",
+        mean(
+            "kmsecrets_kms_request_duration_seconds",
+            &[("operation", "decrypt")]
+        ),
+        mean("kmsecrets_kms_rate_limit_wait_seconds", &[]),
+    );
     eprintln!(
         "[{backend}] converged: Secrets {present:.1?}, Ready {all_ready:.1?}; proxy Decrypts {decrypts}, throttled {throttled}; controller counted {ctl_decrypts} successful decrypts"
     );
+    if let Some(mut perf) = perf {
+        // SIGINT lets perf write its data file
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     drop(ctl);
     let writes_needed = 2.0 * p.resources as f64;
-    let bound = (p.deks as f64 / p.quota).max(writes_needed / rate);
+    let bound = (p.deks as f64 / p.quota.min(peer_rate)).max(writes_needed / rate);
     Row {
         backend,
         write_rate: rate,
+        kms_rate: peer_rate,
         secrets_present: present.unwrap(),
         all_ready,
         decrypts,
@@ -368,14 +513,15 @@ async fn main() {
         p.resources, p.deks, p.quota
     );
     println!(
-        "| backend | SSA writes/s (plain client) | bound s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"
+        "| backend | SSA writes/s (plain client) | KMS peer Decrypts/s | bound s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.0} |",
             r.backend,
             r.write_rate,
+            r.kms_rate,
             r.bound,
             r.secrets_present.as_secs_f64(),
             r.all_ready.as_secs_f64(),

@@ -283,6 +283,36 @@ pub async fn open_resource(kms: &Kms, es: &EncryptedSecret) -> Result<Opened, Re
     let binding = validate(es)?;
     let keys = wrapped_keys(&es.spec)?;
     let (dek, i) = kms.unwrap_any(&keys, &binding.encryption_context()).await?;
+    opened(es, binding, &keys, dek, i)
+}
+
+/// [`open_resource`] when one of the resource's data-key copies is in the
+/// DEK cache, without any KMS request; `None` when none is (the caller then
+/// opens it through KMS). Structural problems are reported like
+/// [`open_resource`] reports them.
+pub fn open_resource_cached(
+    kms: &Kms,
+    es: &EncryptedSecret,
+) -> Option<Result<Opened, ResourceError>> {
+    let binding = match validate(es) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e)),
+    };
+    let keys = match wrapped_keys(&es.spec) {
+        Ok(k) => k,
+        Err(e) => return Some(Err(e)),
+    };
+    let (dek, i) = kms.cached_any(&keys, &binding.encryption_context())?;
+    Some(opened(es, binding, &keys, dek, i))
+}
+
+fn opened(
+    es: &EncryptedSecret,
+    binding: Binding,
+    keys: &[WrappedKey],
+    dek: Arc<Dek>,
+    i: usize,
+) -> Result<Opened, ResourceError> {
     let values = open(&dek, &binding, &es.spec)?;
     Ok(Opened {
         binding,

@@ -154,7 +154,11 @@ impl Rig {
             client,
             fake,
             kms,
-            ctx: Arc::new(Context { state, secrets }),
+            ctx: Arc::new(Context {
+                state,
+                secrets,
+                parked: kmsecrets::controller::parked::Parked::new().0,
+            }),
             es_store,
         }
     }

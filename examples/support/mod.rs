@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// The release (or debug) `kmsecrets` next to this example, built first;
+/// `KMSECRETS_BIN` overrides it (e.g. a build with debug info to profile).
 pub fn kmsecrets_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KMSECRETS_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/examples/e2e_numbers → target/<profile>/kmsecrets
     let profile_dir = exe.parent().unwrap().parent().unwrap();

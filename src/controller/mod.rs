@@ -5,6 +5,7 @@
 //!
 //! One [`State`] is shared by every controller task and the HTTP server.
 
+pub mod parked;
 pub mod reconcile;
 pub mod secret;
 pub mod status;
@@ -267,26 +268,36 @@ impl State {
             .map(|w| (w.hash.clone(), w.secret_rv.clone()))
     }
 
-    /// True when this process already wrote exactly this source into exactly
-    /// this Secret version and reported it Synced for this generation. Lets
-    /// the reconcile triggered by our own writes (before the watch cache has
-    /// our status) skip decrypt, apply and status entirely.
+    /// True when this process already wrote the source of `generation` into
+    /// exactly this Secret version and reported it Synced. Lets the
+    /// reconciles triggered by our own writes (the Secret's and the status's
+    /// watch events) skip hashing, decrypt, apply and status entirely.
+    ///
+    /// The generation stands for the source: the hash covers only the spec
+    /// and the (immutable) name and namespace, and the API server bumps
+    /// `metadata.generation` on every spec change of a custom resource. An
+    /// object without a generation is compared by `hash` (computed only
+    /// then).
     pub fn synced_in_memory(
         &self,
         uid: &str,
-        hash: &str,
+        hash: impl FnOnce() -> String,
         secret_rv: &str,
         generation: Option<i64>,
     ) -> bool {
-        self.written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(uid)
-            .is_some_and(|w| {
-                w.hash == hash
-                    && w.secret_rv == secret_rv
-                    && w.synced_generation == Some(generation)
-            })
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = written.get(uid) else {
+            return false;
+        };
+        if w.secret_rv != secret_rv || w.synced_generation != Some(generation) {
+            return false;
+        }
+        if generation.is_some() {
+            return true;
+        }
+        let recorded = w.hash.clone();
+        drop(written);
+        recorded == hash()
     }
 
     /// Drop the per-object memory of every object not in `live` (deleted
@@ -499,14 +510,20 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         .modify(trim_watched)
         .reflect(es_writer)
         .applied_objects();
+    // parked reconciles come back through the same trigger stream
+    let (parked, wakes) = parked::Parked::new();
+    let store = es_store.clone();
+    let wakes = wakes
+        .filter_map(move |r| futures::future::ready(store.get(&r).map(|o| Ok(o.as_ref().clone()))));
     let (secrets, owned) = owned_secrets(client, ns);
-    let controller = Controller::for_stream(es_stream, es_store)
+    let controller = Controller::for_stream(futures::stream::select(es_stream, wakes), es_store)
         .owns_stream(owned)
         .trigger_backoff(watch_backoff())
         .with_config(ControllerConfig::default().concurrency(state.cfg.concurrency));
     let ctx = Arc::new(Context {
         state: state.clone(),
         secrets,
+        parked,
     });
     (controller, ctx)
 }

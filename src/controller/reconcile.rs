@@ -52,6 +52,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::State;
+use super::parked::{self, Parked};
 use super::secret::{self, build_owned, source_hash};
 use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
 use crate::api::{
@@ -75,6 +76,9 @@ pub type SecretMeta = PartialObjectMeta<Secret>;
 pub struct Context {
     pub state: Arc<State>,
     pub secrets: Store<SecretMeta>,
+    /// Reconciles deferred for their namespace's KMS share, woken when one
+    /// of its workers is free (see [`super::parked`]).
+    pub parked: Parked,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +97,6 @@ impl ReconcileError {
         Reason::ApiError
     }
 }
-
-/// How soon a deferred reconcile (see [`Next::Deferred`]) looks again.
-const DEFER: Duration = Duration::from_secs(2);
 
 /// How long a reconcile waits for the owned-Secret store's first list.
 const STORE_WAIT: Duration = Duration::from_secs(10);
@@ -206,11 +207,15 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     };
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
+    if matches!(&res, Ok((o, _)) if o.deferred) {
+        m.reconcile_deferred.inc();
+        return res.map(|(_, a)| a);
+    }
+    // this worker of the namespace is free again: its oldest parked
+    // reconcile may go
+    ctx.parked
+        .wake_one(obj.namespace().as_deref().unwrap_or_default());
     let label = match &res {
-        Ok((o, _)) if o.deferred => {
-            m.reconcile_deferred.inc();
-            return res.map(|(_, a)| a);
-        }
         Ok((o, _)) if o.ready() => "success",
         Ok((o, _)) => o.reason.as_str(),
         Err(e) => e.reason().as_str(),
@@ -352,16 +357,18 @@ fn controlled(t: &Target<'_>, meta: SecretMeta) -> Stage<SecretMeta> {
 ///    (memory first: the status of our own last write may not have reached
 ///    the watch cache yet). Continues with the source hash.
 fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage<String> {
-    let hash = source_hash(t.es);
     let current_rv = current.and_then(|m| m.metadata.resource_version.clone());
     let status = t.es.status.as_ref();
     let generation = t.es.meta().generation;
     if let Some(rv) = &current_rv
-        && ctx.state.synced_in_memory(&t.uid, &hash, rv, generation)
+        && ctx
+            .state
+            .synced_in_memory(&t.uid, || source_hash(t.es), rv, generation)
     {
         debug!(name = %t.name, namespace = %t.ns, "in sync (own last write); nothing to do");
         return stop(Outcome::synced(&t.name), Report::Nothing, Next::Resync);
     }
+    let hash = source_hash(t.es);
     let remembered = ctx.state.last_write(&t.uid);
     // Our own write of exactly this source into exactly this Secret version
     // is proof enough (e.g. the status write after it failed: write the
@@ -396,7 +403,8 @@ fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage
 
 /// 4. Unwrap and decrypt. A failure keeps the existing Secret untouched.
 ///
-/// Fairness: the stage needs a slot of the namespace's share
+/// Fairness: unless one of its data-key copies is cached (then nothing
+/// here waits on KMS), the stage needs a slot of the namespace's share
 /// ([`State::namespace_slot`]: half the workers, of which half for
 /// resources whose last attempt failed); when the share is taken the
 /// reconcile is deferred (no KMS call, no status write, a look again in
@@ -404,19 +412,26 @@ fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage
 /// resource that unwraps teaches the region policy its copies' regions.
 async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
     let state = &ctx.state;
-    let Some(_slot) = state.namespace_slot(&t.ns, state.is_failing(&t.uid)) else {
-        return Ok(ControlFlow::Break(done(
-            Outcome::deferred(),
-            Report::Nothing,
-            Next::Deferred,
-        )));
-    };
-    let mut stopping = state.stopping.subscribe();
-    let opened = tokio::select! {
-        r = resource::open_resource(&state.kms, t.es) => r,
-        _ = stopping.wait_for(|s| *s) => {
-            // shutting down: nothing written yet, the next leader retries
-            return Ok(ControlFlow::Break(done(Outcome::deferred(), Report::Nothing, Next::Deferred)));
+    let opened = match resource::open_resource_cached(&state.kms, t.es) {
+        // The data key is cached: nothing here can wait on KMS, so no slot.
+        Some(r) => r,
+        None => {
+            let Some(_slot) = state.namespace_slot(&t.ns, state.is_failing(&t.uid)) else {
+                ctx.parked.park(ObjectRef::new(&t.name).within(&t.ns));
+                return Ok(ControlFlow::Break(done(
+                    Outcome::deferred(),
+                    Report::Nothing,
+                    Next::Deferred,
+                )));
+            };
+            let mut stopping = state.stopping.subscribe();
+            tokio::select! {
+                r = resource::open_resource(&state.kms, t.es) => r,
+                _ = stopping.wait_for(|s| *s) => {
+                    // shutting down: nothing written yet, the next leader retries
+                    return Ok(ControlFlow::Break(done(Outcome::deferred(), Report::Nothing, Next::Deferred)));
+                }
+            }
         }
     };
     match opened {
@@ -825,7 +840,7 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<(Outcome, Acti
         Next::Backoff => Action::requeue(state.backoff(&t.uid)),
         Next::SlowRetry => Action::requeue(state.slow_retry()),
         Next::ConflictPoll => Action::requeue(state.conflict_retry()),
-        Next::Deferred => Action::requeue(jittered(DEFER)),
+        Next::Deferred => Action::requeue(jittered(parked::BACKSTOP)),
     };
     Ok((d.outcome, action))
 }

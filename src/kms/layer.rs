@@ -268,6 +268,18 @@ impl Kms {
         Err(errors.swap_remove(pick))
     }
 
+    /// The DEK of the first copy already in the cache, and which copy: no
+    /// request, no single-flight, no rate-limiter permit. Lets the
+    /// controller open a resource whose data key it holds without taking
+    /// one of its namespace's KMS slots (a cache hit cannot stall).
+    pub fn cached_any(&self, copies: &[WrappedKey], ctx: &Context) -> Option<(Arc<Dek>, usize)> {
+        copies.iter().enumerate().find_map(|(i, w)| {
+            let dek = self.cache_get(&cache_key(w, ctx))?;
+            self.inner.metrics.cache_hits.inc();
+            Some((dek, i))
+        })
+    }
+
     /// Unwrap one copy through cache and single-flight.
     pub async fn unwrap(&self, w: &WrappedKey, ctx: &Context) -> Result<Arc<Dek>, KmsError> {
         self.unwrap_with(w, ctx, self.inner.cfg.max_attempts).await

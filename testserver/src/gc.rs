@@ -36,8 +36,12 @@ pub async fn run(shared: Arc<Shared>) {
         for _ in 0..MAX_PASSES {
             let changed = {
                 let mut store = lock(&shared.store);
-                store.gc_dirty = false;
-                pass(&mut store)
+                let created = std::mem::take(&mut store.gc_created);
+                if std::mem::take(&mut store.gc_dirty) {
+                    pass(&mut store)
+                } else {
+                    created_pass(&mut store, &created)
+                }
             };
             if !changed {
                 break;
@@ -77,6 +81,23 @@ fn without_finalizer(obj: &Value, finalizer: &str) -> Value {
         .collect();
     meta::metadata_mut(&mut new).insert("finalizers".into(), Value::Array(kept));
     new
+}
+
+/// The objects created with owners since the last pass: deleted when none
+/// of their owners exists (created after the owner was deleted, as the real
+/// garbage collector would). Returns whether anything changed.
+pub fn created_pass(store: &mut Store, created: &[(StorageKey, String, String)]) -> bool {
+    let mut changed = false;
+    for (storage, ns, name) in created {
+        let Some(obj) = store.get(storage, ns, name) else {
+            continue;
+        };
+        let owners = meta::owner_uids(&obj);
+        if !owners.is_empty() && owners.iter().all(|u| !store.uid_exists(u)) {
+            changed |= delete_object(store, storage, &obj);
+        }
+    }
+    changed
 }
 
 /// One GC pass. Returns whether anything changed.

@@ -504,7 +504,7 @@ async fn resource(shared: &Arc<Shared>, p: ResPath, ctx: RequestCtx) -> ApiResul
     };
     {
         let store = lock(&shared.store);
-        if store.gc_dirty {
+        if store.gc_dirty || !store.gc_created.is_empty() {
             shared.gc_notify.notify_one();
         }
     }

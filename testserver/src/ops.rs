@@ -251,7 +251,11 @@ fn create_with(
     let rv = store.next_rv();
     set_meta(&mut obj, "resourceVersion", Some(rv.to_string().into()));
     if !meta::owner_uids(&obj).is_empty() {
-        store.gc_dirty = true;
+        store.gc_created.push((
+            rt.storage.clone(),
+            meta::namespace(&obj).to_string(),
+            meta::name(&obj).to_string(),
+        ));
     }
     let stored = store.put(&rt.storage, obj, rv);
     Ok(builtins::to_served(rt, &stored))

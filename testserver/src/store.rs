@@ -68,8 +68,14 @@ pub struct Store {
     /// Watches may resume from any rv >= floor.
     floor: u64,
     tx: broadcast::Sender<Signal>,
-    /// Set by writes the garbage collector should look at.
+    /// Set by writes that need a full garbage-collector pass (a deletion,
+    /// an owner being deleted, references that changed).
     pub gc_dirty: bool,
+    /// Objects created with ownerReferences since the last pass: only
+    /// these need looking at (do their owners exist?), not every object.
+    /// A cold start of 10,000 owned Secrets used to cost a full scan of the
+    /// store every 20 ms.
+    pub gc_created: Vec<(StorageKey, String, String)>,
 }
 
 impl Store {
@@ -85,6 +91,7 @@ impl Store {
             floor: 1,
             tx,
             gc_dirty: false,
+            gc_created: Vec::new(),
         }
     }
 
