@@ -16,11 +16,14 @@
 //! beyond it). Printed per backend: converge seconds (all Secrets present,
 //! all Ready), KMS Decrypt calls that reached KMS, throttled calls,
 //! controller CPU seconds and peak RSS (VmHWM), and — measured in the same
-//! run — the API server's own write rate (a plain client server-side-applying
-//! Secrets at concurrency 8) and the KMS peer's own Decrypt rate (a plain
-//! client at concurrency 16, no quota), so that the bound is
-//! max(DEKS ÷ min(QUOTA, peer rate), writes needed ÷ write rate) with
-//! writes needed = one Secret write + one status patch per resource.
+//! run — the API server's own write rate for the controller's write mix (a
+//! plain client creating owned Secrets and merge-patching EncryptedSecret
+//! statuses at concurrency 32; the older reference, a plain client
+//! server-side-applying small Secrets at concurrency 8, is printed beside
+//! it) and the KMS peer's own Decrypt rate (a plain client at concurrency
+//! 16, no quota), so that the bound is
+//! max(DEKS ÷ min(QUOTA, peer rate), writes needed ÷ write-mix rate) with
+//! writes needed = one Secret create + one status patch per resource.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/aws.rs"]
@@ -57,6 +60,7 @@ struct Params {
 struct Row {
     backend: &'static str,
     write_rate: f64,
+    ssa_rate: f64,
     kms_rate: f64,
     secrets_present: Duration,
     all_ready: Duration,
@@ -164,6 +168,102 @@ async fn write_rate(client: &Client, n: usize) -> f64 {
 /// `n` Decrypts of one ciphertext at the controller's worker concurrency.
 /// The KMS bound uses min(quota, this): a quota the peer cannot reach on
 /// this machine is no bound anyone could meet.
+/// The controller's own write mix done by a plain client at the
+/// controller's default concurrency (32): `n` Secret creates (with an owner
+/// reference and the managed-by label, as the controller's) and `n` JSON
+/// merge patches of an EncryptedSecret's status (a Ready condition, the
+/// source hash, the Secret's resourceVersion), on scratch objects in a
+/// scratch namespace, deleted afterwards. Writes/s over the 2n writes: the
+/// fastest the API server on this machine takes exactly what a cold start
+/// needs.
+async fn mix_rate(client: &Client, tpl: &[EncryptedSecret], n: usize) -> f64 {
+    let ns = "write-mix";
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await;
+    let es_api: Api<EncryptedSecret> = Api::namespaced(client.clone(), ns);
+    let created: Vec<EncryptedSecret> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = es_api.clone();
+            let mut es = tpl[i % tpl.len()].clone();
+            es.metadata.name = Some(format!("m-{i:05}"));
+            es.metadata.namespace = Some(ns.into());
+            async move { api.create(&PostParams::default(), &es).await }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let t = Instant::now();
+    futures::stream::iter(created.iter())
+        .map(|es| {
+            let (secrets, es_api) = (secrets.clone(), es_api.clone());
+            async move {
+                let name = es.metadata.name.clone().unwrap();
+                let owner = serde_json::json!([{
+                    "apiVersion": "kmsecrets.dev/v1alpha1", "kind": "EncryptedSecret",
+                    "name": name, "uid": es.metadata.uid, "controller": true,
+                    "blockOwnerDeletion": true,
+                }]);
+                let s: Secret = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "ownerReferences": owner,
+                                 "labels": {"app.kubernetes.io/managed-by": "bench-mix"}},
+                    "data": {"password": "dmFsdWU=", "username": "YmVuY2g="},
+                }))
+                .unwrap();
+                let s = secrets.create(&PostParams::default(), &s).await?;
+                let status = serde_json::json!({"status": {
+                    "observedGeneration": es.metadata.generation,
+                    "secretName": name,
+                    "keyId": es.spec.data_keys[0].key_id,
+                    "lastSyncTime": "2026-01-01T00:00:00Z",
+                    "sourceHash": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+                    "secretResourceVersion": s.metadata.resource_version,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "Synced",
+                        "message": format!("Secret {name} is up to date"),
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                        "observedGeneration": es.metadata.generation}],
+                }});
+                es_api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let rate = 2.0 * n as f64 / t.elapsed().as_secs_f64();
+    // the controller must not find these (Secrets first: nothing left for
+    // the garbage collector to do during the measurement that follows)
+    futures::stream::iter(created.iter())
+        .map(|es| {
+            let secrets = secrets.clone();
+            let name = es.metadata.name.clone().unwrap();
+            async move { secrets.delete(&name, &Default::default()).await.map(|_| ()) }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    futures::stream::iter(created.iter())
+        .map(|es| {
+            let es_api = es_api.clone();
+            let name = es.metadata.name.clone().unwrap();
+            async move { es_api.delete(&name, &Default::default()).await.map(|_| ()) }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    rate
+}
+
 async fn kms_rate(proxy_url: &str, key: &str, n: usize) -> f64 {
     let kms = aws::sdk_client(proxy_url).await;
     let blob = kms
@@ -329,8 +429,12 @@ async fn run_backend(
     );
 
     let n_writes = (p.resources / 5).clamp(200, 2000);
-    let rate = write_rate(&client, n_writes).await;
-    eprintln!("[{backend}] plain-client SSA write rate: {rate:.0}/s over {n_writes} Secrets");
+    let ssa_rate = write_rate(&client, n_writes).await;
+    eprintln!("[{backend}] plain-client SSA write rate: {ssa_rate:.0}/s over {n_writes} Secrets");
+    let rate = mix_rate(&client, &tpl, n_writes).await;
+    eprintln!(
+        "[{backend}] plain-client controller write mix (create Secret + merge-patch status): {rate:.0} writes/s over {n_writes} pairs"
+    );
 
     let peer_rate = kms_rate(&proxy.url(), &key, 300).await;
     eprintln!("[{backend}] KMS peer alone: {peer_rate:.0} Decrypts/s (concurrency 16, no quota)");
@@ -386,9 +490,10 @@ async fn run_backend(
         if progress && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
             eprintln!(
-                "[{backend}] {:>5.1} s: {n} Secrets, {ready} Ready, {} Decrypts",
+                "[{backend}] {:>5.1} s: {n} Secrets, {ready} Ready, {} Decrypts, controller RSS {} MiB",
                 started.elapsed().as_secs_f64(),
-                proxy.decrypts() - dec0
+                proxy.decrypts() - dec0,
+                support::proc_status_kib(ctl.child.id(), "VmRSS:") / 1024
             );
         }
         if present.is_some() && ready >= p.resources {
@@ -444,6 +549,7 @@ async fn run_backend(
     Row {
         backend,
         write_rate: rate,
+        ssa_rate,
         kms_rate: peer_rate,
         secrets_present: present.unwrap(),
         all_ready,
@@ -513,13 +619,14 @@ async fn main() {
         p.resources, p.deks, p.quota
     );
     println!(
-        "| backend | SSA writes/s (plain client) | KMS peer Decrypts/s | bound s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"
+        "| backend | SSA writes/s (plain client) | write mix/s (plain client) | KMS peer Decrypts/s | bound s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.0} |",
             r.backend,
+            r.ssa_rate,
             r.write_rate,
             r.kms_rate,
             r.bound,

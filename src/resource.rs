@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::api::{Algorithm, DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, Reason};
 use crate::envelope::{self, Binding, Dek, EnvelopeError};
+use crate::kms::cache::CacheKey;
 use crate::kms::layer::Kms;
 use crate::kms::sealing::{SealingKey, SharedSealingKey};
 use crate::kms::{Context, KmsError, WrappedKey};
@@ -287,23 +288,23 @@ pub async fn open_resource(kms: &Kms, es: &EncryptedSecret) -> Result<Opened, Re
 }
 
 /// [`open_resource`] when one of the resource's data-key copies is in the
-/// DEK cache, without any KMS request; `None` when none is (the caller then
-/// opens it through KMS). Structural problems are reported like
-/// [`open_resource`] reports them.
+/// DEK cache, without any KMS request; on a miss the copies' cache keys
+/// (the caller then opens it through KMS, or waits for one of them).
+/// Structural problems are reported like [`open_resource`] reports them.
 pub fn open_resource_cached(
     kms: &Kms,
     es: &EncryptedSecret,
-) -> Option<Result<Opened, ResourceError>> {
+) -> Result<Result<Opened, ResourceError>, Vec<CacheKey>> {
     let binding = match validate(es) {
         Ok(b) => b,
-        Err(e) => return Some(Err(e)),
+        Err(e) => return Ok(Err(e)),
     };
     let keys = match wrapped_keys(&es.spec) {
         Ok(k) => k,
-        Err(e) => return Some(Err(e)),
+        Err(e) => return Ok(Err(e)),
     };
     let (dek, i) = kms.cached_any(&keys, &binding.encryption_context())?;
-    Some(opened(es, binding, &keys, dek, i))
+    Ok(opened(es, binding, &keys, dek, i))
 }
 
 fn opened(

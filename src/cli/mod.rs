@@ -118,7 +118,7 @@ pub struct LayerArgs {
     /// Client-side KMS request rate ceiling (requests/s), shared by all workers; adapts down on throttling
     #[arg(
         long,
-        default_value_t = 50.0,
+        default_value_t = 100.0,
         env = "KMSECRETS_KMS_QPS",
         value_name = "QPS"
     )]

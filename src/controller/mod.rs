@@ -560,9 +560,10 @@ async fn run_scope(
 /// One housekeeping task over every scope's store:
 /// `kmsecrets_encryptedsecrets{ready}` summed over all scopes (so deleted
 /// objects drop out without a reconcile), per-object memory of deleted
-/// objects evicted, expired DEKs purged.
+/// objects evicted, expired DEKs purged, stale parking entries dropped.
 fn spawn_housekeeping(
     stores: Vec<Store<Watched>>,
+    ctxs: Vec<Arc<Context>>,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -581,6 +582,9 @@ fn spawn_housekeeping(
                 _ = stopped(&mut shutdown) => return,
             }
             housekeeping(&stores, &state);
+            for (ctx, store) in ctxs.iter().zip(&stores) {
+                ctx.parked.compact(|r| store.get(r).is_some());
+            }
         }
     });
 }
@@ -669,13 +673,15 @@ async fn run_controllers(state: Arc<State>, shutdown: watch::Receiver<bool>) {
     };
     info!(namespaces = ?scopes, "starting controllers");
     let mut stores = Vec::new();
+    let mut ctxs = Vec::new();
     let mut runs = Vec::new();
     for ns in scopes {
         let (controller, ctx) = scope_controller(&state, ns.as_deref());
         stores.push(controller.store());
+        ctxs.push(ctx.clone());
         runs.push(run_scope(controller, ctx, ns, shutdown.clone()));
     }
-    spawn_housekeeping(stores, state.clone(), shutdown);
+    spawn_housekeeping(stores, ctxs, state.clone(), shutdown);
     futures::future::join_all(runs).await;
 }
 

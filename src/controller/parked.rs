@@ -8,11 +8,16 @@
 //! waves while the rate limiter had room) and each wave re-ran the cheap
 //! stages of every one of them — 29,580 deferred reconciles for 10,000
 //! resources (`examples/scale_real`). Now a deferred resource is *parked*
-//! in its namespace's FIFO and, whenever a reconcile of that namespace
-//! finishes (a worker of its share is free again), the oldest parked one is
-//! triggered at once through the controller's trigger stream. The requeue
-//! after [`BACKSTOP`] stays as the safety net (a wake-up that finds the share
-//! taken again parks the resource at the back).
+//! under its namespace (FIFO) and under the data key it waits for (the
+//! cache keys of its copies), and triggered at once through the
+//! controller's trigger stream when
+//! - a reconcile of its namespace leaves the KMS stage: the oldest parked
+//!   one may take the freed slot, and
+//! - its data key arrives in the cache: every resource parked for it now
+//!   opens without KMS (at 10 resources per data key, nine of ten).
+//!
+//! The requeue after [`BACKSTOP`] stays as the safety net (a wake-up that
+//! finds the share taken again parks the resource anew).
 //!
 //! The share bound is unchanged: a woken resource still needs a free slot
 //! to reach KMS, so a stalled tenant holds no more workers than before.
@@ -25,26 +30,33 @@ use futures::channel::mpsc;
 use kube::runtime::reflector::ObjectRef;
 
 use super::reconcile::Watched;
+use crate::kms::cache::CacheKey;
 
 /// How soon a parked reconcile looks again if no wake-up came first.
-pub const BACKSTOP: Duration = Duration::from_secs(5);
+pub const BACKSTOP: Duration = Duration::from_secs(10);
+
+type Ref = ObjectRef<Watched>;
 
 /// The parked reconciles of one controller scope.
 pub struct Parked {
     queues: Mutex<Queues>,
-    wake: mpsc::UnboundedSender<ObjectRef<Watched>>,
+    wake: mpsc::UnboundedSender<Ref>,
 }
 
+/// Both indexes are lazy: an entry whose object was already woken through
+/// the other one is skipped (and dropped) when reached; [`Parked::compact`]
+/// drops the rest.
 #[derive(Default)]
 struct Queues {
-    by_ns: HashMap<String, VecDeque<ObjectRef<Watched>>>,
-    parked: HashSet<ObjectRef<Watched>>,
+    parked: HashSet<Ref>,
+    by_ns: HashMap<String, VecDeque<Ref>>,
+    by_key: HashMap<CacheKey, Vec<Ref>>,
 }
 
 impl Parked {
     /// The parking lot and the stream of wake-ups to merge into the
     /// controller's triggers.
-    pub fn new() -> (Parked, mpsc::UnboundedReceiver<ObjectRef<Watched>>) {
+    pub fn new() -> (Parked, mpsc::UnboundedReceiver<Ref>) {
         let (wake, rx) = mpsc::unbounded();
         (
             Parked {
@@ -59,33 +71,83 @@ impl Parked {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Park `obj` (once; parking it again keeps its place).
-    pub fn park(&self, obj: ObjectRef<Watched>) {
+    /// Park `obj`, waiting for a slot of its namespace or for any of `keys`
+    /// (parking it again while parked keeps its place).
+    pub fn park(&self, obj: Ref, keys: &[CacheKey]) {
         let mut q = self.lock();
-        if q.parked.insert(obj.clone()) {
-            let ns = obj.namespace.clone().unwrap_or_default();
-            q.by_ns.entry(ns).or_default().push_back(obj);
+        if !q.parked.insert(obj.clone()) {
+            return;
         }
+        for k in keys {
+            q.by_key.entry(*k).or_default().push(obj.clone());
+        }
+        let ns = obj.namespace.clone().unwrap_or_default();
+        q.by_ns.entry(ns).or_default().push_back(obj);
     }
 
-    /// A worker of `ns` is free: trigger its oldest parked reconcile, if
-    /// any. Returns whether one was woken.
+    /// A slot of `ns` is free: trigger its oldest parked reconcile, if any.
+    /// Returns whether one was woken.
     pub fn wake_one(&self, ns: &str) -> bool {
         let obj = {
             let mut q = self.lock();
-            let Some(queue) = q.by_ns.get_mut(ns) else {
+            let Queues { parked, by_ns, .. } = &mut *q;
+            let Some(queue) = by_ns.get_mut(ns) else {
                 return false;
             };
-            let obj = queue.pop_front();
-            if queue.is_empty() {
-                q.by_ns.remove(ns);
+            let mut found = None;
+            while let Some(o) = queue.pop_front() {
+                if parked.remove(&o) {
+                    found = Some(o);
+                    break;
+                }
             }
-            let Some(obj) = obj else { return false };
-            q.parked.remove(&obj);
+            if queue.is_empty() {
+                by_ns.remove(ns);
+            }
+            let Some(obj) = found else { return false };
             obj
         };
-        // A closed receiver (the scope stopped) leaves the backstop requeue.
+        self.send(obj)
+    }
+
+    /// One of `keys` is now cached: trigger every reconcile parked for it.
+    /// Returns how many.
+    pub fn arrived(&self, keys: &[CacheKey]) -> usize {
+        let woken: Vec<Ref> = {
+            let mut q = self.lock();
+            let Queues { parked, by_key, .. } = &mut *q;
+            keys.iter()
+                .filter_map(|k| by_key.remove(k))
+                .flatten()
+                .filter(|o| parked.remove(o))
+                .collect()
+        };
+        woken.into_iter().filter(|o| self.send(o.clone())).count()
+    }
+
+    /// A closed receiver (the scope stopped) leaves the backstop requeue.
+    fn send(&self, obj: Ref) -> bool {
         self.wake.unbounded_send(obj).is_ok()
+    }
+
+    /// Forget parked objects that are gone (`live` says no) and index
+    /// entries of objects no longer parked (housekeeping).
+    pub fn compact(&self, live: impl Fn(&Ref) -> bool) {
+        let mut q = self.lock();
+        let Queues {
+            parked,
+            by_ns,
+            by_key,
+        } = &mut *q;
+        parked.retain(|o| live(o));
+        by_ns.retain(|_, v| {
+            v.retain(|o| parked.contains(o));
+            !v.is_empty()
+        });
+        by_key.retain(|_, v| {
+            v.retain(|o| parked.contains(o));
+            !v.is_empty()
+        });
     }
 
     /// Parked reconciles right now (metrics, tests).
@@ -96,6 +158,13 @@ impl Parked {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Index entries (live and stale), for tests.
+    pub fn index_len(&self) -> usize {
+        let q = self.lock();
+        q.by_ns.values().map(VecDeque::len).sum::<usize>()
+            + q.by_key.values().map(Vec::len).sum::<usize>()
+    }
 }
 
 #[cfg(test)]
@@ -103,17 +172,20 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn r(ns: &str, name: &str) -> ObjectRef<Watched> {
+    fn r(ns: &str, name: &str) -> Ref {
         ObjectRef::new(name).within(ns)
     }
 
+    const K1: CacheKey = [1; 32];
+    const K2: CacheKey = [2; 32];
+
     #[tokio::test]
-    async fn wakes_oldest_first_per_namespace_and_parks_once() {
+    async fn a_free_slot_wakes_the_oldest_of_its_namespace_and_parking_is_once() {
         let (p, mut rx) = Parked::new();
-        p.park(r("a", "1"));
-        p.park(r("b", "x"));
-        p.park(r("a", "2"));
-        p.park(r("a", "1")); // again: keeps its place, no duplicate
+        p.park(r("a", "1"), &[K1]);
+        p.park(r("b", "x"), &[K1]);
+        p.park(r("a", "2"), &[K2]);
+        p.park(r("a", "1"), &[K1]); // again: keeps its place, no duplicate
         assert_eq!(p.len(), 3);
         assert!(p.wake_one("a"));
         assert_eq!(rx.next().await.unwrap(), r("a", "1"));
@@ -125,15 +197,50 @@ mod tests {
         assert_eq!(rx.next().await.unwrap(), r("b", "x"));
         assert!(p.is_empty());
         // parked again after its wake-up: queued again
-        p.park(r("a", "1"));
+        p.park(r("a", "1"), &[K1]);
         assert_eq!(p.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_arrived_key_wakes_everyone_waiting_for_it_in_every_namespace() {
+        let (p, mut rx) = Parked::new();
+        p.park(r("a", "1"), &[K1]);
+        p.park(r("a", "2"), &[K2]);
+        p.park(r("b", "3"), &[K2, K1]); // two copies: either key will do
+        assert_eq!(p.arrived(&[K1]), 2);
+        let mut got = vec![rx.next().await.unwrap(), rx.next().await.unwrap()];
+        got.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(got, vec![r("a", "1"), r("b", "3")]);
+        assert_eq!(p.len(), 1);
+        // b/3 was woken through K1: K2 wakes only a/2
+        assert_eq!(p.arrived(&[K2]), 1);
+        assert_eq!(rx.next().await.unwrap(), r("a", "2"));
+        // the namespace queues only hold stale entries now: skipped
+        assert!(!p.wake_one("a"));
+        assert!(!p.wake_one("b"));
+        assert_eq!(p.arrived(&[K1, K2]), 0);
+    }
+
+    #[test]
+    fn compact_drops_what_was_woken_through_the_other_index() {
+        let (p, _rx) = Parked::new();
+        for i in 0..100 {
+            p.park(r("a", &i.to_string()), &[K1]);
+        }
+        p.park(r("a", "never"), &[K2]);
+        assert_eq!(p.arrived(&[K1]), 100);
+        p.park(r("a", "deleted"), &[K2]);
+        assert!(p.index_len() > 100, "stale namespace entries remain");
+        p.compact(|o| o.name != "deleted");
+        assert_eq!(p.len(), 1, "the deleted object is forgotten");
+        assert_eq!(p.index_len(), 2, "one live object, in both indexes");
     }
 
     #[test]
     fn a_stopped_scope_drops_wake_ups() {
         let (p, rx) = Parked::new();
         drop(rx);
-        p.park(r("a", "1"));
+        p.park(r("a", "1"), &[K1]);
         assert!(!p.wake_one("a"));
         assert!(p.is_empty());
     }

@@ -211,10 +211,6 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
         m.reconcile_deferred.inc();
         return res.map(|(_, a)| a);
     }
-    // this worker of the namespace is free again: its oldest parked
-    // reconcile may go
-    ctx.parked
-        .wake_one(obj.namespace().as_deref().unwrap_or_default());
     let label = match &res {
         Ok((o, _)) if o.ready() => "success",
         Ok((o, _)) => o.reason.as_str(),
@@ -407,17 +403,20 @@ fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage
 /// here waits on KMS), the stage needs a slot of the namespace's share
 /// ([`State::namespace_slot`]: half the workers, of which half for
 /// resources whose last attempt failed); when the share is taken the
-/// reconcile is deferred (no KMS call, no status write, a look again in
-/// 2 s), so one tenant's stuck resources never hold every worker. A
+/// reconcile is deferred (no KMS call, no status write) and parked until a
+/// slot of its namespace frees or its data key arrives (see
+/// [`super::parked`]; 10 s at the latest), so one tenant's stuck resources
+/// never hold every worker. A
 /// resource that unwraps teaches the region policy its copies' regions.
 async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
     let state = &ctx.state;
     let opened = match resource::open_resource_cached(&state.kms, t.es) {
         // The data key is cached: nothing here can wait on KMS, so no slot.
-        Some(r) => r,
-        None => {
-            let Some(_slot) = state.namespace_slot(&t.ns, state.is_failing(&t.uid)) else {
-                ctx.parked.park(ObjectRef::new(&t.name).within(&t.ns));
+        Ok(r) => r,
+        Err(keys) => {
+            let Some(slot) = state.namespace_slot(&t.ns, state.is_failing(&t.uid)) else {
+                ctx.parked
+                    .park(ObjectRef::new(&t.name).within(&t.ns), &keys);
                 return Ok(ControlFlow::Break(done(
                     Outcome::deferred(),
                     Report::Nothing,
@@ -425,13 +424,21 @@ async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
                 )));
             };
             let mut stopping = state.stopping.subscribe();
-            tokio::select! {
+            let r = tokio::select! {
                 r = resource::open_resource(&state.kms, t.es) => r,
                 _ = stopping.wait_for(|s| *s) => {
                     // shutting down: nothing written yet, the next leader retries
                     return Ok(ControlFlow::Break(done(Outcome::deferred(), Report::Nothing, Next::Deferred)));
                 }
+            };
+            drop(slot);
+            // those waiting for this data key now find it cached; the
+            // oldest parked one of the namespace may take the freed slot
+            if r.is_ok() {
+                ctx.parked.arrived(&keys);
             }
+            ctx.parked.wake_one(&t.ns);
+            r
         }
     };
     match opened {

@@ -61,7 +61,7 @@ pub struct LayerConfig {
 impl Default for LayerConfig {
     fn default() -> Self {
         LayerConfig {
-            qps: 50.0,
+            qps: 100.0,
             burst: 100,
             cache_ttl: Duration::from_secs(3600),
             cache_size: 10_000,
@@ -272,12 +272,24 @@ impl Kms {
     /// request, no single-flight, no rate-limiter permit. Lets the
     /// controller open a resource whose data key it holds without taking
     /// one of its namespace's KMS slots (a cache hit cannot stall).
-    pub fn cached_any(&self, copies: &[WrappedKey], ctx: &Context) -> Option<(Arc<Dek>, usize)> {
-        copies.iter().enumerate().find_map(|(i, w)| {
-            let dek = self.cache_get(&cache_key(w, ctx))?;
-            self.inner.metrics.cache_hits.inc();
-            Some((dek, i))
-        })
+    ///
+    /// On a miss: the cache key of every copy (what the caller may wait
+    /// for; never key material, a digest of the wrapped copy and context).
+    pub fn cached_any(
+        &self,
+        copies: &[WrappedKey],
+        ctx: &Context,
+    ) -> Result<(Arc<Dek>, usize), Vec<CacheKey>> {
+        let mut keys = Vec::with_capacity(copies.len());
+        for (i, w) in copies.iter().enumerate() {
+            let key = cache_key(w, ctx);
+            if let Some(dek) = self.cache_get(&key) {
+                self.inner.metrics.cache_hits.inc();
+                return Ok((dek, i));
+            }
+            keys.push(key);
+        }
+        Err(keys)
     }
 
     /// Unwrap one copy through cache and single-flight.
