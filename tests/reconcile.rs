@@ -11,10 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kmsecrets::api::{DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, SecretTemplate};
+use kmsecrets::api::{
+    DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, Scope, SecretTemplate,
+};
+use kmsecrets::controller::parked::Parked;
 use kmsecrets::controller::reconcile::{Context, Watched, reconcile};
 use kmsecrets::controller::status::ready_condition;
 use kmsecrets::controller::{Config, State, housekeeping, owned_secrets};
@@ -26,7 +30,7 @@ use kmsecrets::resource::{self, KeyRef, Plaintext};
 use kmsecrets_testserver::{Counters, TestServer};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use zeroize::Zeroizing;
@@ -40,6 +44,9 @@ const DOWN: &str = "arn:aws:kms:eu-south-9:111122223333:key/down";
 const UNWRAP_DEADLINE: Duration = Duration::from_secs(2);
 
 struct Rig {
+    /// The parked reconciles' wake-ups (what the controller would merge
+    /// into its triggers); a test may take it.
+    wakes: std::sync::Mutex<Option<UnboundedReceiver<ObjectRef<Watched>>>>,
     server: TestServer,
     client: Client,
     fake: Arc<FakeKms>,
@@ -137,6 +144,7 @@ impl Rig {
             controller_config(),
             "reconcile-test",
         ));
+        let (parked, wakes) = Parked::new();
         let (secrets, stream) = owned_secrets(client.clone(), Some(NS));
         tokio::spawn(stream.default_backoff().for_each(log_watch_error));
         let (es_store, writer) = reflector::store();
@@ -157,8 +165,9 @@ impl Rig {
             ctx: Arc::new(Context {
                 state,
                 secrets,
-                parked: kmsecrets::controller::parked::Parked::new().0,
+                parked,
             }),
+            wakes: std::sync::Mutex::new(Some(wakes)),
             es_store,
         }
     }
@@ -186,10 +195,24 @@ impl Rig {
         values: &[(&str, &str)],
         key_ids: &[&str],
     ) -> EncryptedSecret {
+        self.sealed_scoped(ns, name, values, key_ids, Scope::Strict)
+            .await
+    }
+
+    /// [`Rig::sealed_in`] with a binding scope (`Namespace`: copies under
+    /// other names share the data key, and so its cache entry).
+    async fn sealed_scoped(
+        &self,
+        ns: &str,
+        name: &str,
+        values: &[(&str, &str)],
+        key_ids: &[&str],
+        scope: Scope,
+    ) -> EncryptedSecret {
         let mut es = EncryptedSecret::new(
             name,
             EncryptedSecretSpec {
-                scope: Default::default(),
+                scope,
                 encryption_context: Default::default(),
                 data_keys: vec![DataKey {
                     provider: Provider::AwsKms,
@@ -921,6 +944,98 @@ async fn a_hanging_tenant_holds_its_share_of_workers_and_no_more() {
     eprintln!(
         "hanging tenant (8 resources, --concurrency 8): held 4 workers, then 2 once failing; victim synced in {victim_time:?}; longest tenant reconcile {longest:?} (deadline {UNWRAP_DEADLINE:?}); whole scenario {:?}",
         started.elapsed()
+    );
+}
+
+/// While a tenant's share of KMS slots is taken, a resource whose data key
+/// is cached still syncs (a cache hit needs no slot), and a resource that
+/// needs KMS is deferred, parked, and woken the moment a slot frees (not
+/// after a blind requeue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_key_needs_no_slot_and_a_parked_reconcile_wakes_when_one_frees() {
+    let rig = Rig::start().await;
+    let mut wakes = rig.wakes.lock().unwrap().take().unwrap();
+    create_namespace(&rig.client, "tenant").await;
+    let tenant: Api<EncryptedSecret> = Api::namespaced(rig.client.clone(), "tenant");
+    let state = rig.ctx.state.clone();
+
+    // a data key of the tenant's, cached by a first sync
+    let c0 = rig
+        .sealed_scoped("tenant", "c0", &[("k", "v")], &[KEY], Scope::Namespace)
+        .await;
+    let c0 = tenant.create(&PostParams::default(), &c0).await.unwrap();
+    rig.reconcile_obj(c0.clone()).await;
+    let mut c1 = c0.clone();
+    c1.metadata = ObjectMeta {
+        name: Some("c1".into()),
+        namespace: Some("tenant".into()),
+        ..Default::default()
+    };
+    let c1 = tenant.create(&PostParams::default(), &c1).await.unwrap();
+    let needs_kms = rig.sealed_in("tenant", "p", &[("k", "v")], &[KEY]).await;
+    let needs_kms = tenant
+        .create(&PostParams::default(), &needs_kms)
+        .await
+        .unwrap();
+
+    // the tenant's whole share (4 of 8) hangs in KMS
+    let mut stuck = Vec::new();
+    for i in 0..4 {
+        let es = rig
+            .sealed_in("tenant", &format!("t{i}"), &[("k", "v")], &[HANG])
+            .await;
+        stuck.push(tenant.create(&PostParams::default(), &es).await.unwrap());
+    }
+    rig.fake.set_key_state(HANG, KeyState::Hanging);
+    let hung: Vec<_> = stuck
+        .into_iter()
+        .map(|es| {
+            let ctx = rig.ctx.clone();
+            tokio::spawn(async move {
+                reconcile(Arc::new(DeserializeGuard(Ok(es))), ctx)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    eventually("the tenant holds its share", async || {
+        rig.fake.hanging_now() == 4
+    })
+    .await;
+
+    // cached: syncs now, without a KMS call and without a slot
+    let decrypts = rig.fake.calls(Operation::Decrypt);
+    rig.reconcile_obj(c1).await;
+    let c1 = tenant.get("c1").await.unwrap();
+    assert_eq!(reason(&c1), "True/Synced");
+    assert_eq!(rig.fake.calls(Operation::Decrypt), decrypts, "a cache hit");
+    assert_eq!(rig.fake.hanging_now(), 4);
+
+    // needs KMS: deferred and parked, nothing written
+    let deferred = state.metrics.reconcile_deferred.get();
+    let t = Instant::now();
+    rig.reconcile_obj(needs_kms).await;
+    assert_eq!(state.metrics.reconcile_deferred.get(), deferred + 1);
+    assert_eq!(rig.ctx.parked.len(), 1);
+    assert!(tenant.get("p").await.unwrap().status.is_none());
+
+    // the hung calls end at the unwrap deadline and free their slots: the
+    // parked one is triggered then, well before the 10 s backstop
+    let woken = tokio::time::timeout(UNWRAP_DEADLINE + Duration::from_secs(3), wakes.next())
+        .await
+        .expect("the parked reconcile is woken when a slot frees")
+        .unwrap();
+    let waited = t.elapsed();
+    assert_eq!(woken, ObjectRef::new("p").within("tenant"));
+    assert!(rig.ctx.parked.is_empty());
+    for h in hung {
+        h.await.unwrap();
+    }
+    let p = tenant.get("p").await.unwrap();
+    rig.reconcile_obj(p).await;
+    assert_eq!(reason(&tenant.get("p").await.unwrap()), "True/Synced");
+    eprintln!(
+        "parked reconcile woken {waited:?} after it was deferred (deadline {UNWRAP_DEADLINE:?})"
     );
 }
 
