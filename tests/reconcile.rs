@@ -145,7 +145,9 @@ impl Rig {
             "reconcile-test",
         ));
         let (parked, wakes) = Parked::new();
-        let (secrets, stream) = owned_secrets(client.clone(), Some(NS));
+        let echoes = state.clone();
+        let (secrets, stream) =
+            owned_secrets(client.clone(), Some(NS), move |m| echoes.secret_is_echo(m));
         tokio::spawn(stream.default_backoff().for_each(log_watch_error));
         let (es_store, writer) = reflector::store();
         let es_api: Api<Watched> = Api::namespaced(client.clone(), NS);
@@ -1325,4 +1327,67 @@ async fn rollout_restarts_happen_once_per_content_change() {
         "no second rollout"
     );
     drop(es);
+}
+
+/// The watch events our own writes cause (the Secret we applied, the status
+/// we wrote) are recognised as echoes and trigger no reconcile; any other
+/// change to either object is not an echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_writes_are_echoes_and_nobody_elses_are() {
+    let rig = Rig::start().await;
+    let state = &rig.ctx.state;
+    let es = rig.sealed("db", &[("password", "right")]).await;
+    rig.create(&es).await;
+    let stored = |name: &str| {
+        rig.ctx
+            .secrets
+            .get(&ObjectRef::new(name).within(NS))
+            .map(|m| (*m).clone())
+    };
+    // not reconciled yet: nothing is an echo
+    let fresh = rig.get("db").await;
+    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(fresh.clone()))));
+
+    let synced = rig.reconcile("db").await;
+    assert_eq!(reason(&synced), "True/Synced");
+    rig.store_caught_up("db").await;
+    // the object as the watch delivers it after our status write, and the
+    // Secret as the owned-Secret watch delivers it after our create
+    assert!(state.watched_is_echo(&DeserializeGuard(Ok(synced.clone()))));
+    assert!(state.secret_is_echo(&stored("db").unwrap()));
+    // the version before our status write is not
+    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(fresh))));
+
+    // someone edits the Secret: not an echo (drift must be repaired)
+    let edit = serde_json::json!({"data": {"password": "d3Jvbmc="}});
+    rig.secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    rig.store_caught_up("db").await;
+    assert!(!state.secret_is_echo(&stored("db").unwrap()));
+    // someone labels the EncryptedSecret (a change without a new generation)
+    let label = serde_json::json!({"metadata": {"labels": {"team": "a"}}});
+    let labelled = rig
+        .es
+        .patch("db", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(labelled))));
+
+    // the repair is our write again, and so is its status
+    let repaired = rig.reconcile("db").await;
+    rig.store_caught_up("db").await;
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "right")]));
+    assert!(state.secret_is_echo(&stored("db").unwrap()));
+    assert!(state.watched_is_echo(&DeserializeGuard(Ok(repaired))));
+
+    // a status someone else rewrites is not ours
+    let clobber = serde_json::json!({"status": {"conditions": []}});
+    let clobbered = rig
+        .es
+        .patch_status("db", &PatchParams::default(), &Patch::Merge(&clobber))
+        .await
+        .unwrap();
+    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(clobbered))));
 }

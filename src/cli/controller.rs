@@ -50,8 +50,8 @@ pub struct ControllerArgs {
     pub kms_regions: Vec<String>,
     /// Workers one namespace's resources may hold in the KMS stage at once
     /// (default: half of --concurrency); its failing resources get half of
-    /// that. Others are deferred for 2 s, so one tenant cannot stall the
-    /// rest. Single-tenant clusters may set it to --concurrency
+    /// that. Others are parked until one of its slots frees, so one
+    /// tenant cannot stall the rest. Single-tenant clusters may set it to --concurrency
     #[arg(long, value_name = "N", env = "KMSECRETS_MAX_WORKERS_PER_NAMESPACE",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_workers_per_namespace: Option<u16>,
@@ -68,6 +68,12 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 32, env = "KMSECRETS_CONCURRENCY", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
+    /// Threads running the controller (1: a single-threaded runtime, no
+    /// cross-thread wake-ups; the work is waiting on KMS and the API server,
+    /// so more threads mostly add CPU; see docs/tuning.md)
+    #[arg(long, default_value_t = 1, env = "KMSECRETS_WORKER_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
     /// Periodic re-check of every resource (cheap when nothing changed: no KMS call, no write)
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KMSECRETS_RESYNC_INTERVAL", value_name = "DURATION")]
     pub resync_interval: Duration,
@@ -280,8 +286,9 @@ pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
     let (setup, _) = build_kms_with(g, &[], layer, cfg.regions.clone())?;
     if a.check_config {
         super::out(format!(
-            "config ok: {cfg:#?}\nkms: {:#?}\n",
-            a.layer.config().map_err(msg)?
+            "config ok: {cfg:#?}\nkms: {:#?}\nworker threads: {}\n",
+            a.layer.config().map_err(msg)?,
+            a.worker_threads
         ))?;
         return Ok(());
     }
@@ -292,7 +299,7 @@ pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
         .as_ref()
         .map_or_else(identity, |l| l.identity.clone());
     let state = Arc::new(State::new(client, setup.kms, cfg, &identity));
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), %identity, "kmsecrets controller starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %identity, worker_threads = a.worker_threads, "kmsecrets controller starting");
     let shutdown = shutdown_signal();
     let mut fired = shutdown.clone();
     let grace = state.cfg.shutdown_timeout;

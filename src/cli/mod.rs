@@ -268,10 +268,21 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
             return e.exit_code();
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The controller's work is waiting on KMS and the API server: one
+    // thread (a current-thread runtime) does it with the least CPU; more on
+    // request. The CLI commands keep the multi-threaded default.
+    let mut builder = match &cli.command {
+        Command::Controller(a) if a.worker_threads <= 1 => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        Command::Controller(a) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(a.worker_threads));
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -99,6 +99,9 @@ struct Written {
     secret_rv: String,
     /// Generation for which a Synced status was written after that write.
     synced_generation: Option<Option<i64>>,
+    /// The EncryptedSecret's resourceVersion our Synced status write
+    /// returned (see [`State::is_status_echo`]).
+    status_rv: Option<String>,
 }
 
 /// Shared by all reconcilers and the HTTP server.
@@ -241,6 +244,7 @@ impl State {
             hash: hash.into(),
             secret_rv: rv.into(),
             synced_generation: None,
+            status_rv: None,
         };
         self.written
             .lock()
@@ -248,8 +252,10 @@ impl State {
             .insert(uid.into(), w);
     }
 
-    /// Record that a Synced status for `generation` followed the last write.
-    pub fn remember_synced(&self, uid: &str, generation: Option<i64>) {
+    /// Record that a Synced status for `generation` followed the last write;
+    /// `status_rv`: the resourceVersion that status write returned (`None`:
+    /// nothing needed writing).
+    pub fn remember_synced(&self, uid: &str, generation: Option<i64>, status_rv: Option<String>) {
         if let Some(w) = self
             .written
             .lock()
@@ -257,7 +263,57 @@ impl State {
             .get_mut(uid)
         {
             w.synced_generation = Some(generation);
+            if status_rv.is_some() {
+                w.status_rv = status_rv;
+            }
         }
+    }
+
+    /// True when `rv` is the EncryptedSecret version our own Synced status
+    /// write produced: its watch event carries nothing the reconcile that
+    /// wrote it did not already act on (a resourceVersion names one state
+    /// of the object), so it triggers no reconcile.
+    pub fn is_status_echo(&self, uid: &str, rv: &str) -> bool {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .is_some_and(|w| w.status_rv.as_deref() == Some(rv))
+    }
+
+    /// True when `secret_rv` is the Secret version our own last apply for
+    /// `uid` produced and a Synced status followed it: the Secret's watch
+    /// event triggers no reconcile of its owner (its store is updated all
+    /// the same).
+    pub fn is_secret_echo(&self, uid: &str, secret_rv: &str) -> bool {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .is_some_and(|w| w.synced_generation.is_some() && w.secret_rv == secret_rv)
+    }
+
+    /// [`Self::is_status_echo`] for a watched EncryptedSecret.
+    pub fn watched_is_echo(&self, w: &Watched) -> bool {
+        let md = w.meta();
+        match (&md.uid, &md.resource_version) {
+            (Some(uid), Some(rv)) => self.is_status_echo(uid, rv),
+            _ => false,
+        }
+    }
+
+    /// [`Self::is_secret_echo`] for an owned Secret (by its controller
+    /// owner reference).
+    pub fn secret_is_echo(&self, m: &SecretMeta) -> bool {
+        let md = &m.metadata;
+        let Some(rv) = md.resource_version.as_deref() else {
+            return false;
+        };
+        md.owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .is_some_and(|o| self.is_secret_echo(&o.uid, rv))
     }
 
     pub fn last_write(&self, uid: &str) -> Option<(String, String)> {
@@ -397,6 +453,7 @@ impl Backoff for WatchBackoff {
 /// managedFields are dropped (memory: at 10,000 Secrets the managedFields
 /// alone are several MiB).
 pub fn trim_secret_meta(m: &mut SecretMeta) {
+    m.types = None;
     let md = &mut m.metadata;
     md.managed_fields = None;
     md.labels = None;
@@ -420,9 +477,12 @@ pub fn trim_watched(w: &mut Watched) {
 
 /// The owned-Secret store of one scope and the stream that fills it (and
 /// triggers owners): a metadata-only watch of Secrets labelled as ours.
+/// A changed Secret for which `echo` holds (our own write, see
+/// [`State::secret_is_echo`]) updates the store but triggers nothing.
 pub fn owned_secrets(
     client: Client,
     ns: Option<&str>,
+    echo: impl Fn(&SecretMeta) -> bool + Send + 'static,
 ) -> (
     Store<SecretMeta>,
     impl futures::Stream<Item = Result<SecretMeta, watcher::Error>> + Send + 'static,
@@ -438,7 +498,7 @@ pub fn owned_secrets(
     ));
     let (store, writer) = reflector::store();
     let stream = watcher(api, cfg).modify(trim_secret_meta).reflect(writer);
-    let stream = touched_and_vanished(stream, store.clone());
+    let stream = touched_and_vanished(stream, store.clone(), echo);
     (store, stream)
 }
 
@@ -453,9 +513,13 @@ pub fn owned_secrets(
 /// `InitDone`, so it still holds the pre-relist state) is snapshotted, and
 /// at `InitDone` every snapshotted object the relist did not return is
 /// yielded like a `Delete`, which triggers its owner.
+///
+/// A listed or changed object for which `quiet` holds is not yielded
+/// (deletions always are).
 pub fn touched_and_vanished<K, S>(
     events: S,
     store: Store<K>,
+    quiet: impl Fn(&K) -> bool + Send + 'static,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource + Clone + Send + Sync + 'static,
@@ -479,7 +543,7 @@ where
                         if let Some((_, seen)) = relist.as_mut() {
                             seen.insert(ObjectRef::from_obj(&o));
                         }
-                        vec![Ok(o)]
+                        if quiet(&o) { Vec::new() } else { vec![Ok(o)] }
                     }
                     Ok(watcher::Event::InitDone) => match relist.take() {
                         Some((before, seen)) => before
@@ -489,6 +553,7 @@ where
                             .collect(),
                         None => Vec::new(),
                     },
+                    Ok(watcher::Event::Apply(o)) if quiet(&o) => Vec::new(),
                     Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => vec![Ok(o)],
                 };
                 futures::future::ready(Some(futures::stream::iter(out)))
@@ -506,16 +571,21 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         None => Api::all(client.clone()),
     };
     let (es_store, es_writer) = reflector::store();
+    // our own status writes come back as watch events: they update the
+    // store, and trigger nothing (see `State::is_status_echo`)
+    let echoes = state.clone();
     let es_stream = watcher(es_api, watcher_config(&state.cfg))
         .modify(trim_watched)
         .reflect(es_writer)
-        .applied_objects();
+        .applied_objects()
+        .try_filter(move |w| futures::future::ready(!echoes.watched_is_echo(w)));
     // parked reconciles come back through the same trigger stream
     let (parked, wakes) = parked::Parked::new();
     let store = es_store.clone();
     let wakes = wakes
         .filter_map(move |r| futures::future::ready(store.get(&r).map(|o| Ok(o.as_ref().clone()))));
-    let (secrets, owned) = owned_secrets(client, ns);
+    let echoes = state.clone();
+    let (secrets, owned) = owned_secrets(client, ns, move |m| echoes.secret_is_echo(m));
     let controller = Controller::for_stream(futures::stream::select(es_stream, wakes), es_store)
         .owns_stream(owned)
         .trigger_backoff(watch_backoff())
@@ -805,7 +875,10 @@ mod tests {
             Ok(InitDone),
             Ok(Delete(cm("a", "5"))),
         ];
-        let out: Vec<_> = touched_and_vanished(stream::iter(events).reflect(writer), store.clone())
+        let out: Vec<_> =
+            touched_and_vanished(stream::iter(events).reflect(writer), store.clone(), |_| {
+                false
+            })
             .collect()
             .await;
         let got = names(&out);
@@ -825,9 +898,43 @@ mod tests {
         let out: Vec<_> = touched_and_vanished(
             stream::iter(vec![Ok(Init), Ok(InitApply(cm("x", "1"))), Ok(InitDone)]).reflect(writer),
             store,
+            |_| false,
         )
         .collect()
         .await;
         assert_eq!(names(&out), ["x"]);
+    }
+
+    /// Quiet objects (our own writes' echoes) update the store but are not
+    /// yielded; deletions and objects a relist shows gone always are.
+    #[tokio::test]
+    async fn quiet_changes_update_the_store_and_trigger_nothing() {
+        use watcher::Event::*;
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let events = vec![
+            Ok(Init),
+            Ok(InitApply(cm("a", "1"))),
+            Ok(InitApply(cm("q", "2"))),
+            Ok(InitDone),
+            Ok(Apply(cm("b", "3"))),
+            Ok(Apply(cm("q", "4"))),
+            Ok(Init),
+            Ok(InitApply(cm("b", "5"))),
+            Ok(InitDone),
+            Ok(Delete(cm("b", "6"))),
+        ];
+        let quiet = |c: &ConfigMap| c.metadata.name.as_deref() == Some("q");
+        let out: Vec<_> =
+            touched_and_vanished(stream::iter(events).reflect(writer), store.clone(), quiet)
+                .collect()
+                .await;
+        let got = names(&out);
+        // a, b; after the relist b is listed again; a and q vanished (the
+        // quiet q too: it was deleted); then b's deletion
+        assert_eq!(got[..3], ["a", "b", "b"]);
+        let mut vanished = got[3..5].to_vec();
+        vanished.sort();
+        assert_eq!(vanished, ["a", "q"]);
+        assert_eq!(got[5..], ["b"]);
     }
 }

@@ -177,6 +177,8 @@ struct Target<'a> {
     name: String,
     uid: String,
     es_api: Api<EncryptedSecret>,
+    /// The same resource, answers decoded as metadata only.
+    es_meta_api: Api<PartialObjectMeta<EncryptedSecret>>,
     secrets: Api<Secret>,
 }
 
@@ -190,6 +192,7 @@ impl<'a> Target<'a> {
             name: es.name_any(),
             uid,
             es_api: Api::namespaced(client.clone(), &ns),
+            es_meta_api: Api::namespaced(client.clone(), &ns),
             secrets: Api::namespaced(client, &ns),
             ns,
         })
@@ -833,9 +836,9 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<(Outcome, Acti
         if let Some(s) = sync {
             state.remember_write(&t.uid, &s.hash, s.secret_rv.as_deref().unwrap_or_default());
         }
-        write_status(t, ctx, &d.outcome, sync.as_ref()).await?;
+        let status_rv = write_status(t, ctx, &d.outcome, sync.as_ref()).await?;
         if sync.is_some() {
-            state.remember_synced(&t.uid, generation);
+            state.remember_synced(&t.uid, generation, status_rv);
         }
     }
     let action = match d.next {
@@ -973,13 +976,14 @@ fn api_error_text(e: &kube::Error) -> String {
 
 /// The status, merge-patched; skipped when nothing would change. An
 /// Event is published when Ready flips or its reason changes, except on a
-/// new resource's first sync ([`event_due`]).
+/// new resource's first sync ([`event_due`]). Returns the resourceVersion
+/// the write produced (`None`: nothing was written).
 async fn write_status(
     t: &Target<'_>,
     ctx: &Context,
     outcome: &Outcome,
     sync: Option<&SyncInfo>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let es = t.es;
     let prev = es.status.clone().unwrap_or_default();
     let prev_cond = ready_condition(es.status.as_ref());
@@ -1027,7 +1031,7 @@ async fn write_status(
         })
         && prev.conditions.len() == 1;
     if same {
-        return Ok(());
+        return Ok(None);
     }
     // A merge patch, not a server-side apply: the status is ours alone
     // (every field of `next` is carried over from the previous one, and the
@@ -1035,7 +1039,10 @@ async fn write_status(
     // server far less than an apply (no structured merge, no conflict
     // detection) — at 10,000 resources it is a third of its work.
     let patch = json!({ "status": next });
-    t.es_api
+    // only the new resourceVersion is read from the answer (metadata-only
+    // decoding: the ciphertext in it is skipped, not built)
+    let written = t
+        .es_meta_api
         .patch_status(
             &t.name,
             &PatchParams {
@@ -1048,7 +1055,7 @@ async fn write_status(
     if event_due(prev_cond, &cond) {
         publish(&ctx.state, es.object_ref(&()), outcome).await;
     }
-    Ok(())
+    Ok(written.metadata.resource_version)
 }
 
 async fn set_finalizer<K>(api: &Api<K>, meta: &ObjectMeta, present: bool) -> Result<()>

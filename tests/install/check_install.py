@@ -81,6 +81,8 @@ CONTROLLER_FLAGS = {
     # Hostile-tenant hardening: bounded work and fairness.
     "--kms-region": True, "--max-workers-per-namespace": True,
     "--unwrap-timeout": True, "--shutdown-timeout": True,
+    # Runtime threads (issue 10: one thread by default).
+    "--worker-threads": True,
 }
 REPEATABLE_FLAGS = {"--namespace", "--local-key", "--allow-secret-type", "--kms-region"}
 
