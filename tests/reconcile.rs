@@ -29,7 +29,6 @@ use kmsecrets::metrics::Metrics;
 use kmsecrets::resource::{self, KeyRef, Plaintext};
 use kmsecrets_testserver::{Counters, TestServer};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -277,7 +276,7 @@ impl Rig {
     }
 
     async fn reconcile_obj(&self, es: EncryptedSecret) {
-        reconcile(Arc::new(DeserializeGuard(Ok(es))), self.ctx.clone())
+        reconcile(Arc::new(Watched::new(&es)), self.ctx.clone())
             .await
             .expect("reconcile");
     }
@@ -676,7 +675,7 @@ async fn ready_gauge_sums_every_namespace_scope() {
     eventually("both stores hold their objects with status", async || {
         stores.iter().map(|s| s.state().len()).sum::<usize>() == 4
             && stores.iter().flat_map(|s| s.state()).all(|o| {
-                o.0.as_ref()
+                o.open()
                     .is_ok_and(|es| ready_condition(es.status.as_ref()).is_some())
             })
     })
@@ -802,7 +801,7 @@ async fn unreadable_values_never_reach_status_or_events() {
             .unwrap();
         let guard: Watched =
             serde_json::from_value(serde_json::to_value(&stored).unwrap()).unwrap();
-        assert!(guard.0.is_err(), "{name} must not deserialize");
+        assert!(guard.open().is_err(), "{name} must not deserialize");
         reconcile(Arc::new(guard), rig.ctx.clone()).await.unwrap();
         let es = dynamic.get(name).await.unwrap();
         let status = serde_json::to_string(&es.data["status"]).unwrap();
@@ -861,9 +860,7 @@ async fn a_hanging_tenant_holds_its_share_of_workers_and_no_more() {
                 let ctx = rig.ctx.clone();
                 tokio::spawn(async move {
                     let start = Instant::now();
-                    reconcile(Arc::new(DeserializeGuard(Ok(es))), ctx)
-                        .await
-                        .unwrap();
+                    reconcile(Arc::new(Watched::new(&es)), ctx).await.unwrap();
                     start.elapsed()
                 })
             })
@@ -993,11 +990,7 @@ async fn a_cached_key_needs_no_slot_and_a_parked_reconcile_wakes_when_one_frees(
         .into_iter()
         .map(|es| {
             let ctx = rig.ctx.clone();
-            tokio::spawn(async move {
-                reconcile(Arc::new(DeserializeGuard(Ok(es))), ctx)
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(async move { reconcile(Arc::new(Watched::new(&es)), ctx).await.unwrap() })
         })
         .collect();
     eventually("the tenant holds its share", async || {
@@ -1346,17 +1339,17 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
     };
     // not reconciled yet: nothing is an echo
     let fresh = rig.get("db").await;
-    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(fresh.clone()))));
+    assert!(!state.watched_is_echo(&Watched::new(&fresh)));
 
     let synced = rig.reconcile("db").await;
     assert_eq!(reason(&synced), "True/Synced");
     rig.store_caught_up("db").await;
     // the object as the watch delivers it after our status write, and the
     // Secret as the owned-Secret watch delivers it after our create
-    assert!(state.watched_is_echo(&DeserializeGuard(Ok(synced.clone()))));
+    assert!(state.watched_is_echo(&Watched::new(&synced)));
     assert!(state.secret_is_echo(&stored("db").unwrap()));
     // the version before our status write is not
-    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(fresh))));
+    assert!(!state.watched_is_echo(&Watched::new(&fresh)));
 
     // someone edits the Secret: not an echo (drift must be repaired)
     let edit = serde_json::json!({"data": {"password": "d3Jvbmc="}});
@@ -1373,14 +1366,14 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
         .patch("db", &PatchParams::default(), &Patch::Merge(&label))
         .await
         .unwrap();
-    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(labelled))));
+    assert!(!state.watched_is_echo(&Watched::new(&labelled)));
 
     // the repair is our write again, and so is its status
     let repaired = rig.reconcile("db").await;
     rig.store_caught_up("db").await;
     assert_eq!(rig.secret_data("db").await, data(&[("password", "right")]));
     assert!(state.secret_is_echo(&stored("db").unwrap()));
-    assert!(state.watched_is_echo(&DeserializeGuard(Ok(repaired))));
+    assert!(state.watched_is_echo(&Watched::new(&repaired)));
 
     // a status someone else rewrites is not ours
     let clobber = serde_json::json!({"status": {"conditions": []}});
@@ -1389,5 +1382,5 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
         .patch_status("db", &PatchParams::default(), &Patch::Merge(&clobber))
         .await
         .unwrap();
-    assert!(!state.watched_is_echo(&DeserializeGuard(Ok(clobbered))));
+    assert!(!state.watched_is_echo(&Watched::new(&clobbered)));
 }

@@ -9,6 +9,7 @@ pub mod parked;
 pub mod reconcile;
 pub mod secret;
 pub mod status;
+pub mod watched;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -465,10 +466,7 @@ pub fn trim_secret_meta(m: &mut SecretMeta) {
 /// What reconcile never reads from an EncryptedSecret: managedFields and
 /// kubectl's last-applied copy (a second copy of every ciphertext).
 pub fn trim_watched(w: &mut Watched) {
-    let md = match &mut w.0 {
-        Ok(es) => es.meta_mut(),
-        Err(invalid) => &mut invalid.metadata,
-    };
+    let md = w.meta_mut();
     md.managed_fields = None;
     if let Some(a) = md.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
@@ -669,8 +667,7 @@ pub fn housekeeping(stores: &[Store<Watched>], state: &State) {
                 live.insert(uid);
             }
             // A malformed object counts as not ready.
-            let status = obj.0.as_ref().ok().and_then(|es| es.status.as_ref());
-            if status::ready_condition(status).is_some_and(|c| c.status == "True") {
+            if obj.ready() {
                 ready += 1;
             } else {
                 not_ready += 1;

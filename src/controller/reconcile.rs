@@ -43,7 +43,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::{DeserializeGuard, ObjectMeta, PartialObjectMeta};
+use kube::core::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -61,10 +61,10 @@ use crate::api::{
 };
 use crate::resource::{self, Opened};
 
-/// What the controller watches: a malformed object deserializes as `Err`
-/// with its metadata only, instead of failing the whole list or watch (a
-/// typed list fails to decode as a whole when one item does not parse).
-pub type Watched = DeserializeGuard<EncryptedSecret>;
+/// What the controller watches: metadata parsed, spec and status as compact
+/// text opened per reconcile; a malformed object still lands in the store
+/// instead of failing the whole list or watch (see [`super::watched`]).
+pub use super::watched::{Malformed, Watched};
 
 /// A materialised Secret as the owned-Secret store holds it: metadata only
 /// (no values), trimmed to what reconcile reads (see
@@ -201,14 +201,16 @@ impl<'a> Target<'a> {
 
 pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     let start = std::time::Instant::now();
-    // The stages' state is ~14 KB: boxed once here instead of being moved
-    // with the future through kube-runtime's queue on every reconcile.
-    let res = match &obj.0 {
-        Ok(es) => Box::pin(reconcile_valid(es, &ctx)).await,
-        // The deserializer's message may quote the offending value (kube and
-        // serde word it in several ways), so it is never used; `malformed`
-        // names the failing field instead.
-        Err(_) => malformed(&obj, &ctx).await,
+    // The object and the stages' state (~14 KB) are boxed once here
+    // instead of being moved with the future through kube-runtime's queue
+    // on every reconcile. The spec is parsed here, from the store's text.
+    let res = match obj.open() {
+        Ok(es) => {
+            let ctx = &ctx;
+            Box::pin(async move { reconcile_valid(&es, ctx).await }).await
+        }
+        // `Malformed` names the failing field, never a value.
+        Err(m) => malformed(&obj, m, &ctx).await,
     };
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
@@ -865,17 +867,23 @@ fn is_immutable_conflict(e: &kube::Error) -> bool {
 /// merge-patched, other status fields kept), one Warning event, then wait
 /// for a change. Written once per generation (remembered in memory), so
 /// our own status write does not loop. The Secret, if any, is left alone.
-async fn malformed(obj: &Watched, ctx: &Context) -> Result<(Outcome, Action)> {
+async fn malformed(obj: &Watched, why: Malformed, ctx: &Context) -> Result<(Outcome, Action)> {
     let state = &ctx.state;
     let ns = obj
         .namespace()
         .ok_or(ReconcileError::Missing("namespace"))?;
     let name = obj.name_any();
     let uid = obj.uid().ok_or(ReconcileError::Missing("uid"))?;
-    // The path of the field that failed is found below, once per generation.
-    let mut outcome = Outcome::failed(
+    let part = if why.path.starts_with("status") {
+        "status"
+    } else {
+        "spec"
+    };
+    let outcome = Outcome::failed(
         Reason::InvalidSpec,
-        "spec cannot be read (it does not match the schema)",
+        format!(
+            "{part} cannot be read: {why} (values are not shown; `kmsecrets verify FILE` or `kubectl explain encryptedsecret.spec` tells what is expected)"
+        ),
     );
     let generation = obj.meta().generation;
     let marker = format!("invalid:{}", generation.unwrap_or_default());
@@ -894,14 +902,6 @@ async fn malformed(obj: &Watched, ctx: &Context) -> Result<(Outcome, Action)> {
     if state.last_write(&uid).is_some_and(|(h, _)| h == marker) {
         return Ok((outcome, Action::await_change()));
     }
-    if let Some(path) = failing_field(state, &ns, &name).await {
-        outcome = Outcome::failed(
-            Reason::InvalidSpec,
-            format!(
-                "spec cannot be read: {path} has the wrong type or value (values are not shown; `kmsecrets verify FILE` or `kubectl explain encryptedsecret.spec` tells what is expected)"
-            ),
-        );
-    }
     warn!(%name, namespace = %ns, error = %outcome.message, "malformed EncryptedSecret");
     let cond = next_condition(None, &outcome, generation, Time(jiff::Timestamp::now()));
     let patch = json!({"status": {"observedGeneration": generation, "conditions": [cond]}});
@@ -914,28 +914,6 @@ async fn malformed(obj: &Watched, ctx: &Context) -> Result<(Outcome, Action)> {
     state.remember_write(&uid, &marker, "");
     publish(state, obj.object_ref(&()), &outcome).await;
     Ok((outcome, Action::await_change()))
-}
-
-/// The path (`spec.encryptedData.pin`) of the first field of the object's
-/// spec that does not deserialize, read again as untyped JSON. Map keys are
-/// names, not values; a value is never part of the path.
-async fn failing_field(state: &State, ns: &str, name: &str) -> Option<String> {
-    use kube::core::{ApiResource, DynamicObject};
-    let ar = ApiResource::erase::<EncryptedSecret>(&());
-    let api: Api<DynamicObject> = Api::namespaced_with(state.client.clone(), ns, &ar);
-    let obj = api.get(name).await.ok()?;
-    let spec = obj.data.get("spec")?.clone();
-    match serde_path_to_error::deserialize::<_, crate::api::EncryptedSecretSpec>(spec) {
-        Ok(_) => None,
-        Err(e) => {
-            let path = e.path().to_string();
-            Some(if path == "." || path.is_empty() {
-                "spec".to_string()
-            } else {
-                format!("spec.{path}")
-            })
-        }
-    }
 }
 
 /// One Event for an outcome (Normal when ready, Warning otherwise). A failed

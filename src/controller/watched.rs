@@ -1,0 +1,335 @@
+//! What the controller keeps of each watched EncryptedSecret: its metadata,
+//! parsed, and its spec and status as compact JSON text, parsed by the
+//! reconcile that needs them ([`Watched::open`]).
+//!
+//! Why not the typed object: at 10,000 resources the watch store is the
+//! controller's largest heap. A typed `EncryptedSecret` spreads one object
+//! over dozens of allocations (every string, a B-tree node per map, the
+//! conditions) — about 2 KiB each — while its JSON text is about half that
+//! in one allocation. A reconcile parses it in microseconds, and most
+//! watch events never reach a reconcile (our own writes' echoes, see
+//! [`super::State::is_status_echo`]).
+//!
+//! It also replaces kube's `DeserializeGuard`: the spec and status are
+//! captured as text whatever they hold, so an object that does not match
+//! the schema still lands in the store (with its metadata) instead of
+//! failing the list or watch, and [`Watched::open`] says what is wrong —
+//! without buffering every object into a generic JSON tree first, as the
+//! guard does.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use kube::Resource;
+use kube::core::ObjectMeta;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use super::status::READY;
+use crate::api::{EncryptedSecret, EncryptedSecretSpec, EncryptedSecretStatus};
+
+/// One watched EncryptedSecret (see the module docs).
+#[derive(Clone)]
+pub struct Watched {
+    metadata: ObjectMeta,
+    spec: Option<Box<str>>,
+    status: Option<Box<str>>,
+    /// The status's Ready condition is True (read once, when the object
+    /// arrives: the `kmsecrets_encryptedsecrets{ready}` gauge counts it).
+    ready: bool,
+}
+
+/// Why a watched object cannot be opened (never quotes a value: map keys
+/// and field names only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// The path of the first field that does not match the schema, e.g.
+    /// `spec.encryptedData.pin`; `spec` when the spec is missing or not an
+    /// object.
+    pub path: String,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} has the wrong type or value", self.path)
+    }
+}
+
+impl Watched {
+    /// From a typed object (tests, and callers that already hold one).
+    pub fn new(es: &EncryptedSecret) -> Watched {
+        Watched::from_parts(
+            es.metadata.clone(),
+            Some(to_text(&es.spec)),
+            es.status.as_ref().map(to_text),
+        )
+    }
+
+    fn from_parts(metadata: ObjectMeta, spec: Option<Box<str>>, status: Option<Box<str>>) -> Self {
+        let ready = status.as_deref().is_some_and(ready_in);
+        Watched {
+            metadata,
+            spec,
+            status,
+            ready,
+        }
+    }
+
+    /// The typed object: metadata, spec and status parsed. `Err` names the
+    /// first field that does not match the schema.
+    pub fn open(&self) -> Result<EncryptedSecret, Malformed> {
+        let spec = self.spec.as_deref().ok_or_else(|| Malformed {
+            path: "spec".into(),
+        })?;
+        let spec: EncryptedSecretSpec = parse(spec, "spec")?;
+        let status: Option<EncryptedSecretStatus> = match self.status.as_deref() {
+            None => None,
+            Some(s) => Some(parse(s, "status")?),
+        };
+        Ok(EncryptedSecret {
+            metadata: self.metadata.clone(),
+            spec,
+            status,
+        })
+    }
+
+    /// Whether the status's Ready condition is True.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Bytes held beyond the metadata (spec and status text).
+    pub fn text_len(&self) -> usize {
+        self.spec.as_deref().map_or(0, str::len) + self.status.as_deref().map_or(0, str::len)
+    }
+}
+
+/// Parse `text` as `T`; the error names the failing field under `root`.
+fn parse<T: serde::de::DeserializeOwned>(text: &str, root: &str) -> Result<T, Malformed> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        Malformed {
+            path: if path == "." || path.is_empty() {
+                root.to_string()
+            } else {
+                format!("{root}.{path}")
+            },
+        }
+    })
+}
+
+/// Whether a status text has a Ready condition with status True (a status
+/// that does not parse has none).
+fn ready_in(status: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Cond<'a> {
+        #[serde(rename = "type", borrow)]
+        type_: Cow<'a, str>,
+        #[serde(borrow)]
+        status: Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    struct Status<'a> {
+        #[serde(default, borrow)]
+        conditions: Vec<Cond<'a>>,
+    }
+    serde_json::from_str::<Status<'_>>(status).is_ok_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.status == "True")
+    })
+}
+
+/// A typed part as JSON text (for [`Watched::new`]).
+fn to_text<T: serde::Serialize>(v: &T) -> Box<str> {
+    // a derived Serialize of plain data into a String cannot fail
+    serde_json::to_string(v)
+        .unwrap_or_else(|_| "null".into())
+        .into_boxed_str()
+}
+
+/// Any JSON value, re-written as compact text. Works on every
+/// deserializer (kube decodes a watch event through serde's buffered
+/// content when `object` precedes `type`, where a borrowed raw value could
+/// not be taken). `null` is absent.
+fn compact<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
+    let mut out = Vec::with_capacity(512);
+    serde_transcode::transcode(d, &mut serde_json::Serializer::new(&mut out))
+        .map_err(D::Error::custom)?;
+    if out == b"null" {
+        return Ok(None);
+    }
+    let text = String::from_utf8(out).map_err(D::Error::custom)?;
+    Ok(Some(text.into_boxed_str()))
+}
+
+impl<'de> Deserialize<'de> for Watched {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            metadata: ObjectMeta,
+            #[serde(default, deserialize_with = "compact")]
+            spec: Option<Box<str>>,
+            #[serde(default, deserialize_with = "compact")]
+            status: Option<Box<str>>,
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(Watched::from_parts(w.metadata, w.spec, w.status))
+    }
+}
+
+/// Names and sizes only: the spec holds ciphertext, but nothing of it needs
+/// to reach a log.
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watched")
+            .field("namespace", &self.metadata.namespace)
+            .field("name", &self.metadata.name)
+            .field("resourceVersion", &self.metadata.resource_version)
+            .field("ready", &self.ready)
+            .field("bytes", &self.text_len())
+            .finish()
+    }
+}
+
+impl Resource for Watched {
+    type DynamicType = ();
+    type Scope = <EncryptedSecret as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        EncryptedSecret::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn object(spec: serde_json::Value, status: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "kmsecrets.dev/v1alpha1", "kind": "EncryptedSecret",
+            "metadata": {"name": "db", "namespace": "ns", "uid": "u1", "resourceVersion": "7", "generation": 2},
+            "spec": spec, "status": status,
+        })
+    }
+
+    fn spec() -> serde_json::Value {
+        json!({
+            "scope": "strict",
+            "dataKeys": [{"provider": "local", "keyId": "local:0011", "ciphertext": "AAAA"}],
+            "encryptedData": {"password": "v1:BBBB"},
+        })
+    }
+
+    fn ready_status(s: &str) -> serde_json::Value {
+        json!({"sourceHash": "h", "conditions": [{"type": "Ready", "status": s, "reason": "Synced",
+               "message": "", "lastTransitionTime": "2026-12-01T00:00:00Z"}]})
+    }
+
+    /// Both paths kube takes: straight from the text, and through a
+    /// buffered value (what a watch event whose `object` comes first gets).
+    fn both(v: &serde_json::Value) -> [Watched; 2] {
+        let text = serde_json::to_string(v).unwrap();
+        [
+            serde_json::from_str(&text).unwrap(),
+            serde_json::from_value(v.clone()).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn opens_to_the_typed_object_it_came_from() {
+        let v = object(spec(), ready_status("True"));
+        let typed: EncryptedSecret = serde_json::from_value(v.clone()).unwrap();
+        for w in both(&v) {
+            let json = |es: &EncryptedSecret| serde_json::to_value(es).unwrap();
+            assert_eq!(json(&w.open().unwrap()), json(&typed));
+            assert!(w.ready());
+            assert_eq!(w.meta().name.as_deref(), Some("db"));
+            assert_eq!(json(&Watched::new(&typed).open().unwrap()), json(&typed));
+        }
+    }
+
+    #[test]
+    fn a_watch_event_parses_whichever_key_comes_first() {
+        let v = object(spec(), json!(null));
+        let obj = serde_json::to_string(&v).unwrap();
+        for line in [
+            format!(r#"{{"type":"ADDED","object":{obj}}}"#),
+            format!(r#"{{"object":{obj},"type":"MODIFIED"}}"#),
+        ] {
+            let ev: kube::core::WatchEvent<Watched> = serde_json::from_str(&line).unwrap();
+            let (kube::core::WatchEvent::Added(w) | kube::core::WatchEvent::Modified(w)) = ev
+            else {
+                panic!("not an object event");
+            };
+            assert!(w.open().unwrap().status.is_none());
+            assert!(!w.ready());
+        }
+    }
+
+    #[test]
+    fn ready_only_when_the_ready_condition_is_true() {
+        for (status, ready) in [
+            (ready_status("True"), true),
+            (ready_status("False"), false),
+            (json!({}), false),
+            (json!(null), false),
+            (json!({"conditions": "nonsense"}), false),
+        ] {
+            for w in both(&object(spec(), status.clone())) {
+                assert_eq!(w.ready(), ready, "{status}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_object_keeps_its_metadata_and_names_the_field_not_the_value() {
+        let mut bad = spec();
+        bad["encryptedData"]["pin"] = json!(["hunter2-secret"]);
+        for (spec, path) in [
+            (bad, "spec.encryptedData.pin"),
+            (json!("a string"), "spec"),
+            (json!(null), "spec"),
+        ] {
+            for w in both(&object(spec.clone(), json!(null))) {
+                assert_eq!(w.meta().uid.as_deref(), Some("u1"));
+                let err = w.open().unwrap_err();
+                assert_eq!(err.path, path);
+                assert!(!err.to_string().contains("hunter2"), "{err}");
+                assert!(!format!("{w:?}").contains("hunter2"));
+            }
+        }
+        // a status that does not match is reported too (and is not ready)
+        let w = &both(&object(spec(), json!({"conditions": 5})))[0];
+        assert_eq!(w.open().unwrap_err().path, "status.conditions");
+        assert!(!w.ready());
+    }
+
+    #[test]
+    fn compact_text_is_smaller_than_the_pretty_source() {
+        let v = object(spec(), ready_status("True"));
+        let w = &both(&v)[0];
+        let pretty = serde_json::to_string_pretty(&v["spec"]).unwrap().len()
+            + serde_json::to_string_pretty(&v["status"]).unwrap().len();
+        assert!(w.text_len() < pretty, "{} vs {pretty}", w.text_len());
+    }
+}
