@@ -490,10 +490,12 @@ async fn run_backend(
         if progress && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
             eprintln!(
-                "[{backend}] {:>5.1} s: {n} Secrets, {ready} Ready, {} Decrypts, controller RSS {} MiB",
+                "[{backend}] {:>5.1} s: {n} Secrets, {ready} Ready, {} Decrypts, controller RSS {} MiB (anon {}, file {})",
                 started.elapsed().as_secs_f64(),
                 proxy.decrypts() - dec0,
-                support::proc_status_kib(ctl.child.id(), "VmRSS:") / 1024
+                support::proc_status_kib(ctl.child.id(), "VmRSS:") / 1024,
+                support::proc_status_kib(ctl.child.id(), "RssAnon:") / 1024,
+                support::proc_status_kib(ctl.child.id(), "RssFile:") / 1024,
             );
         }
         if present.is_some() && ready >= p.resources {

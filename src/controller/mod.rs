@@ -96,13 +96,15 @@ pub struct LeaderElection {
 /// What this process last wrote for one EncryptedSecret.
 #[derive(Clone, Debug, Default)]
 struct Written {
-    hash: String,
-    secret_rv: String,
+    // boxed strings (no spare capacity, 16 bytes inline): one of these
+    // lives per resource
+    hash: Box<str>,
+    secret_rv: Box<str>,
     /// Generation for which a Synced status was written after that write.
     synced_generation: Option<Option<i64>>,
     /// The EncryptedSecret's resourceVersion our Synced status write
     /// returned (see [`State::is_status_echo`]).
-    status_rv: Option<String>,
+    status_rv: Option<Box<str>>,
 }
 
 /// Shared by all reconcilers and the HTTP server.
@@ -117,7 +119,7 @@ pub struct State {
     /// namespace → (resources in the open stage, of which failing).
     namespace_slots: Mutex<HashMap<String, (usize, usize)>>,
     /// uid → (source hash, Secret resourceVersion) of our last write.
-    written: Mutex<HashMap<String, Written>>,
+    written: Mutex<HashMap<Box<str>, Written>>,
     /// `/readyz` and leadership flags, shared with the HTTP surface.
     pub probes: Arc<Probes>,
     /// Set once shutdown begins: a reconcile still waiting on KMS gives up
@@ -265,7 +267,7 @@ impl State {
         {
             w.synced_generation = Some(generation);
             if status_rv.is_some() {
-                w.status_rv = status_rv;
+                w.status_rv = status_rv.map(String::into_boxed_str);
             }
         }
     }
@@ -291,7 +293,7 @@ impl State {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(uid)
-            .is_some_and(|w| w.synced_generation.is_some() && w.secret_rv == secret_rv)
+            .is_some_and(|w| w.synced_generation.is_some() && &*w.secret_rv == secret_rv)
     }
 
     /// [`Self::is_status_echo`] for a watched EncryptedSecret.
@@ -322,7 +324,7 @@ impl State {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(uid)
-            .map(|w| (w.hash.clone(), w.secret_rv.clone()))
+            .map(|w| (w.hash.to_string(), w.secret_rv.to_string()))
     }
 
     /// True when this process already wrote the source of `generation` into
@@ -346,7 +348,7 @@ impl State {
         let Some(w) = written.get(uid) else {
             return false;
         };
-        if w.secret_rv != secret_rv || w.synced_generation != Some(generation) {
+        if &*w.secret_rv != secret_rv || w.synced_generation != Some(generation) {
             return false;
         }
         if generation.is_some() {
@@ -354,7 +356,7 @@ impl State {
         }
         let recorded = w.hash.clone();
         drop(written);
-        recorded == hash()
+        *recorded == *hash()
     }
 
     /// Drop the per-object memory of every object not in `live` (deleted
@@ -364,7 +366,7 @@ impl State {
         {
             let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
             let before = w.len();
-            w.retain(|uid, _| live.contains(uid));
+            w.retain(|uid, _| live.contains(&**uid));
             n += before - w.len();
         }
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());

@@ -23,7 +23,7 @@
 //! to reach KMS, so a stalled tenant holds no more workers than before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -45,12 +45,13 @@ pub struct Parked {
 
 /// Both indexes are lazy: an entry whose object was already woken through
 /// the other one is skipped (and dropped) when reached; [`Parked::compact`]
-/// drops the rest.
+/// drops the rest. One parked object is one shared allocation, whichever
+/// indexes hold it (a cold start parks thousands at once).
 #[derive(Default)]
 struct Queues {
-    parked: HashSet<Ref>,
-    by_ns: HashMap<String, VecDeque<Ref>>,
-    by_key: HashMap<CacheKey, Vec<Ref>>,
+    parked: HashSet<Arc<Ref>>,
+    by_ns: HashMap<String, VecDeque<Arc<Ref>>>,
+    by_key: HashMap<CacheKey, Vec<Arc<Ref>>>,
 }
 
 impl Parked {
@@ -75,6 +76,10 @@ impl Parked {
     /// (parking it again while parked keeps its place).
     pub fn park(&self, obj: Ref, keys: &[CacheKey]) {
         let mut q = self.lock();
+        if q.parked.contains(&obj) {
+            return;
+        }
+        let obj = Arc::new(obj);
         if !q.parked.insert(obj.clone()) {
             return;
         }
@@ -107,13 +112,13 @@ impl Parked {
             let Some(obj) = found else { return false };
             obj
         };
-        self.send(obj)
+        self.send(Arc::unwrap_or_clone(obj))
     }
 
     /// One of `keys` is now cached: trigger every reconcile parked for it.
     /// Returns how many.
     pub fn arrived(&self, keys: &[CacheKey]) -> usize {
-        let woken: Vec<Ref> = {
+        let woken: Vec<Arc<Ref>> = {
             let mut q = self.lock();
             let Queues { parked, by_key, .. } = &mut *q;
             keys.iter()
@@ -122,7 +127,10 @@ impl Parked {
                 .filter(|o| parked.remove(o))
                 .collect()
         };
-        woken.into_iter().filter(|o| self.send(o.clone())).count()
+        woken
+            .into_iter()
+            .filter(|o| self.send(Ref::clone(o)))
+            .count()
     }
 
     /// A closed receiver (the scope stopped) leaves the backstop requeue.

@@ -154,14 +154,17 @@ fn to_text<T: serde::Serialize>(v: &T) -> Box<str> {
 /// content when `object` precedes `type`, where a borrowed raw value could
 /// not be taken). `null` is absent.
 fn compact<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
-    let mut out = Vec::with_capacity(512);
+    // Written into a scratch buffer, then copied into an allocation of
+    // exactly its size: shrinking the buffer in place would leave a free
+    // tail behind every stored object (heap fragmentation at 10,000s).
+    let mut out = Vec::with_capacity(2048);
     serde_transcode::transcode(d, &mut serde_json::Serializer::new(&mut out))
         .map_err(D::Error::custom)?;
     if out == b"null" {
         return Ok(None);
     }
-    let text = String::from_utf8(out).map_err(D::Error::custom)?;
-    Ok(Some(text.into_boxed_str()))
+    let text = std::str::from_utf8(&out).map_err(D::Error::custom)?;
+    Ok(Some(Box::from(text)))
 }
 
 impl<'de> Deserialize<'de> for Watched {
