@@ -13,10 +13,12 @@ WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir between builds; the binary is
 # copied out because cache mounts do not persist into the image layer.
+# `jemalloc`: the controller's allocator (a smaller peak RSS than glibc's
+# malloc at 10,000 resources, same CPU; docs/tuning.md "Cold start at scale").
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --no-default-features --bin kmsecrets \
+    cargo build --release --locked --no-default-features --features jemalloc --bin kmsecrets \
  && cp target/release/kmsecrets /kmsecrets
 
 FROM gcr.io/distroless/cc-debian12:nonroot

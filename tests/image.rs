@@ -1,5 +1,6 @@
 //! The controller image holds no test machinery: the Dockerfile builds
-//! `--no-default-features`, and that build has neither `kmsecrets dev` (the
+//! `--no-default-features` (plus its allocator, `--features jemalloc`), and
+//! that build has neither `kmsecrets dev` (the
 //! in-memory API server) nor the fake KMS. Builds the image's binary (debug,
 //! no debuginfo) into its own target dir, `target/image-check`, so the test
 //! binaries of this run are never replaced underneath other tests.
@@ -28,8 +29,11 @@ fn dockerfile_builds_without_dev_and_testing() {
         build.contains("--no-default-features") && build.contains("--bin kmsecrets"),
         "the image must build --no-default-features --bin kmsecrets: {build}"
     );
+    // the one feature the image turns on is its allocator
     assert!(
-        !build.contains("--features") && !build.contains("--all-features"),
+        !build.contains("--all-features")
+            && build.matches("--features").count() == 1
+            && build.contains("--features jemalloc "),
         "{build}"
     );
 }
@@ -41,6 +45,8 @@ fn controller_build_links_neither_the_test_server_nor_the_fake_kms() {
             "tree",
             "--locked",
             "--no-default-features",
+            "--features",
+            "jemalloc",
             "-p",
             "kmsecrets",
             "-e",
@@ -60,6 +66,10 @@ fn controller_build_links_neither_the_test_server_nor_the_fake_kms() {
         tree.contains("kube "),
         "cargo tree output looks wrong:\n{tree}"
     );
+    assert!(
+        tree.contains("tikv-jemallocator "),
+        "the image build must link its allocator:\n{tree}"
+    );
     for absent in ["kmsecrets-testserver", "kmsecrets-envtest"] {
         assert!(
             !tree.contains(absent),
@@ -73,6 +83,8 @@ fn controller_build_links_neither_the_test_server_nor_the_fake_kms() {
             "build",
             "--locked",
             "--no-default-features",
+            "--features",
+            "jemalloc",
             "--bin",
             "kmsecrets",
             "--target-dir",
