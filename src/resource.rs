@@ -162,12 +162,17 @@ pub fn validate(es: &EncryptedSecret) -> Result<Binding, ResourceError> {
 /// renders from them. A render error is `InvalidSpec` naming the template
 /// key (never a value).
 pub fn secret_data(es: &EncryptedSecret, values: &Plaintext) -> Result<Plaintext, ResourceError> {
-    let templates = match &es.spec.template {
-        Some(t) if !t.data.is_empty() => &t.data,
-        _ => return Ok(values.clone()),
+    let rendered = match &es.spec.template {
+        Some(t) if !t.data.is_empty() => template::render(&t.data, values)
+            .map_err(|e| ResourceError::InvalidSpec(e.to_string()))?,
+        _ => Plaintext::new(),
     };
-    let rendered = template::render(templates, values)
-        .map_err(|e| ResourceError::InvalidSpec(e.to_string()))?;
+    with_rendered(values, rendered)
+}
+
+/// The opened values and the rendered keys together (a key in both is an
+/// error: a Secret key comes from one of them).
+pub fn with_rendered(values: &Plaintext, rendered: Plaintext) -> Result<Plaintext, ResourceError> {
     let mut all = values.clone();
     for (k, v) in rendered {
         if all.contains_key(&k) {

@@ -8,6 +8,8 @@ mod common;
 use std::process::Command;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use common::{KmsProxy, Moto, aws_test_env, create_key, sdk_client, test_credentials};
 use kmsecrets::kms::aws::{AwsKms, AwsOptions};
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
@@ -319,7 +321,7 @@ async fn cli_round_trip_with_aws_kms() {
     );
 
     // rotate: new DEK, every value changes
-    run_ok(kmsecrets(&moto.url(), d).args(["rotate", "es.yaml"]));
+    run_ok(kmsecrets(&moto.url(), d).args(["rotate", "es.yaml", "--key", &k2]));
     let rotated: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(d.join("es.yaml")).unwrap()).unwrap();
     assert_ne!(
@@ -342,6 +344,10 @@ async fn cli_round_trip_with_aws_kms() {
         "init.yaml",
         "--from-literal",
         "a=b",
+        "--key",
+        &k1,
+        "--key",
+        "alias/dr",
     ]));
     let s = run_ok(kmsecrets(&moto.url(), d).args(["decrypt", "-f", "init.yaml"]));
     assert!(s.contains("a: Yg=="), "{s}");
@@ -364,4 +370,150 @@ async fn cli_round_trip_with_aws_kms() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+/// A git writer's two ways to the plaintext (security review 2, finding 2):
+/// a copy planted under their key, which `rotate` would wrap the new data
+/// key for, and a swapped-in data key they generated, which `--merge-into`
+/// and `edit` would seal new values with. Both are refused, naming the
+/// copy, before the attacker's key sees any request; `--trust-file-keys`
+/// shows what the refusal prevents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_copies_and_swapped_data_keys_are_refused() {
+    let moto = Moto::start();
+    let proxy = KmsProxy::start(moto.port);
+    let raw = sdk_client(&moto.url()).await;
+    let mine = create_key(&raw, "alias/mine").await;
+    let evil = create_key(&raw, "alias/evil").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ks = || kmsecrets(&proxy.url(), d);
+    let es = run_ok(ks().args([
+        "encrypt",
+        "--key",
+        &mine,
+        "--name",
+        "db",
+        "-n",
+        "payments",
+        "--from-literal",
+        "password=hunter2",
+    ]));
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&es).unwrap();
+    doc["spec"]["dataKeys"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "provider": "aws-kms", "keyId": evil, "ciphertext": "AAAAAAAAAAAAAAAAAAAAAAAA"
+        }));
+    let planted = serde_json::to_string(&doc).unwrap();
+    std::fs::write(d.join("es.json"), &planted).unwrap();
+    let before = proxy.requests().len();
+    let touched_evil = |p: &KmsProxy| {
+        p.requests()
+            .into_iter()
+            .filter(|(op, key)| key == &evil && op != "DescribeKey")
+            .collect::<Vec<_>>()
+    };
+    for args in [
+        vec!["rotate", "es.json"],
+        vec!["rotate", "es.json", "--key", &mine],
+        vec!["rotate", "es.json", "--key", "alias/mine"],
+        vec!["edit", "es.json", "--key", &mine],
+        vec![
+            "encrypt",
+            "--merge-into",
+            "es.json",
+            "--from-literal",
+            "x=y",
+        ],
+    ] {
+        let out = ks().env("EDITOR", "true").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted a planted copy");
+        assert!(
+            (err.contains("spec.dataKeys[1]") && err.contains(evil.as_str()))
+                || err.contains("which keys do you trust"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_eq!(std::fs::read_to_string(d.join("es.json")).unwrap(), planted);
+        assert_eq!(touched_evil(&proxy), vec![], "{args:?}");
+    }
+    assert!(
+        !proxy.requests()[before..]
+            .iter()
+            .any(|(op, _)| op.starts_with("GenerateDataKey") || op == "Encrypt"),
+        "no data key was made or wrapped: {:?}",
+        proxy.requests()
+    );
+    // what the refusal prevents: trusting the file wraps the new DEK for them
+    run_ok(ks().args(["rotate", "es.json", "--trust-file-keys"]));
+    assert!(
+        touched_evil(&proxy).iter().any(|(op, _)| op == "Encrypt"),
+        "{:?}",
+        proxy.requests()
+    );
+
+    // a swapped data key: `init`, then the attacker replaces the copy with
+    // a data key they generated under their own key
+    let init = run_ok(ks().args(["init", "empty", "-n", "payments", "--key", &mine]));
+    let mut doc: serde_json::Value = serde_saphyr::from_str(&init).unwrap();
+    let theirs = raw
+        .generate_data_key()
+        .key_id(&evil)
+        .number_of_bytes(32)
+        .encryption_context("kmsecrets.dev/scope", "strict")
+        .encryption_context("kmsecrets.dev/namespace", "payments")
+        .encryption_context("kmsecrets.dev/name", "empty")
+        .send()
+        .await
+        .unwrap();
+    doc["spec"]["dataKeys"] = serde_json::json!([{
+        "provider": "aws-kms",
+        "keyId": evil,
+        "ciphertext": STANDARD.encode(theirs.ciphertext_blob.unwrap().as_ref()),
+    }]);
+    let swapped = serde_json::to_string(&doc).unwrap();
+    std::fs::write(d.join("init.json"), &swapped).unwrap();
+    for args in [
+        vec![
+            "encrypt",
+            "--merge-into",
+            "init.json",
+            "--from-literal",
+            "a=b",
+        ],
+        vec![
+            "encrypt",
+            "--merge-into",
+            "init.json",
+            "--from-literal",
+            "a=b",
+            "--key",
+            &mine,
+        ],
+        vec!["edit", "init.json", "--key", &mine],
+    ] {
+        let out = ks().env("EDITOR", "true").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} sealed under a swapped data key"
+        );
+        assert!(err.contains(evil.as_str()), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(d.join("init.json")).unwrap(),
+            swapped
+        );
+    }
+    // (before trusted keys this went through, sealing under their data key)
+    run_ok(ks().args([
+        "encrypt",
+        "--merge-into",
+        "init.json",
+        "--from-literal",
+        "a=b",
+        "--trust-file-keys",
+    ]));
 }

@@ -1336,6 +1336,122 @@ async fn a_stalled_tenant_cannot_starve_others_or_block_shutdown(b: Backend) {
     );
 }
 
+/// A tenant's template bombs (the security review's loop of `*`, a `~`
+/// chain and a `replace` chain over a 100 KB value) cost that tenant's
+/// resources only: each is `InvalidSpec` within 10 s while another
+/// namespace's resource syncs and `/healthz` answers, under a 2 GiB
+/// address-space limit the controller survives them and a restart, and
+/// SIGTERM still ends it within 25 s.
+async fn template_bombs_cost_only_their_own_resource(b: Backend) {
+    const LIMIT: u64 = 2 << 30;
+    let c = Cluster::start_on(b).await;
+    c.kubectl(&["create", "namespace", "tenant"]).await;
+    let mut ctl = c.controller_limited(&[], LIMIT);
+    let big = c.path("big");
+    std::fs::write(&big, "x".repeat(100 * 1024)).unwrap();
+    let big_arg = format!("big={}", big.display());
+    let bombs = [
+        (
+            "loop",
+            "{% for i in range(600) %}{% set x = (user ~ (i % 10)) * 25000000 %}{% endfor %}{{ nope }}".to_string(),
+            "loops are not allowed",
+        ),
+        (
+            "chain",
+            format!("{{{{ big{} }}}}", " ~ big".repeat(200)),
+            "could build more than",
+        ),
+        (
+            "replace",
+            format!("{{{{ user{} }}}}", " | replace('', big)".repeat(8)),
+            "could build more than",
+        ),
+        ("times", "{{ user * 25000000 }}".to_string(), "arithmetic"),
+    ];
+    for (name, template, _) in &bombs {
+        let mut es = c.encrypt_json(&[
+            "--from-literal",
+            "user=admin",
+            "--from-file",
+            &big_arg,
+            "--name",
+            name,
+            "--namespace",
+            "tenant",
+        ]);
+        es["spec"]["template"] = json!({"data": {"out": template}});
+        c.apply(&to_doc(&es)).await;
+    }
+    let start = Instant::now();
+    let victim = c.encrypt(&[
+        "--from-literal",
+        "password=pw",
+        "--name",
+        "victim",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&victim).await;
+    c.wait_ready_within(NS, "victim", "True", "Synced", 10 * SECOND)
+        .await;
+    let victim_time = start.elapsed();
+    for (name, _, want) in &bombs {
+        c.wait_ready_within("tenant", name, "False", "InvalidSpec", 10 * SECOND)
+            .await;
+        let es = c.esec("tenant", name).await.unwrap();
+        let msg = &kmsecrets::controller::status::ready_condition(es.status.as_ref())
+            .unwrap()
+            .message;
+        assert!(msg.contains(want), "{name}: {msg}");
+        assert!(
+            c.secret("tenant", name).await.is_none(),
+            "{name}: no Secret"
+        );
+    }
+    let bombs_time = start.elapsed();
+    let t = Instant::now();
+    assert_eq!(ctl.http_get("/healthz").0, 200);
+    assert!(t.elapsed() < SECOND, "/healthz took {:?}", t.elapsed());
+    assert!(ctl.is_running(), "{}", ctl.logs());
+
+    // a restart under the same limit: the bombs are judged again, nothing falls over
+    ctl.kill();
+    let mut ctl = c.controller_limited(&[], LIMIT);
+    c.kubectl(&["delete", "secret", "victim", "-n", NS]).await;
+    c.wait_secret_data(NS, "victim", &[("password", "pw")])
+        .await;
+    eventually(
+        c.patience(),
+        "the restarted controller judged every bomb",
+        async || {
+            ctl.metric("kmsecrets_reconcile_total", &[("result", "InvalidSpec")])
+                >= bombs.len() as f64
+        },
+    )
+    .await;
+    assert!(ctl.is_running(), "{}", ctl.logs());
+    assert_eq!(ctl.http_get("/healthz").0, 200);
+
+    let t = Instant::now();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &ctl.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    while ctl.is_running() {
+        assert!(
+            t.elapsed() < 25 * SECOND,
+            "SIGTERM not honoured within 25 s:\n{}",
+            ctl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "template bombs ({b:?}): victim synced in {victim_time:?}, every bomb InvalidSpec after {bombs_time:?}, stopped {:?} after SIGTERM",
+        t.elapsed()
+    );
+}
+
 /// (metadata.generation, pod-template kmsecrets.dev/restartedAt) of a Deployment.
 async fn deployment_restarts(c: &Cluster, name: &str) -> (i64, Option<String>) {
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
@@ -1514,4 +1630,5 @@ on_both_backends!(
     malformed_retain_resource_is_still_orphaned_on_delete,
     a_stalled_tenant_cannot_starve_others_or_block_shutdown,
     templates_render_and_rollout_restarts_once_per_change,
+    template_bombs_cost_only_their_own_resource,
 );

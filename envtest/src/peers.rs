@@ -193,6 +193,28 @@ struct ProxyState {
     hang: AtomicBool,
     hung_now: AtomicU64,
     hung_max: AtomicU64,
+    /// (operation, key id named in the request) of every forwarded request.
+    log: Mutex<Vec<(String, String)>>,
+}
+
+/// The operation (`TrentService.Encrypt` → `Encrypt`) and the key a KMS
+/// request names (`KeyId`, or `DestinationKeyId` for ReEncrypt).
+fn request_of(headers: &[String], body: &[u8]) -> (String, String) {
+    let op = headers
+        .iter()
+        .find_map(|h| {
+            let (name, value) = h.split_once(':')?;
+            name.eq_ignore_ascii_case("x-amz-target")
+                .then(|| value.trim().rsplit('.').next().unwrap_or("").to_string())
+        })
+        .unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let key = json["DestinationKeyId"]
+        .as_str()
+        .or(json["KeyId"].as_str())
+        .unwrap_or("")
+        .to_string();
+    (op, key)
 }
 
 /// A fault-injecting HTTP proxy in front of a KMS endpoint: answers the next
@@ -302,6 +324,15 @@ impl KmsProxy {
         self.st.forwarded.load(Ordering::SeqCst)
     }
     /// Decrypt requests passed to the upstream.
+    /// (operation, key id) of every request forwarded so far, in order.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.st
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn decrypts(&self) -> u64 {
         self.st.decrypts.load(Ordering::SeqCst)
     }
@@ -426,6 +457,10 @@ fn handle(conn: TcpStream, upstream: u16, st: &ProxyState) -> std::io::Result<()
         );
     }
     st.forwarded.fetch_add(1, Ordering::SeqCst);
+    st.log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(request_of(&headers, &body));
     if is_decrypt {
         st.decrypts.fetch_add(1, Ordering::SeqCst);
     }

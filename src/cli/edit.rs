@@ -27,6 +27,11 @@ use crate::resource;
 pub struct EditArgs {
     /// The EncryptedSecret file, rewritten in place
     pub file: PathBuf,
+    /// A key you trust to hold the file's data key (repeatable): every KMS copy in the file must be under one of these, so new values are never sealed under a data key someone swapped in
+    #[arg(long = "key", value_name = "KEY")]
+    pub keys: Vec<String>,
+    #[command(flatten)]
+    pub trust: super::trust::TrustArgs,
     #[command(flatten)]
     pub layer: LayerArgs,
 }
@@ -256,7 +261,21 @@ async fn stop_editor(child: &mut tokio::process::Child, sig: (i32, &'static str)
 async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
     let mut es = read_one_encrypted(&a.file)?;
     resource::validate(&es)?;
-    let (setup, _) = build_kms(g, &[], &a.layer)?;
+    let key_args = a
+        .keys
+        .iter()
+        .map(|k| super::parse_key_arg(k).map_err(msg))
+        .collect::<CliResult<Vec<super::KeyArg>>>()?;
+    let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
+    let trusted = super::trust::Trusted::new(&refs, &a.trust);
+    super::trust::check_copies(
+        &setup.kms,
+        &es,
+        &trusted,
+        &a.file,
+        "choose the data key new values are sealed with",
+    )
+    .await?;
     let resource::Opened {
         binding,
         dek,

@@ -58,6 +58,8 @@ pub struct EncryptArgs {
     /// Add/replace values in this EncryptedSecret FILE in place, reusing its data key (unchanged values keep their ciphertext)
     #[arg(long = "merge-into", value_name = "FILE")]
     pub merge_into: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: super::trust::TrustArgs,
     /// A Secret key rendered from the values in the cluster: KEY=TEMPLATE (minijinja; see docs/templates.md) (repeatable)
     #[arg(long = "template", value_name = "KEY=TEMPLATE")]
     pub template: Vec<String>,
@@ -623,6 +625,19 @@ async fn merge_into(
     let (setup, _) = build_kms(g, key_args, &a.layer)?;
     let kms = &setup.kms;
     check_agreement(a, key_args, &es, kms, path).await?;
+    if key_args.is_empty() {
+        // --key that agrees with the file was checked above; without it
+        // only the file's local copies (if any) need no naming
+        let trusted = super::trust::Trusted::new(&[], &a.trust);
+        super::trust::check_copies(
+            kms,
+            &es,
+            &trusted,
+            path,
+            "choose the data key new values are sealed with",
+        )
+        .await?;
+    }
     let resource::Opened {
         dek, values: old, ..
     } = resource::open_resource(kms, &es)

@@ -15,6 +15,7 @@ mod fleet;
 mod init;
 mod pubkey;
 mod rotate;
+mod trust;
 mod verify;
 
 use std::path::PathBuf;

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::fleet::{self, FileOutcome, Summary};
+use super::trust::{self, TrustArgs, Trusted};
 use super::{
     CliError, CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, file_format, msg, parse_key_arg,
     to_encrypted,
@@ -42,9 +43,11 @@ pub struct RotateArgs {
     /// Keep the data key and values; re-wrap the data key under --key (ReEncrypt within KMS). Files already under exactly those keys are left unchanged
     #[arg(long)]
     pub rewrap: bool,
-    /// New wrapping keys, as for encrypt (pub:PATH seals to a SealingKey) (repeatable). Default: the file's current keys
+    /// The keys to wrap the new data key under, as for encrypt (pub:PATH seals to a SealingKey) (repeatable). Without --rewrap every KMS copy in a file must be under one of them: a file holding a copy under another KMS key is refused, since anyone who can write the file can plant one. Default: the file's keys, when they are all local keys
     #[arg(long = "key", value_name = "KEY")]
     pub keys: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(flatten)]
     pub layer: LayerArgs,
 }
@@ -118,9 +121,16 @@ async fn already_under(kms: &Kms, es: &EncryptedSecret, refs: &[KeyRef]) -> CliR
 async fn rotate_one(
     kms: &Kms,
     es: &mut EncryptedSecret,
-    refs: &[KeyRef],
+    trusted: &Trusted<'_>,
     a: &RotateArgs,
+    path: &Path,
 ) -> CliResult<bool> {
+    let refs = trusted.keys;
+    if !a.rewrap {
+        resource::validate(es)?;
+        // before any request that creates or wraps key material
+        trust::check_copies(kms, es, trusted, path, "receive the new data key").await?;
+    }
     let refs: Vec<KeyRef> = if refs.is_empty() {
         es.spec.data_keys.iter().map(KeyRef::of).collect()
     } else {
@@ -160,7 +170,7 @@ async fn rotate_one(
 /// must hold only EncryptedSecrets).
 async fn rotate_file(
     kms: &Kms,
-    refs: &[KeyRef],
+    trusted: &Trusted<'_>,
     a: &RotateArgs,
     path: &Path,
     strict: bool,
@@ -180,7 +190,7 @@ async fn rotate_file(
         }
         let mut es = to_encrypted(doc, &name)?;
         resources += 1;
-        if rotate_one(kms, &mut es, refs, a)
+        if rotate_one(kms, &mut es, trusted, a, path)
             .await
             .map_err(|e| super::name_file(path, e))?
         {
@@ -237,10 +247,11 @@ pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
     let files = fleet::expand(&a.paths, a.recursive)?;
     let single = files.len() == 1 && a.paths.len() == 1 && !a.paths[0].is_dir();
     let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
+    let trusted = Trusted::new(&refs, &a.trust);
     let kms = &setup.kms;
     if single {
         // one file: its error is the command's error, as for every command
-        let (o, _) = rotate_file(kms, &refs, &a, &files[0], true)
+        let (o, _) = rotate_file(kms, &trusted, &a, &files[0], true)
             .await
             .map_err(|e| super::name_file(&files[0], e))?;
         match o {
@@ -259,9 +270,9 @@ pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
     let mut summary = Summary::default();
     let mut results = futures::stream::iter(files.iter())
         .map(|path| {
-            let (refs, a) = (&refs, &a);
+            let (trusted, a) = (&trusted, &a);
             async move {
-                let r = rotate_file(kms, refs, a, path, false).await;
+                let r = rotate_file(kms, trusted, a, path, false).await;
                 (path, r)
             }
         })

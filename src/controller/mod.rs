@@ -125,6 +125,8 @@ pub struct State {
     /// Set once shutdown begins: a reconcile still waiting on KMS gives up
     /// (nothing was written yet) instead of holding the shutdown.
     pub stopping: watch::Sender<bool>,
+    /// Template renders in flight ([`reconcile::RENDERS`]).
+    pub renders: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
@@ -156,6 +158,7 @@ impl State {
             written: Mutex::default(),
             probes: Arc::default(),
             stopping: watch::Sender::new(false),
+            renders: Arc::new(tokio::sync::Semaphore::new(reconcile::RENDERS)),
         }
     }
 

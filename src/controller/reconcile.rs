@@ -246,7 +246,7 @@ async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
     let current = stage!(ownership(t, ctx).await);
     let hash = stage!(in_sync(t, ctx, current.as_ref()));
     let opened = stage!(open(t, ctx).await);
-    let secret = stage!(build(t.es, &opened, &hash));
+    let secret = stage!(build(t.es, &opened, &hash, &ctx.state).await);
     let key_id = opened.key_id.clone();
     drop(opened);
     let done = apply(t, ctx, secret, current.as_ref(), hash, key_id).await?;
@@ -476,17 +476,65 @@ async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
     }
 }
 
-/// 5. The Secret to apply (pure): the opened values and what
-///    `template.data` renders from them. A render error is `InvalidSpec`
-///    naming the template key; the existing Secret stays as it is.
-fn build(es: &EncryptedSecret, opened: &Opened, hash: &str) -> Stage<Secret> {
-    match resource::secret_data(es, &opened.values) {
+/// 5. The Secret to apply: the opened values and what `template.data`
+///    renders from them. A render error is `InvalidSpec` naming the
+///    template key; the existing Secret stays as it is.
+///
+///    Templates render on the blocking pool, at most [`RENDERS`] at a time,
+///    under a deadline: the async runtime (one thread by default: every
+///    watch, probe and other tenant's reconcile) never runs a render, and a
+///    render that fails or overruns costs this resource only. The template
+///    module bounds a render's work before it starts, so the deadline is a
+///    second guard, not the first.
+async fn build(es: &EncryptedSecret, opened: &Opened, hash: &str, state: &State) -> Stage<Secret> {
+    let rendered = match es.spec.template.as_ref().map(|t| &t.data) {
+        Some(templates) if !templates.is_empty() => {
+            render_off_runtime(state, templates.clone(), opened.values.clone()).await
+        }
+        _ => Ok(resource::Plaintext::new()),
+    };
+    match rendered.and_then(|r| resource::with_rendered(&opened.values, r)) {
         Ok(data) => Ok(ControlFlow::Continue(build_owned(es, &data, hash))),
         Err(e) => stop(
             Outcome::failed(e.reason(), e.to_string()),
             Report::Status(None),
             Next::SlowRetry,
         ),
+    }
+}
+
+/// Renders in flight at once: the machine's cores are what renders
+/// compete for, and two keep one free for the runtime on a 2-core node.
+pub const RENDERS: usize = 2;
+
+/// How long one render may take before the resource fails (the bounded
+/// language renders the largest allowed template in milliseconds).
+pub const RENDER_DEADLINE: Duration = Duration::from_secs(5);
+
+async fn render_off_runtime(
+    state: &State,
+    templates: std::collections::BTreeMap<String, String>,
+    values: resource::Plaintext,
+) -> std::result::Result<resource::Plaintext, resource::ResourceError> {
+    use resource::ResourceError::InvalidSpec;
+    let Ok(permit) = state.renders.clone().acquire_owned().await else {
+        return Err(InvalidSpec(
+            "spec.template.data: the controller is stopping".into(),
+        ));
+    };
+    // The permit goes with the work: a render past its deadline still
+    // counts against RENDERS until it really ends.
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        crate::template::render(&templates, &values)
+    });
+    match tokio::time::timeout(RENDER_DEADLINE, task).await {
+        Ok(Ok(r)) => r.map_err(|e| InvalidSpec(e.to_string())),
+        Ok(Err(_)) => Err(InvalidSpec("spec.template.data: rendering failed".into())),
+        Err(_) => Err(InvalidSpec(format!(
+            "spec.template.data: rendering took longer than {} s",
+            RENDER_DEADLINE.as_secs()
+        ))),
     }
 }
 

@@ -392,7 +392,28 @@ impl Cluster {
     }
 
     pub fn controller_env(&self, extra: &[&str], env: &[(&str, String)]) -> Controller {
-        Controller::start(&self.kubeconfig, &self.key, self.dir.path(), extra, env)
+        Controller::start(
+            &self.kubeconfig,
+            &self.key,
+            self.dir.path(),
+            extra,
+            env,
+            None,
+        )
+    }
+
+    /// Starts the controller with its address space limited to `bytes`
+    /// (`prlimit --as`): an allocation past it fails, as under a container
+    /// memory limit that is smaller than what a runaway would take.
+    pub fn controller_limited(&self, extra: &[&str], bytes: u64) -> Controller {
+        Controller::start(
+            &self.kubeconfig,
+            &self.key,
+            self.dir.path(),
+            extra,
+            &[],
+            Some(bytes),
+        )
     }
 
     pub async fn secret(&self, ns: &str, name: &str) -> Option<Secret> {
@@ -496,6 +517,7 @@ impl Controller {
         dir: &Path,
         extra: &[&str],
         env: &[(&str, String)],
+        address_space: Option<u64>,
     ) -> Controller {
         let log = tempfile::Builder::new()
             .prefix("controller-")
@@ -506,7 +528,17 @@ impl Controller {
             .keep()
             .expect("keep log file");
         let file = std::fs::File::create(&log).expect("create log");
-        let mut cmd = Command::new(kmsecrets_bin());
+        let mut cmd = match address_space {
+            None => Command::new(kmsecrets_bin()),
+            Some(bytes) => {
+                // prlimit execs the program: the child's pid stays the controller's
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--as={bytes}"))
+                    .arg("--")
+                    .arg(kmsecrets_bin());
+                c
+            }
+        };
         cmd.arg("controller")
             .arg("--kubeconfig")
             .arg(kubeconfig)
