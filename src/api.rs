@@ -20,12 +20,33 @@ pub const KIND: &str = "EncryptedSecret";
 /// Prefix of every label, annotation and encryption-context key we own.
 pub const PREFIX: &str = "kmsecrets.dev/";
 
-/// A key under [`PREFIX`], in any letter case: AWS compares encryption-context
-/// keys case-insensitively in IAM conditions (`kms:EncryptionContext:`), so
-/// `KMSECRETS.DEV/namespace` must be as reserved as `kmsecrets.dev/namespace`.
+/// A key under [`PREFIX`], in any letter case or Unicode look-alike.
+///
+/// AWS compares encryption-context *keys* case-insensitively where policy
+/// reads them: in grant constraints ("the key in each key-value pair is not
+/// case sensitive", KMS API reference, `GrantConstraints`) and in IAM
+/// condition keys (`kms:EncryptionContext:<key>`; condition key names are
+/// not case-sensitive, IAM User Guide, "Condition"). AWS does not say how it
+/// folds non-ASCII letters, so this folds as widely as Unicode allows: NFKC
+/// (fullwidth `ｋ` → `k`), then full upper- and lowercase mapping (`ſ` → `S`
+/// → `s`, the Kelvin sign `K` → `k`, dotless `ı` → `I` → `i`). So
+/// `KMSECRETS.DEV/namespace` and `kmſecrets.dev/namespace` are as reserved
+/// as `kmsecrets.dev/namespace`: a user key can never pass for one the
+/// controller sets from metadata.
 pub fn is_reserved_key(k: &str) -> bool {
-    k.get(..PREFIX.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX))
+    use unicode_normalization::UnicodeNormalization;
+    if k.is_ascii() {
+        return k
+            .get(..PREFIX.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX));
+    }
+    let folded: String = k
+        .nfkc()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .take(PREFIX.len() * 2)
+        .collect();
+    folded.starts_with(PREFIX)
 }
 /// Server-side apply field manager.
 pub const FIELD_MANAGER: &str = "kmsecrets";
@@ -438,6 +459,30 @@ pub fn crd_yaml() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reserved_prefix_in_any_case_or_unicode_look_alike() {
+        for k in [
+            "kmsecrets.dev/namespace",
+            "KMSECRETS.DEV/namespace",
+            "kmſecrets.dev/namespace",       // U+017F long s
+            "\u{212A}msecrets.dev/name",     // Kelvin sign
+            "ｋｍｓｅｃｒｅｔｓ．ｄｅｖ／x", // fullwidth
+            "KMSECRETS.dev/ſcope",
+        ] {
+            assert!(is_reserved_key(k), "{k} must be reserved");
+        }
+        for k in [
+            "kmsecrets.devx",
+            "team",
+            "kmsecrets.de/x",
+            "kmſecrets",
+            "ĸmsecrets.dev/x",
+            "",
+        ] {
+            assert!(!is_reserved_key(k), "{k} is not reserved");
+        }
+    }
     use super::*;
 
     #[test]

@@ -37,12 +37,16 @@ fn write_impl(path: &Path, contents: &[u8], mode: u32, no_clobber: bool) -> std:
     Ok(())
 }
 
-/// Like [`write_atomic`] but keeps the existing file's permissions, and
-/// writes through a symlink to its target (the link stays a link).
+/// Like [`write_atomic`] but keeps the existing file's permissions. Never
+/// writes through a symbolic link: a link in a repository may lead anywhere
+/// (`~/.kube/config`), and rewriting "the file" must not rewrite that.
 pub fn rewrite_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let resolved = std::fs::canonicalize(path)?;
-    let path = resolved.as_path();
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(std::io::Error::other(
+            "it is a symbolic link, and kmsecrets never writes through one: run the command on the link's target",
+        ));
+    }
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);

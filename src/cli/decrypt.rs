@@ -46,7 +46,7 @@ pub async fn run(g: &GlobalArgs, a: DecryptArgs) -> CliResult {
         } else {
             let p = std::path::PathBuf::from(f);
             sweep |= p.is_dir();
-            for x in super::fleet::expand(&[p], a.recursive)? {
+            for x in super::fleet::expand(&[p], a.recursive, super::fleet::Links::FollowInside)? {
                 sources.push(x.display().to_string());
             }
         }

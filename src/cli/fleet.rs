@@ -5,6 +5,14 @@
 //! A directory stands for its `.yaml`, `.yml` and `.json` files (sorted);
 //! with `-R` also those of its subdirectories (hidden ones, such as `.git`,
 //! skipped). A path given by name is always taken, whatever its extension.
+//!
+//! A walk never leaves the directory it was given: a symbolic link to a file
+//! is followed only when its target lies inside that directory (for
+//! reading: `verify`, `decrypt`), never for a command that rewrites files
+//! (`rotate`: the in-tree target is visited as itself), and never to a
+//! directory. A link that is not followed is counted and named on stderr.
+//! (A repository can hold a link to `~/.kube/config`; `decrypt -R
+//! --passthrough` must not print it, and `rotate -R` must not rewrite it.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,7 +29,24 @@ fn manifest_like(p: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-fn walk(dir: &Path, recursive: bool, out: &mut BTreeSet<PathBuf>) -> CliResult {
+/// How a walk treats symbolic links to files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// Follow those whose target is inside the walked directory.
+    FollowInside,
+    /// Follow none (commands that write: a link is never written through).
+    Skip,
+}
+
+struct Walk<'a> {
+    root: &'a Path,
+    recursive: bool,
+    links: Links,
+    out: &'a mut BTreeSet<PathBuf>,
+    skipped: &'a mut Vec<PathBuf>,
+}
+
+fn walk(dir: &Path, w: &mut Walk<'_>) -> CliResult {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| msg(format!("cannot read directory {}: {e}", dir.display())))?;
     let mut subdirs = Vec::new();
@@ -32,18 +57,23 @@ fn walk(dir: &Path, recursive: bool, out: &mut BTreeSet<PathBuf>) -> CliResult {
         let ft = e
             .file_type()
             .map_err(|err| msg(format!("cannot stat {}: {err}", p.display())))?;
-        // follow symlinks to files (as kubectl -f does), never to directories
-        let is_file = ft.is_file() || (ft.is_symlink() && p.is_file());
         if ft.is_dir() {
-            if recursive && !hidden {
+            if w.recursive && !hidden {
                 subdirs.push(p);
             }
-        } else if is_file && manifest_like(&p) {
-            out.insert(p);
+        } else if ft.is_file() && manifest_like(&p) {
+            w.out.insert(p);
+        } else if ft.is_symlink() && p.is_file() && manifest_like(&p) {
+            let inside = std::fs::canonicalize(&p).is_ok_and(|t| t.starts_with(w.root));
+            if inside && w.links == Links::FollowInside {
+                w.out.insert(p);
+            } else {
+                w.skipped.push(p);
+            }
         }
     }
     for d in subdirs {
-        walk(&d, recursive, out)?;
+        walk(&d, w)?;
     }
     Ok(())
 }
@@ -51,12 +81,24 @@ fn walk(dir: &Path, recursive: bool, out: &mut BTreeSet<PathBuf>) -> CliResult {
 /// The files `paths` name (see the module docs), sorted and without
 /// duplicates. An empty directory is an error naming it; a missing file is
 /// kept (reading it fails with the usual message).
-pub fn expand(paths: &[PathBuf], recursive: bool) -> CliResult<Vec<PathBuf>> {
+pub fn expand(paths: &[PathBuf], recursive: bool, links: Links) -> CliResult<Vec<PathBuf>> {
     let mut out = BTreeSet::new();
+    let mut skipped = Vec::new();
     for p in paths {
         if p.is_dir() {
             let before = out.len();
-            walk(p, recursive, &mut out)?;
+            let root = std::fs::canonicalize(p)
+                .map_err(|e| msg(format!("cannot read directory {}: {e}", p.display())))?;
+            walk(
+                p,
+                &mut Walk {
+                    root: &root,
+                    recursive,
+                    links,
+                    out: &mut out,
+                    skipped: &mut skipped,
+                },
+            )?;
             if out.len() == before {
                 return Err(msg(format!(
                     "{} holds no .yaml, .yml or .json files{}",
@@ -68,6 +110,19 @@ pub fn expand(paths: &[PathBuf], recursive: bool) -> CliResult<Vec<PathBuf>> {
             // a missing file fails where it is read, with the usual message
             out.insert(p.clone());
         }
+    }
+    if !skipped.is_empty() {
+        let why = match links {
+            Links::FollowInside => "they lead out of the directory given",
+            Links::Skip => "files are never rewritten through a link",
+        };
+        let names: Vec<String> = skipped.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "skipped {} symbolic link{} ({why}): {}",
+            skipped.len(),
+            if skipped.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        );
     }
     Ok(out.into_iter().collect())
 }
@@ -184,17 +239,18 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            names(expand(&[p.to_path_buf()], false).unwrap()),
+            names(expand(&[p.to_path_buf()], false, Links::FollowInside).unwrap()),
             ["a.yaml", "b.YML", "c.json"]
         );
         assert_eq!(
-            names(expand(&[p.to_path_buf()], true).unwrap()),
+            names(expand(&[p.to_path_buf()], true, Links::FollowInside).unwrap()),
             ["a.yaml", "b.YML", "c.json", "sub/d.yaml"]
         );
         // a file named explicitly is taken whatever its extension; duplicates collapse
         let both = expand(
             &[p.join("notes.txt"), p.join("a.yaml"), p.join("a.yaml")],
             false,
+            Links::FollowInside,
         )
         .unwrap();
         assert_eq!(names(both), ["a.yaml", "notes.txt"]);

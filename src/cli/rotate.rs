@@ -244,7 +244,7 @@ pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
             "--rewrap needs --key NEW (the key(s) to move the data key under)",
         ));
     }
-    let files = fleet::expand(&a.paths, a.recursive)?;
+    let files = fleet::expand(&a.paths, a.recursive, fleet::Links::Skip)?;
     let single = files.len() == 1 && a.paths.len() == 1 && !a.paths[0].is_dir();
     let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
     let trusted = Trusted::new(&refs, &a.trust);

@@ -101,7 +101,7 @@ pub async fn run(g: &GlobalArgs, a: VerifyArgs) -> CliResult {
         eprintln!("verified {count} EncryptedSecret(s)");
         return Ok(());
     }
-    let files = fleet::expand(&a.files, a.recursive)?;
+    let files = fleet::expand(&a.files, a.recursive, fleet::Links::FollowInside)?;
     let pb = fleet::progress(files.len(), "verify");
     let mut summary = Summary::default();
     let mut count = 0;

@@ -29,7 +29,8 @@ fn bad_files_are_rejected_by_every_command() {
         f(&mut v);
         to_yaml(&v)
     };
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let cases: Vec<(&str, Vec<u8>, &str)> =
+        vec![
         (
             "not-yaml",
             b"apiVersion: [unclosed\n  kind: {\n".to_vec(),
@@ -127,6 +128,13 @@ fn bad_files_are_rejected_by_every_command() {
         (
             "reserved-context-key-mixed-case",
             edit(|v| v["spec"]["encryptionContext"] = json!({"KmSecrets.Dev/namespace": "x"}))
+                .into_bytes(),
+            "reserved prefix",
+        ),
+        (
+            // U+017F LATIN SMALL LETTER LONG S folds to "s"
+            "reserved-context-key-long-s",
+            edit(|v| v["spec"]["encryptionContext"] = json!({"km\u{17f}ecrets.dev/namespace": "x"}))
                 .into_bytes(),
             "reserved prefix",
         ),
@@ -385,6 +393,15 @@ fn bad_flags() {
     );
     fails(
         &base(&["--from-literal", "a=b", "--context", "KMSECRETS.DEV/x=y"]),
+        "reserved",
+    );
+    fails(
+        &base(&[
+            "--from-literal",
+            "a=b",
+            "--context",
+            "km\u{17f}ecrets.dev/namespace=y",
+        ]),
         "reserved",
     );
     fails(

@@ -284,3 +284,72 @@ fn verify_and_decrypt_sweep_a_repository() {
     );
     assert_eq!(out.stdout().lines().count(), 5);
 }
+
+/// `-R` never leaves the tree (security review 2, finding 6): a link to a
+/// file outside is neither rewritten by `rotate` nor printed by `decrypt
+/// --passthrough`; it is skipped and named. `rotate` follows no link at all
+/// (an in-tree target is rotated as itself) and never writes through one,
+/// even when it is named on the command line.
+#[test]
+fn recursive_walks_never_leave_the_tree() {
+    let r = repo();
+    let t = &r.t;
+    std::fs::create_dir_all(t.p("outside")).unwrap();
+    let es_outside = t.read("repo/a.yaml");
+    t.write("outside/es.yaml", &es_outside);
+    t.write(
+        "outside/config.yaml",
+        "apiVersion: v1\nkind: Config\nusers:\n- name: admin\n  user: {token: OUTSIDE-TOKEN-5e1f}\n",
+    );
+    std::os::unix::fs::symlink(t.p("outside/es.yaml"), t.p("repo/evil.yaml")).unwrap();
+    std::os::unix::fs::symlink(t.p("outside/config.yaml"), t.p("repo/sub/kube.yaml")).unwrap();
+    std::os::unix::fs::symlink(t.p("repo/c.yaml"), t.p("repo/alias.yaml")).unwrap();
+    let c_before = t.read("repo/c.yaml");
+
+    let out = ok(kms(["rotate", "-R", &t.s("repo"), "--local-key", &r.key]).run());
+    assert_eq!(
+        t.read("outside/es.yaml"),
+        es_outside,
+        "outside file rewritten"
+    );
+    assert!(
+        out.stderr.contains("skipped 3 symbolic links"),
+        "{}",
+        out.stderr
+    );
+    assert_ne!(
+        t.read("repo/c.yaml"),
+        c_before,
+        "in-tree target rotated as itself"
+    );
+    assert!(
+        std::fs::symlink_metadata(t.p("repo/alias.yaml"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    let out = ok(kms([
+        "decrypt",
+        "-f",
+        &t.s("repo"),
+        "-R",
+        "--passthrough",
+        "--local-key",
+        &r.key,
+    ])
+    .run());
+    assert!(!out.stdout().contains("OUTSIDE-TOKEN"), "{}", out.stdout());
+    assert!(
+        out.stderr
+            .contains("skipped 2 symbolic links (they lead out"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("evil.yaml") && out.stderr.contains("kube.yaml"));
+
+    // named on its own: read through, never written through
+    let out = kms(["rotate", &t.s("repo/evil.yaml"), "--local-key", &r.key]).run();
+    fails(&out, "never writes through");
+    assert_eq!(t.read("outside/es.yaml"), es_outside);
+}
