@@ -255,11 +255,11 @@ mod tests {
         .unwrap();
         assert_eq!(names(both), ["a.yaml", "notes.txt"]);
         assert_eq!(
-            names(expand(&[p.join("missing.yaml")], false).unwrap()),
+            names(expand(&[p.join("missing.yaml")], false, Links::FollowInside).unwrap()),
             ["missing.yaml"]
         );
         std::fs::create_dir(p.join("empty")).unwrap();
-        let e = expand(&[p.join("empty")], false).unwrap_err();
+        let e = expand(&[p.join("empty")], false, Links::FollowInside).unwrap_err();
         assert!(e.to_string().contains("-R to recurse"), "{e}");
     }
 
