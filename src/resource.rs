@@ -288,7 +288,10 @@ pub struct Opened {
 pub async fn open_resource(kms: &Kms, es: &EncryptedSecret) -> Result<Opened, ResourceError> {
     let binding = validate(es)?;
     let keys = wrapped_keys(&es.spec)?;
-    let (dek, i) = kms.unwrap_any(&keys, &binding.encryption_context()).await?;
+    let tenant = es.metadata.namespace.as_deref().unwrap_or("");
+    let (dek, i) = kms
+        .unwrap_any(&keys, &binding.encryption_context(), tenant)
+        .await?;
     opened(es, binding, &keys, dek, i)
 }
 

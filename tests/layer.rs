@@ -183,6 +183,56 @@ async fn lru_capacity_evicts_least_recently_used() {
     assert_eq!(kms.cache_len(), 2);
 }
 
+/// Security review 2, finding 5: with a cache of 100, a tenant that
+/// unwraps 120 data keys evicts its own, not the victim's; the victim's next
+/// open is a cache hit. And a tenant alone may still use the whole cache.
+#[tokio::test(start_paused = true)]
+async fn a_flooding_tenant_evicts_its_own_data_keys_not_others() {
+    let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+    let ks = wrapped(&fake, 123).await;
+    let kms = layer(
+        fake.clone(),
+        LayerConfig {
+            cache_size: 100,
+            ..fast_cfg()
+        },
+    );
+    let calls = || fake.calls(Operation::Decrypt);
+    let one = |i: usize| vec![ks[i].0.clone()];
+    for v in 0..3 {
+        kms.unwrap_any(&one(v), &ks[v].1, "victim").await.unwrap();
+    }
+    for a in 3..123 {
+        kms.unwrap_any(&one(a), &ks[a].1, "attacker").await.unwrap();
+    }
+    assert_eq!(kms.cache_len(), 100);
+    let base = calls();
+    for v in 0..3 {
+        kms.unwrap_any(&one(v), &ks[v].1, "victim").await.unwrap();
+    }
+    assert_eq!(calls() - base, 0, "the victim's data keys stayed cached");
+    // the attacker's oldest went instead
+    kms.unwrap_any(&one(3), &ks[3].1, "attacker").await.unwrap();
+    assert_eq!(calls() - base, 1);
+
+    // alone, a tenant fills the whole cache
+    let alone = layer(
+        fake.clone(),
+        LayerConfig {
+            cache_size: 100,
+            ..fast_cfg()
+        },
+    );
+    for a in 0..100 {
+        alone.unwrap_any(&one(a), &ks[a].1, "only").await.unwrap();
+    }
+    let base = calls();
+    for a in 0..100 {
+        alone.unwrap_any(&one(a), &ks[a].1, "only").await.unwrap();
+    }
+    assert_eq!(calls() - base, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn errors_reach_every_waiter_and_are_not_cached() {
     let fake =
@@ -523,7 +573,7 @@ async fn mixed_copies_share_one_dek_and_fall_back_across_kinds() {
     // the asymmetric copy unavailable → the symmetric one serves
     fake.set_key_state(sealing.key_id(), KeyState::Disabled);
     let fresh = layer(fake.clone(), fast_cfg());
-    let (got, i) = fresh.unwrap_any(&spec_keys, &c).await.unwrap();
+    let (got, i) = fresh.unwrap_any(&spec_keys, &c, "").await.unwrap();
     assert_eq!((got.expose(), i), (dek.expose(), 1));
     fake.set_key_state(sealing.key_id(), KeyState::Enabled);
 

@@ -414,7 +414,8 @@ fn in_sync(t: &Target<'_>, ctx: &Context, current: Option<&SecretMeta>) -> Stage
 /// slot of its namespace frees or its data key arrives (see
 /// [`super::parked`]; 10 s at the latest), so one tenant's stuck resources
 /// never hold every worker. A
-/// resource that unwraps teaches the region policy its copies' regions.
+/// resource that unwraps teaches the region policy its copies' regions,
+/// for its namespace only (see [`crate::kms::aws::RegionPolicy`]).
 async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
     let state = &ctx.state;
     let opened = match resource::open_resource_cached(&state.kms, t.es) {
@@ -451,7 +452,9 @@ async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
     match opened {
         Ok(opened) => {
             if let Some(policy) = &state.cfg.regions {
-                policy.learn(
+                policy.learn_from(
+                    &t.ns,
+                    &opened.key_id,
                     t.es.spec
                         .data_keys
                         .iter()

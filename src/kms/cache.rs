@@ -9,7 +9,16 @@
 //! - Values are zeroizing DEKs; an evicted entry is dropped (and zeroized)
 //!   once its last user lets go.
 //! - An entry older than the TTL is never returned.
+//! - Fair under pressure: every entry belongs to the tenant (namespace)
+//!   whose unwrap put it there, and when the cache is full the entry
+//!   evicted is the least recently used one *of the tenant holding the
+//!   most entries*. A namespace alone may use the whole cache; under
+//!   contention each keeps at least min(its demand, size ÷ active
+//!   namespaces). A tenant that floods the cache with data keys evicts its
+//!   own, never another's: another tenant's entry is evicted only once no
+//!   tenant holds more entries than that tenant does.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,71 +54,142 @@ pub fn cache_key(w: &WrappedKey, ctx: &Context) -> CacheKey {
 struct Cached {
     dek: Arc<Dek>,
     inserted: Instant,
+    tenant: Arc<str>,
+}
+
+/// The LRU and how many entries each tenant holds in it.
+struct Entries {
+    lru: LruCache<CacheKey, Cached>,
+    held: HashMap<Arc<str>, usize>,
+}
+
+impl Entries {
+    fn forget(&mut self, c: &Cached) {
+        if let Some(n) = self.held.get_mut(&c.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&c.tenant);
+            }
+        }
+    }
+
+    fn pop(&mut self, key: &CacheKey) {
+        if let Some(c) = self.lru.pop(key) {
+            self.forget(&c);
+        }
+    }
+
+    fn pop_lru(&mut self) {
+        if let Some((_, c)) = self.lru.pop_lru() {
+            self.forget(&c);
+        }
+    }
+
+    /// Evict one entry to make room for one of `tenant`: the least recently
+    /// used entry of the tenant that holds the most (ties go to the tenant
+    /// inserting, then to the least recently used entry overall).
+    fn evict_for(&mut self, tenant: &str) {
+        let mine = self.held.get(tenant).copied().unwrap_or(0);
+        let (top, most) = self
+            .held
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(t, n)| (t.clone(), *n))
+            .unwrap_or_else(|| (Arc::from(""), 0));
+        let victim: Arc<str> = if mine + 1 >= most {
+            Arc::from(tenant)
+        } else {
+            top
+        };
+        let key = self
+            .lru
+            .iter()
+            .rev()
+            .find(|(_, c)| *c.tenant == *victim)
+            .map(|(k, _)| *k);
+        match key {
+            Some(k) => self.pop(&k),
+            None => self.pop_lru(),
+        }
+    }
 }
 
 pub struct DekCache {
     ttl: Duration,
     /// `None` = caching off (size 0 or TTL 0).
-    lru: Mutex<Option<LruCache<CacheKey, Cached>>>,
+    entries: Mutex<Option<Entries>>,
     metrics: Arc<Metrics>,
 }
 
 impl DekCache {
     pub fn new(size: usize, ttl: Duration, metrics: Arc<Metrics>) -> DekCache {
-        let lru = NonZeroUsize::new(size)
+        let entries = NonZeroUsize::new(size)
             .filter(|_| !ttl.is_zero())
-            .map(LruCache::new);
+            .map(|n| Entries {
+                lru: LruCache::new(n),
+                held: HashMap::new(),
+            });
         DekCache {
             ttl,
-            lru: Mutex::new(lru),
+            entries: Mutex::new(entries),
             metrics,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<LruCache<CacheKey, Cached>>> {
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Entries>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Dek>> {
         let mut guard = self.lock();
         let cache = guard.as_mut()?;
-        let expired = cache.peek(key).map(|c| c.inserted.elapsed() >= self.ttl)?;
+        let expired = cache
+            .lru
+            .peek(key)
+            .map(|c| c.inserted.elapsed() >= self.ttl)?;
         if expired {
             cache.pop(key);
             self.metrics
                 .cache_evictions
                 .with_label_values(&["expired"])
                 .inc();
-            self.metrics.cache_entries.set(cache.len() as i64);
+            self.metrics.cache_entries.set(cache.lru.len() as i64);
             return None;
         }
-        cache.get(key).map(|c| c.dek.clone())
+        cache.lru.get(key).map(|c| c.dek.clone())
     }
 
-    pub fn put(&self, key: CacheKey, dek: Arc<Dek>) {
+    /// Cache `dek` for `tenant` (the namespace whose unwrap fetched it).
+    pub fn put(&self, key: CacheKey, dek: Arc<Dek>, tenant: &str) {
         let mut guard = self.lock();
         let Some(cache) = guard.as_mut() else { return };
         let m = &self.metrics;
         // Drop expired entries from the cold end first so capacity evictions
         // only ever hit live entries.
-        while let Some((_, c)) = cache.peek_lru() {
+        while let Some((_, c)) = cache.lru.peek_lru() {
             if c.inserted.elapsed() < self.ttl {
                 break;
             }
             cache.pop_lru();
             m.cache_evictions.with_label_values(&["expired"]).inc();
         }
-        if let Some((old, _)) = cache.push(
+        // a refresh of an existing entry replaces it where it is
+        cache.pop(&key);
+        if cache.lru.len() >= cache.lru.cap().get() {
+            cache.evict_for(tenant);
+            m.cache_evictions.with_label_values(&["capacity"]).inc();
+        }
+        let tenant: Arc<str> = Arc::from(tenant);
+        *cache.held.entry(tenant.clone()).or_insert(0) += 1;
+        cache.lru.push(
             key,
             Cached {
                 dek,
                 inserted: Instant::now(),
+                tenant,
             },
-        ) && old != key
-        {
-            m.cache_evictions.with_label_values(&["capacity"]).inc();
-        }
-        m.cache_entries.set(cache.len() as i64);
+        );
+        m.cache_entries.set(cache.lru.len() as i64);
     }
 
     /// Remove every expired entry (the controller calls this periodically so
@@ -118,6 +198,7 @@ impl DekCache {
         let mut guard = self.lock();
         let Some(cache) = guard.as_mut() else { return };
         let dead: Vec<CacheKey> = cache
+            .lru
             .iter()
             .filter(|(_, c)| c.inserted.elapsed() >= self.ttl)
             .map(|(k, _)| *k)
@@ -129,11 +210,11 @@ impl DekCache {
             .cache_evictions
             .with_label_values(&["expired"])
             .inc_by(dead.len() as u64);
-        self.metrics.cache_entries.set(cache.len() as i64);
+        self.metrics.cache_entries.set(cache.lru.len() as i64);
     }
 
     pub fn len(&self) -> usize {
-        self.lock().as_ref().map_or(0, |c| c.len())
+        self.lock().as_ref().map_or(0, |c| c.lru.len())
     }
 
     pub fn is_empty(&self) -> bool {

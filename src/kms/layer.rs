@@ -190,12 +190,17 @@ impl Kms {
     /// fails permanently drops out, and no copy makes more than
     /// `max_attempts` attempts. The whole search is bounded by
     /// `unwrap_deadline`.
+    ///
+    /// `tenant` is the namespace of the resource the copies belong to ("":
+    /// none): the region allow-list and the DEK cache's fair share are
+    /// kept per tenant.
     pub async fn unwrap_any(
         &self,
         copies: &[WrappedKey],
         ctx: &Context,
+        tenant: &str,
     ) -> Result<(Arc<Dek>, usize), KmsError> {
-        let search = self.unwrap_rounds(copies, ctx);
+        let search = self.unwrap_rounds(copies, ctx, tenant);
         match self.inner.cfg.unwrap_deadline {
             None => search.await,
             Some(d) => tokio::time::timeout(d, search).await.unwrap_or_else(|_| {
@@ -211,6 +216,7 @@ impl Kms {
         &self,
         copies: &[WrappedKey],
         ctx: &Context,
+        tenant: &str,
     ) -> Result<(Arc<Dek>, usize), KmsError> {
         let mut errors: Vec<Option<KmsError>> = copies.iter().map(|_| None).collect();
         let mut live = Vec::new();
@@ -218,7 +224,7 @@ impl Kms {
             match self
                 .provider(w.provider)
                 .await
-                .and_then(|p| p.admits(&w.key_id))
+                .and_then(|p| p.admits(&w.key_id, tenant))
             {
                 Ok(()) => live.push(i),
                 Err(e) => errors[i] = Some(e),
@@ -247,7 +253,7 @@ impl Kms {
                         .with_label_values(&[Operation::Decrypt.as_str()])
                         .inc();
                 }
-                match self.unwrap_with(&copies[i], ctx, 1).await {
+                match self.unwrap_with(&copies[i], ctx, 1, tenant).await {
                     Ok(dek) => return Ok((dek, i)),
                     Err(e) => {
                         if e.is_transient() {
@@ -294,7 +300,8 @@ impl Kms {
 
     /// Unwrap one copy through cache and single-flight.
     pub async fn unwrap(&self, w: &WrappedKey, ctx: &Context) -> Result<Arc<Dek>, KmsError> {
-        self.unwrap_with(w, ctx, self.inner.cfg.max_attempts).await
+        self.unwrap_with(w, ctx, self.inner.cfg.max_attempts, "")
+            .await
     }
 
     /// [`Kms::unwrap`] with its own attempt budget.
@@ -303,6 +310,7 @@ impl Kms {
         w: &WrappedKey,
         ctx: &Context,
         attempts: u32,
+        tenant: &str,
     ) -> Result<Arc<Dek>, KmsError> {
         let key = cache_key(w, ctx);
         let m = &self.inner.metrics;
@@ -313,11 +321,11 @@ impl Kms {
         if !self.inner.cfg.coalesce {
             m.cache_misses.inc();
             let dek = Arc::new(self.fetch(w, ctx, attempts).await?);
-            self.cache_put(key, dek.clone());
+            self.cache_put(key, dek.clone(), tenant);
             return Ok(dek);
         }
         let this = self.clone();
-        let (w, ctx) = (w.clone(), ctx.clone());
+        let (w, ctx, tenant) = (w.clone(), ctx.clone(), tenant.to_string());
         let joined = self.inner.flights.join(
             key,
             || self.cache_get(&key),
@@ -336,7 +344,7 @@ impl Kms {
                     }),
                 }
                 .map(Arc::new)?;
-                this.cache_put(key, dek.clone());
+                this.cache_put(key, dek.clone(), &tenant);
                 Ok(dek)
             },
         );
@@ -384,8 +392,8 @@ impl Kms {
         self.inner.cache.get(key)
     }
 
-    fn cache_put(&self, key: CacheKey, dek: Arc<Dek>) {
-        self.inner.cache.put(key, dek);
+    fn cache_put(&self, key: CacheKey, dek: Arc<Dek>, tenant: &str) {
+        self.inner.cache.put(key, dek, tenant);
     }
 
     /// Remove every expired entry (the controller calls this periodically so

@@ -234,8 +234,9 @@ pub trait KmsProvider: Send + Sync {
     fn provider(&self) -> Provider;
 
     /// Refuse a key before any request is made (the AWS provider's region
-    /// allow-list). Every key is admitted by default.
-    fn admits(&self, _key_id: &str) -> Result<(), KmsError> {
+    /// allow-list) for a resource of namespace `tenant` ("": not for a
+    /// resource). Every key is admitted by default.
+    fn admits(&self, _key_id: &str, _tenant: &str) -> Result<(), KmsError> {
         Ok(())
     }
 
