@@ -29,7 +29,8 @@ use kmsecrets::api::{EncryptedSecret, EncryptedSecretSpec, Provider};
 use kmsecrets::kms::aws::AwsOptions;
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
 use kmsecrets::metrics::Metrics;
-use kmsecrets::resource::{self, KeyRef, Plaintext};
+use kmsecrets::resource::{self, Plaintext};
+use kmsecrets::wrap::{self, KeyRef};
 use kmsecrets_envtest::peers::{KmsProxy, Moto};
 use zeroize::Zeroizing;
 
@@ -94,7 +95,7 @@ async fn main() {
                 );
                 es.metadata.namespace = Some(format!("team{}", i % 10));
                 let binding = resource::binding_of(&es).unwrap();
-                let (dek, data_keys) = resource::new_dek(
+                let (dek, data_keys) = wrap::new_dek(
                     &kms,
                     &[KeyRef::new(Provider::AwsKms, old)],
                     &binding.encryption_context(),

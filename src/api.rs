@@ -4,6 +4,11 @@
 //! Owns the wire shape users commit to git. It never holds plaintext: values
 //! here are ciphertext, and the status never carries anything derived from
 //! plaintext.
+//!
+//! Why one long file: the Rust types *are* the CRD (schemars generates
+//! `crds/`), so every field's doc, validation limit and CEL rule sits on
+//! the type it constrains; splitting them would separate a field from the
+//! schema users see for it.
 
 use std::collections::BTreeMap;
 

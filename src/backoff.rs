@@ -1,5 +1,7 @@
 //! Exponential backoff with full jitter, the one delay formula used by the
-//! KMS retry loop, the per-object requeue and the watch restarts. Pure.
+//! KMS retry loop, the per-object requeue and the watch restarts, and the
+//! ±10% jitter of every fixed interval (resync, slow retry, parking
+//! backstop). Pure.
 
 use std::time::Duration;
 
@@ -12,6 +14,13 @@ pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, rng: &mut impl
         .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
         .min(cap);
     Duration::from_secs_f64(rng.gen_range(0.0..=ceiling.as_secs_f64()))
+}
+
+/// `d` ±10%, so many objects on the same interval (the resync, the slow
+/// retry of permanent errors, the parking backstop) do not come back in
+/// lockstep.
+pub fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
 }
 
 #[cfg(test)]

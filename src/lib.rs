@@ -2,8 +2,8 @@
 //! cluster as native Secrets, with AWS KMS envelope encryption.
 //!
 //! Layers (dependencies point down only):
-//! `cli` → `controller` → `resource` → `kms` (layer, providers) → `envelope`
-//! → `api`; `manifest`, `metrics`, `fsutil` are leaves.
+//! `cli` → `controller` → `resource`, `wrap` → `kms` (layer, providers) → `envelope`
+//! → `api`; `manifest`, `metrics`, `fsutil`, `sync`, `backoff` are leaves.
 
 pub mod api;
 pub mod backoff;
@@ -16,4 +16,6 @@ pub mod kms;
 pub mod manifest;
 pub mod metrics;
 pub mod resource;
+pub mod sync;
 pub mod template;
+pub mod wrap;

@@ -12,7 +12,8 @@ use kmsecrets::kms::fake::{FakeKms, KeyState};
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers, backoff_delay};
 use kmsecrets::kms::{Algorithm, Context, KmsError, KmsProvider, Operation, Provider, WrappedKey};
 use kmsecrets::metrics::Metrics;
-use kmsecrets::resource::{self, KeyRef};
+use kmsecrets::resource;
+use kmsecrets::wrap::{self, KeyRef};
 use rand::SeedableRng;
 
 const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/fake";
@@ -564,7 +565,7 @@ async fn mixed_copies_share_one_dek_and_fall_back_across_kinds() {
     ];
     let c = ctx(7);
     // SealingKey first: the DEK from the OS CSPRNG, no GenerateDataKey
-    let (dek, copies) = resource::new_dek(&kms, &keys, &c).await.unwrap();
+    let (dek, copies) = wrap::new_dek(&kms, &keys, &c).await.unwrap();
     assert_eq!(fake.calls(Operation::GenerateDataKey), 0);
     assert_eq!(fake.calls(Operation::Encrypt), 1);
     assert_eq!(copies[0].algorithm, Some(Algorithm::RsaesOaepSha256));
@@ -584,7 +585,7 @@ async fn mixed_copies_share_one_dek_and_fall_back_across_kinds() {
     // --key ARN of an asymmetric key (no SealingKey file): GenerateDataKey
     // is refused as KMS refuses it, GetPublicKey, local wrap
     let arn_only = [KeyRef::new(Provider::AwsKms, sealing.key_id())];
-    let (dek2, copies) = resource::new_dek(&kms, &arn_only, &c).await.unwrap();
+    let (dek2, copies) = wrap::new_dek(&kms, &arn_only, &c).await.unwrap();
     assert_eq!(fake.calls(Operation::GetPublicKey), 1);
     assert_eq!(copies[0].algorithm, Some(Algorithm::RsaesOaepSha256));
     let w = copies_of(copies);
@@ -599,11 +600,11 @@ async fn mixed_copies_share_one_dek_and_fall_back_across_kinds() {
     // rewrap symmetric → asymmetric: unwrap + local wrap (ReEncrypt cannot
     // bind the context), and back
     let sym = &spec_keys[1];
-    let to_rsa = resource::rewrap(&kms, sym, &KeyRef::sealing(sealing.clone()), &c)
+    let to_rsa = wrap::rewrap(&kms, sym, &KeyRef::sealing(sealing.clone()), &c)
         .await
         .unwrap();
     assert_eq!(to_rsa.algorithm, Algorithm::RsaesOaepSha256);
-    let back = resource::rewrap(&kms, &to_rsa, &KeyRef::new(Provider::AwsKms, KEY), &c)
+    let back = wrap::rewrap(&kms, &to_rsa, &KeyRef::new(Provider::AwsKms, KEY), &c)
         .await
         .unwrap();
     let fresh = layer(fake.clone(), fast_cfg());
@@ -616,6 +617,6 @@ async fn mixed_copies_share_one_dek_and_fall_back_across_kinds() {
         dek.expose()
     );
     // a key that is neither: refused in one line naming what it is
-    let err = resource::fetch_sealing_key(&kms, KEY).await.err().unwrap();
+    let err = wrap::fetch_sealing_key(&kms, KEY).await.err().unwrap();
     assert!(err.to_string().contains("symmetric"), "{err}");
 }

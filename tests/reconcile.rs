@@ -18,7 +18,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kmsecrets::api::{
     DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, Scope, SecretTemplate,
 };
-use kmsecrets::controller::parked::Parked;
+use kmsecrets::controller::fairness::Parked;
 use kmsecrets::controller::reconcile::{Context, Watched, reconcile};
 use kmsecrets::controller::status::ready_condition;
 use kmsecrets::controller::{Config, State, housekeeping, owned_secrets};
@@ -26,7 +26,8 @@ use kmsecrets::kms::Operation;
 use kmsecrets::kms::fake::{FakeKms, KeyState};
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
 use kmsecrets::metrics::Metrics;
-use kmsecrets::resource::{self, KeyRef, Plaintext};
+use kmsecrets::resource::{self, Plaintext};
+use kmsecrets::wrap::{self, KeyRef};
 use kmsecrets_testserver::{Counters, TestServer};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -145,8 +146,9 @@ impl Rig {
         ));
         let (parked, wakes) = Parked::new();
         let echoes = state.clone();
-        let (secrets, stream) =
-            owned_secrets(client.clone(), Some(NS), move |m| echoes.secret_is_echo(m));
+        let (secrets, stream) = owned_secrets(client.clone(), Some(NS), move |m| {
+            echoes.is_own_secret_write(m)
+        });
         tokio::spawn(stream.default_backoff().for_each(log_watch_error));
         let (es_store, writer) = reflector::store();
         let es_api: Api<Watched> = Api::namespaced(client.clone(), NS);
@@ -234,7 +236,7 @@ impl Rig {
             .iter()
             .map(|k| KeyRef::new(Provider::AwsKms, *k))
             .collect();
-        let (dek, data_keys) = resource::new_dek(&self.kms, &keys, &ctx).await.unwrap();
+        let (dek, data_keys) = wrap::new_dek(&self.kms, &keys, &ctx).await.unwrap();
         let plain: Plaintext = values
             .iter()
             .map(|(k, v)| (k.to_string(), Zeroizing::new(v.as_bytes().to_vec())))
@@ -1339,17 +1341,17 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
     };
     // not reconciled yet: nothing is an echo
     let fresh = rig.get("db").await;
-    assert!(!state.watched_is_echo(&Watched::new(&fresh)));
+    assert!(!state.is_own_status_write(&Watched::new(&fresh)));
 
     let synced = rig.reconcile("db").await;
     assert_eq!(reason(&synced), "True/Synced");
     rig.store_caught_up("db").await;
     // the object as the watch delivers it after our status write, and the
     // Secret as the owned-Secret watch delivers it after our create
-    assert!(state.watched_is_echo(&Watched::new(&synced)));
-    assert!(state.secret_is_echo(&stored("db").unwrap()));
+    assert!(state.is_own_status_write(&Watched::new(&synced)));
+    assert!(state.is_own_secret_write(&stored("db").unwrap()));
     // the version before our status write is not
-    assert!(!state.watched_is_echo(&Watched::new(&fresh)));
+    assert!(!state.is_own_status_write(&Watched::new(&fresh)));
 
     // someone edits the Secret: not an echo (drift must be repaired)
     let edit = serde_json::json!({"data": {"password": "d3Jvbmc="}});
@@ -1358,7 +1360,7 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
         .await
         .unwrap();
     rig.store_caught_up("db").await;
-    assert!(!state.secret_is_echo(&stored("db").unwrap()));
+    assert!(!state.is_own_secret_write(&stored("db").unwrap()));
     // someone labels the EncryptedSecret (a change without a new generation)
     let label = serde_json::json!({"metadata": {"labels": {"team": "a"}}});
     let labelled = rig
@@ -1366,14 +1368,14 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
         .patch("db", &PatchParams::default(), &Patch::Merge(&label))
         .await
         .unwrap();
-    assert!(!state.watched_is_echo(&Watched::new(&labelled)));
+    assert!(!state.is_own_status_write(&Watched::new(&labelled)));
 
     // the repair is our write again, and so is its status
     let repaired = rig.reconcile("db").await;
     rig.store_caught_up("db").await;
     assert_eq!(rig.secret_data("db").await, data(&[("password", "right")]));
-    assert!(state.secret_is_echo(&stored("db").unwrap()));
-    assert!(state.watched_is_echo(&Watched::new(&repaired)));
+    assert!(state.is_own_secret_write(&stored("db").unwrap()));
+    assert!(state.is_own_status_write(&Watched::new(&repaired)));
 
     // a status someone else rewrites is not ours
     let clobber = serde_json::json!({"status": {"conditions": []}});
@@ -1382,5 +1384,5 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
         .patch_status("db", &PatchParams::default(), &Patch::Merge(&clobber))
         .await
         .unwrap();
-    assert!(!state.watched_is_echo(&Watched::new(&clobbered)));
+    assert!(!state.is_own_status_write(&Watched::new(&clobbered)));
 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::{CliResult, GlobalArgs, LayerArgs, build_kms_with, msg, parse_duration};
 use crate::controller::{Config, LeaderElection, State};
-use crate::kms::aws::RegionPolicy;
+use crate::kms::regions::RegionPolicy;
 
 #[derive(Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -179,7 +179,7 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
         }
     }
     for r in &a.kms_regions {
-        if !crate::kms::aws::region_shaped(r) {
+        if !crate::kms::regions::region_shaped(r) {
             return Err(msg(format!(
                 "invalid --kms-region {r:?}: expected a region name such as eu-west-1"
             )));

@@ -8,10 +8,7 @@ use kube::api::ObjectMeta;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::{
-    CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, msg, parse_key_arg, read_one_encrypted,
-    split_kv,
-};
+use super::{CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, msg, parse_key_arg, split_kv};
 use crate::api::{EncryptedSecret, EncryptedSecretSpec, Scope, SecretTemplate, TemplateMetadata};
 use crate::envelope::{self, Binding};
 use crate::manifest::{self, Doc, Format};
@@ -254,7 +251,7 @@ fn parse_generate(a: &EncryptArgs) -> CliResult<Vec<(String, usize)>> {
         .collect()
 }
 
-fn user_context(a: &EncryptArgs) -> CliResult<BTreeMap<String, String>> {
+pub(super) fn user_context(a: &EncryptArgs) -> CliResult<BTreeMap<String, String>> {
     let mut ctx = BTreeMap::new();
     for c in &a.context {
         let (k, v) = split_kv(c, "--context")?;
@@ -274,9 +271,36 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
         .iter()
         .map(|k| parse_key_arg(k).map_err(msg))
         .collect::<CliResult<Vec<KeyArg>>>()?;
-    let extra = flag_values(&a)?;
     let generate = parse_generate(&a)?;
+    let mut inputs = gather_inputs(&a, &generate)?;
 
+    if let Some(path) = &a.merge_into {
+        let Some(input) = inputs.pop() else {
+            return Err(msg("nothing to merge"));
+        };
+        return super::merge::merge_into(g, &a, &key_args, path, input, &generate)
+            .await
+            .map_err(|e| super::name_file(path, e));
+    }
+
+    if key_args.is_empty() {
+        return Err(msg(
+            "no --key given: pass a KMS key (ARN, alias/NAME, key id) or a local key file (--key file:PATH)",
+        ));
+    }
+    let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
+    let mut out = Vec::new();
+    for input in inputs {
+        out.push(encrypt_one(&setup.kms, &refs, &a, &generate, input).await?);
+    }
+    super::write_output(&out, a.output)?;
+    Ok(())
+}
+
+/// The documents to encrypt: those of `-f`, or one assembled from the
+/// flags; the value and template flags go into the single document.
+fn gather_inputs(a: &EncryptArgs, generate: &[(String, usize)]) -> CliResult<Vec<SecretInput>> {
+    let extra = flag_values(a)?;
     let mut inputs: Vec<SecretInput> = Vec::new();
     if let Some(f) = &a.file {
         let source = manifest::source_name(f);
@@ -285,7 +309,7 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             inputs.push(parse_secret(&doc, &source)?);
         }
     }
-    let flag_templates = flag_templates(&a)?;
+    let flag_templates = flag_templates(a)?;
     if inputs.is_empty() {
         // --merge-into may add only templates or restart targets
         let merge_only =
@@ -318,96 +342,80 @@ pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
             "--name, --namespace, --merge-into, --template and value flags need a single input document",
         ));
     }
-    for (k, v) in extra {
-        let input = &mut inputs[0];
-        input.values.insert(k, v);
-    }
-    for (k, v) in flag_templates {
-        inputs[0].templates.insert(k, v);
-    }
+    inputs[0].values.extend(extra);
+    inputs[0].templates.extend(flag_templates);
+    Ok(inputs)
+}
 
-    if let Some(path) = &a.merge_into {
-        let Some(input) = inputs.pop() else {
-            return Err(msg("nothing to merge"));
-        };
-        return merge_into(g, &a, &key_args, path, input, &generate)
-            .await
-            .map_err(|e| super::name_file(path, e));
-    }
-
-    if key_args.is_empty() {
-        return Err(msg(
-            "no --key given: pass a KMS key (ARN, alias/NAME, key id) or a local key file (--key file:PATH)",
-        ));
-    }
-    let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
-    let kms = &setup.kms;
-    let user_ctx = user_context(&a)?;
+/// One input document → one EncryptedSecret under a fresh data key.
+async fn encrypt_one(
+    kms: &crate::kms::layer::Kms,
+    refs: &[crate::wrap::KeyRef],
+    a: &EncryptArgs,
+    generate: &[(String, usize)],
+    mut input: SecretInput,
+) -> CliResult<EncryptedSecret> {
+    let user_ctx = user_context(a)?;
     let scope = a.scope.unwrap_or_default();
-    let mut out = Vec::new();
-    for mut input in inputs {
-        let name = a
-            .name
-            .clone()
-            .or(input.name.take())
-            .ok_or_else(|| msg("no name: pass --name or set metadata.name"))?;
-        let namespace = a.namespace.clone().or(input.namespace.take());
-        if namespace.is_none() && scope != Scope::Cluster {
-            return Err(msg(format!(
-                "no namespace for {name}: pass --namespace or set metadata.namespace (scope {} binds it)",
-                scope.as_str()
-            )));
-        }
-        let binding = Binding::new(scope, namespace.as_deref(), Some(&name), user_ctx.clone())
-            .map_err(|e| msg(e.to_string()))?;
-        for (k, n) in &generate {
-            let bytes = random_value(kms, &refs[0], *n).await?;
-            insert_unique(&mut input.values, k, bytes, false)?;
-        }
-        check_templates(&name, &input.templates, &input.values)?;
-        let ctx = binding.encryption_context();
-        let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
-        let encrypted_data = resource::seal(&dek, &binding, &input.values, None)?;
-        let template = SecretTemplate {
-            type_: Some(
-                a.type_
-                    .clone()
-                    .or(input.type_)
-                    .unwrap_or_else(|| "Opaque".into()),
-            ),
-            immutable: input.immutable,
-            metadata: if input.labels.is_empty() && input.annotations.is_empty() {
-                None
-            } else {
-                Some(TemplateMetadata {
-                    labels: input.labels,
-                    annotations: input.annotations,
-                })
-            },
-            data: input.templates,
-        };
-        let mut es = EncryptedSecret::new(
-            &name,
-            EncryptedSecretSpec {
-                scope,
-                encryption_context: user_ctx.clone(),
-                data_keys,
-                encrypted_data,
-                template: Some(template),
-                rollout_restart_targets: restart_targets(&a)?,
-                deletion_policy: Default::default(),
-            },
-        );
-        es.metadata = ObjectMeta {
-            name: Some(name),
-            namespace,
-            ..Default::default()
-        };
-        warn_if_refused(&es);
-        out.push(es);
+    let name = a
+        .name
+        .clone()
+        .or(input.name.take())
+        .ok_or_else(|| msg("no name: pass --name or set metadata.name"))?;
+    let namespace = a.namespace.clone().or(input.namespace.take());
+    if namespace.is_none() && scope != Scope::Cluster {
+        return Err(msg(format!(
+            "no namespace for {name}: pass --namespace or set metadata.namespace (scope {} binds it)",
+            scope.as_str()
+        )));
     }
-    super::write_output(&out, a.output)?;
-    Ok(())
+    let binding = Binding::new(scope, namespace.as_deref(), Some(&name), user_ctx.clone())
+        .map_err(|e| msg(e.to_string()))?;
+    for (k, n) in generate {
+        let bytes = random_value(kms, &refs[0], *n).await?;
+        insert_unique(&mut input.values, k, bytes, false)?;
+    }
+    check_templates(&name, &input.templates, &input.values)?;
+    let ctx = binding.encryption_context();
+    let (dek, data_keys) = crate::wrap::new_dek(kms, refs, &ctx).await?;
+    let encrypted_data = resource::seal(&dek, &binding, &input.values, None)?;
+    let template = SecretTemplate {
+        type_: Some(
+            a.type_
+                .clone()
+                .or(input.type_)
+                .unwrap_or_else(|| "Opaque".into()),
+        ),
+        immutable: input.immutable,
+        metadata: if input.labels.is_empty() && input.annotations.is_empty() {
+            None
+        } else {
+            Some(TemplateMetadata {
+                labels: input.labels,
+                annotations: input.annotations,
+            })
+        },
+        data: input.templates,
+    };
+    let mut es = EncryptedSecret::new(
+        &name,
+        EncryptedSecretSpec {
+            scope,
+            encryption_context: user_ctx,
+            data_keys,
+            encrypted_data,
+            template: Some(template),
+            rollout_restart_targets: restart_targets(a)?,
+            deletion_policy: Default::default(),
+        },
+    );
+    es.metadata = ObjectMeta {
+        name: Some(name),
+        namespace,
+        ..Default::default()
+    };
+    warn_if_refused(&es);
+    Ok(es)
 }
 
 /// `--template KEY=TEMPLATE` and `--template-file KEY=PATH`.
@@ -433,7 +441,7 @@ fn flag_templates(a: &EncryptArgs) -> CliResult<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn restart_targets(a: &EncryptArgs) -> CliResult<Vec<crate::api::RolloutRestartTarget>> {
+pub(super) fn restart_targets(a: &EncryptArgs) -> CliResult<Vec<crate::api::RolloutRestartTarget>> {
     let mut targets = a.rollout_restart.clone();
     targets.sort();
     let before = targets.len();
@@ -446,7 +454,7 @@ fn restart_targets(a: &EncryptArgs) -> CliResult<Vec<crate::api::RolloutRestartT
 
 /// Templates are rendered now, with the values at hand, so a mistake is
 /// found here rather than as `InvalidSpec` in the cluster.
-fn check_templates(
+pub(super) fn check_templates(
     name: &str,
     templates: &BTreeMap<String, String>,
     values: &Plaintext,
@@ -462,9 +470,9 @@ fn check_templates(
 
 /// `--generate`: KMS GenerateRandom, except when the first key is a
 /// SealingKey file (offline: the OS CSPRNG, no KMS call).
-async fn random_value(
+pub(super) async fn random_value(
     kms: &crate::kms::layer::Kms,
-    first: &resource::KeyRef,
+    first: &crate::wrap::KeyRef,
     n: usize,
 ) -> CliResult<Zeroizing<Vec<u8>>> {
     if first.is_offline() {
@@ -479,216 +487,11 @@ async fn random_value(
 /// The controller refuses Secret types the cluster would fill with a
 /// credential; say so now rather than at sync time (still written: an
 /// operator may allow the type with --allow-secret-type).
-fn warn_if_refused(es: &EncryptedSecret) {
+pub(super) fn warn_if_refused(es: &EncryptedSecret) {
     if let Err(why) = crate::controller::secret::admit(es, &[]) {
         eprintln!(
             "warning: {}: {why}",
             es.metadata.name.as_deref().unwrap_or("")
         );
     }
-}
-
-/// `--merge-into` with the flags of the first `encrypt` (what kubeseal
-/// users type): flags that agree with the file are fine; the first one that
-/// conflicts is named. The key set is compared as ids: a local key file by
-/// its key id, a KMS key by the id recorded in the file, else (an alias or
-/// a bare key id) through DescribeKey.
-async fn check_agreement(
-    a: &EncryptArgs,
-    key_args: &[KeyArg],
-    es: &EncryptedSecret,
-    kms: &crate::kms::layer::Kms,
-    path: &std::path::Path,
-) -> CliResult {
-    let file = path.display();
-    let conflict = |flag: String, have: String| {
-        msg(format!(
-            "{flag} conflicts with {file}, which has {have}; --merge-into keeps the file's binding and keys (use `rotate --rewrap --key ...` to change keys, or encrypt a new resource)"
-        ))
-    };
-    for (flag, given, have) in [
-        ("--name", &a.name, &es.metadata.name),
-        ("--namespace", &a.namespace, &es.metadata.namespace),
-    ] {
-        if let Some(g) = given
-            && Some(g) != have.as_ref()
-        {
-            return Err(conflict(
-                format!("{flag} {g}"),
-                format!("{} {}", &flag[2..], have.as_deref().unwrap_or("(none)")),
-            ));
-        }
-    }
-    if let Some(s) = a.scope
-        && s != es.spec.scope
-    {
-        return Err(conflict(
-            format!("--scope {}", s.as_str()),
-            format!("scope {}", es.spec.scope.as_str()),
-        ));
-    }
-    if !a.context.is_empty() {
-        let given = user_context(a)?;
-        if given != es.spec.encryption_context {
-            let first = given
-                .iter()
-                .find(|(k, v)| es.spec.encryption_context.get(*k) != Some(*v))
-                .map(|(k, _)| format!("--context {k}=…"))
-                .unwrap_or_else(|| "--context".into());
-            return Err(conflict(
-                first,
-                format!(
-                    "encryptionContext keys [{}]",
-                    es.spec
-                        .encryption_context
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-    }
-    if !key_args.is_empty() {
-        let have: std::collections::BTreeSet<&str> = es
-            .spec
-            .data_keys
-            .iter()
-            .map(|k| k.key_id.as_str())
-            .collect();
-        let mut given = std::collections::BTreeSet::new();
-        for (k, raw) in key_args.iter().zip(&a.keys) {
-            let id = match k {
-                KeyArg::Local(p) => crate::kms::local::LocalKey::load(p)?.id().to_string(),
-                KeyArg::Sealing(p) => crate::kms::sealing::SealingKey::load(p)
-                    .map_err(|e| msg(e.to_string()))?
-                    .key_id()
-                    .to_string(),
-                KeyArg::Kms(id) if have.contains(id.as_str()) => id.clone(),
-                KeyArg::Kms(id) => {
-                    kms.describe_key(crate::api::Provider::AwsKms, id)
-                        .await?
-                        .arn
-                }
-            };
-            if !have.contains(id.as_str()) {
-                return Err(conflict(
-                    format!("--key {raw}"),
-                    format!(
-                        "its data key wrapped under [{}]",
-                        have.iter().copied().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-            given.insert(id);
-        }
-        if given.len() != have.len() {
-            let missing: Vec<&str> = have
-                .iter()
-                .copied()
-                .filter(|h| !given.contains(*h))
-                .collect();
-            return Err(conflict(
-                "--key (the list)".into(),
-                format!(
-                    "more copies; missing from the flags: [{}]",
-                    missing.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-async fn merge_into(
-    g: &GlobalArgs,
-    a: &EncryptArgs,
-    key_args: &[KeyArg],
-    path: &std::path::Path,
-    input: SecretInput,
-    generate: &[(String, usize)],
-) -> CliResult {
-    let mut es = read_one_encrypted(path)?;
-    let binding = resource::validate(&es)?;
-    let mismatch = |given: &Option<String>, have: &Option<String>| given.is_some() && given != have;
-    if mismatch(&input.name, &es.metadata.name)
-        || mismatch(&input.namespace, &es.metadata.namespace)
-    {
-        return Err(msg(format!(
-            "the input Secret names another resource than {} ({}/{}); --merge-into only adds values to that same resource",
-            path.display(),
-            es.metadata.namespace.as_deref().unwrap_or(""),
-            es.metadata.name.as_deref().unwrap_or("")
-        )));
-    }
-    // `--key file:PATH` that agrees with the file also unwraps it
-    let (setup, _) = build_kms(g, key_args, &a.layer)?;
-    let kms = &setup.kms;
-    check_agreement(a, key_args, &es, kms, path).await?;
-    if key_args.is_empty() {
-        // --key that agrees with the file was checked above; without it
-        // only the file's local copies (if any) need no naming
-        let trusted = super::trust::Trusted::new(&[], &a.trust);
-        super::trust::check_copies(
-            kms,
-            &es,
-            &trusted,
-            path,
-            "choose the data key new values are sealed with",
-        )
-        .await?;
-    }
-    let resource::Opened {
-        dek, values: old, ..
-    } = resource::open_resource(kms, &es)
-        .await
-        .map_err(|e| super::needs_data_key(&es, e.into()))?;
-    let mut values: Plaintext = old.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    for (k, v) in input.values {
-        values.insert(k, v);
-    }
-    for (k, n) in generate {
-        let first = resource::KeyRef::of(&es.spec.data_keys[0]);
-        values.insert(k.clone(), random_value(kms, &first, *n).await?);
-    }
-    es.spec.encrypted_data = resource::seal(
-        &dek,
-        &binding,
-        &values,
-        Some((&es.spec.encrypted_data, &old)),
-    )?;
-    if let Some(t) = &a.type_ {
-        es.spec.template.get_or_insert_with(Default::default).type_ = Some(t.clone());
-    }
-    if !input.templates.is_empty() {
-        let t = es.spec.template.get_or_insert_with(Default::default);
-        t.data.extend(input.templates);
-    }
-    let templates = es
-        .spec
-        .template
-        .as_ref()
-        .map(|t| t.data.clone())
-        .unwrap_or_default();
-    check_templates(
-        es.metadata.name.as_deref().unwrap_or(""),
-        &templates,
-        &values,
-    )?;
-    for target in restart_targets(a)? {
-        if !es.spec.rollout_restart_targets.contains(&target) {
-            es.spec.rollout_restart_targets.push(target);
-        }
-    }
-    es.spec.rollout_restart_targets.sort();
-    warn_if_refused(&es);
-    let text = manifest::render(std::slice::from_ref(&es), super::file_format(path));
-    crate::fsutil::rewrite_atomic(path, text.as_bytes())
-        .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
-    eprintln!(
-        "updated {} ({} values)",
-        path.display(),
-        es.spec.encrypted_data.len()
-    );
-    Ok(())
 }

@@ -10,7 +10,6 @@ use super::{CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, msg, parse_key_
 use crate::api::{EncryptedSecret, EncryptedSecretSpec, Scope, SecretTemplate};
 use crate::envelope::Binding;
 use crate::manifest::Format;
-use crate::resource;
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -55,7 +54,7 @@ pub async fn run(g: &GlobalArgs, a: InitArgs) -> CliResult {
         .map_err(|e| msg(e.to_string()))?;
     let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
     let data_keys =
-        resource::new_dek_without_plaintext(&setup.kms, &refs, &binding.encryption_context())
+        crate::wrap::new_dek_without_plaintext(&setup.kms, &refs, &binding.encryption_context())
             .await?;
     let mut es = EncryptedSecret::new(
         &a.name,

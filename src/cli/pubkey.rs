@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, msg, out, parse_key_arg};
-use crate::resource;
 
 #[derive(Args, Debug)]
 pub struct PubkeyArgs {
@@ -36,7 +35,7 @@ pub async fn run(g: &GlobalArgs, a: PubkeyArgs) -> CliResult {
         }
     };
     let (setup, _) = build_kms(g, &[], &a.layer)?;
-    let sealing = resource::fetch_sealing_key(&setup.kms, &key).await?;
+    let sealing = crate::wrap::fetch_sealing_key(&setup.kms, &key).await?;
     let text = sealing.render();
     match &a.output {
         None => out(text)?,

@@ -24,7 +24,8 @@ use super::{
 use crate::api::EncryptedSecret;
 use crate::kms::layer::Kms;
 use crate::manifest;
-use crate::resource::{self, KeyRef, ResourceError};
+use crate::resource::{self, ResourceError};
+use crate::wrap::{self, KeyRef};
 
 #[derive(Args, Debug)]
 pub struct RotateArgs {
@@ -63,7 +64,7 @@ async fn rewrap(kms: &Kms, es: &mut EncryptedSecret, refs: &[KeyRef]) -> CliResu
         let mut last = None;
         let mut done = None;
         for src in &copies {
-            match resource::rewrap(kms, src, dest, &ctx).await {
+            match wrap::rewrap(kms, src, dest, &ctx).await {
                 Ok(w) => {
                     done = Some(w);
                     break;
@@ -159,7 +160,7 @@ async fn rotate_one(
         .await
         .map_err(|e| super::needs_data_key(es, e.into()))?
         .values;
-    let (dek, data_keys) = resource::new_dek(kms, &refs, &ctx).await?;
+    let (dek, data_keys) = wrap::new_dek(kms, &refs, &ctx).await?;
     es.spec.encrypted_data = resource::seal(&dek, &binding, &values, None)?;
     es.spec.data_keys = data_keys;
     Ok(true)

@@ -30,7 +30,7 @@ use clap::Args;
 use super::{CliResult, msg};
 use crate::api::{EncryptedSecret, Provider};
 use crate::kms::layer::Kms;
-use crate::resource::KeyRef;
+use crate::wrap::KeyRef;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {

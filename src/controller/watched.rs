@@ -8,7 +8,7 @@
 //! conditions) — about 2 KiB each — while its JSON text is about half that
 //! in one allocation. A reconcile parses it in microseconds, and most
 //! watch events never reach a reconcile (our own writes' echoes, see
-//! [`super::State::is_status_echo`]).
+//! [`super::State::wrote_status_version`]).
 //!
 //! It also replaces kube's `DeserializeGuard`: the spec and status are
 //! captured as text whatever they hold, so an object that does not match

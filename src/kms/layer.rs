@@ -4,6 +4,11 @@
 //! limit), [`crate::backoff`] (full-jitter delays); and metrics for all of
 //! it.
 //!
+//! Why one long file: it is the call path every KMS request takes (cache →
+//! flight → limiter → attempt → classify → retry → metrics), and each
+//! guarantee below is kept next to the code that keeps it; the parts that
+//! stand alone already have their own modules.
+//!
 //! # Guarantees
 //! - A failed unwrap is never cached.
 //! - Concurrent misses for one cache key make ONE provider call.

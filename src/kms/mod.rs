@@ -17,6 +17,7 @@ pub mod flight;
 pub mod layer;
 pub mod limiter;
 pub mod local;
+pub mod regions;
 pub mod sealing;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,294 @@
+//! The reconcile pipeline for one EncryptedSecret. [`reconcile`] reads top
+//! down as named stages; each returns the next stage's input or an early
+//! [`Done`], and the status and event are written once, at the end
+//! ([`finish`]), from that outcome:
+//!
+//! 1. [`finalize`] — deletion, and the finalizer (only for
+//!    `deletionPolicy: Retain`); then [`admit`] — Secret types that would
+//!    make the cluster mint a credential are refused (pure)
+//! 2. [`ownership`] — who controls the existing Secret (metadata from the
+//!    owned-Secret store; a GET only before its first list, while it lags
+//!    our own write, or while a conflict is polled)
+//! 3. [`in_sync`] — source hash + Secret resourceVersion unchanged since our
+//!    last write → nothing to do
+//! 4. [`open`] — unwrap the DEK through the KMS layer and decrypt (async
+//!    edge; [`resource::open_resource`])
+//! 5. [`build`] — the Secret object (pure)
+//! 6. [`apply`] — create a new Secret (create-if-absent), server-side apply
+//!    an existing one (async edge), replacing an immutable Secret when its
+//!    content changed
+//! 7. [`restart`] — after a write that changed the Secret's content, the
+//!    `rolloutRestartTargets` are restarted (once per change)
+//!
+//! # Guarantees
+//! - A failing KMS or decryption never deletes or empties a Secret: writes
+//!   happen only after a complete, authenticated decrypt.
+//! - A Secret we do not control is never overwritten unless it carries
+//!   `kmsecrets.dev/adopt: "true"`. A Secret missing from the owned-Secret
+//!   store (which only holds Secrets labelled as ours) is created, never
+//!   applied: if one of that name exists after all, the create fails and
+//!   the Secret is read and judged, so an unlabelled Secret of the same name
+//!   is never clobbered.
+//! - When nothing changed there is no KMS call, no decrypt, no API read and
+//!   no write.
+//! - Status, events and logs carry bounded text: reasons, key ids, field
+//!   names, API error codes; never a value.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::{ObjectMeta, PartialObjectMeta};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::State;
+use super::fairness::{self, Parked};
+use super::secret::{self, build_owned, source_hash};
+use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
+use crate::api::{
+    ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
+    FINALIZER, WorkloadKind,
+};
+use crate::backoff::jittered;
+use crate::resource::{self, Opened};
+
+/// What the controller watches: metadata parsed, spec and status as compact
+/// text opened per reconcile; a malformed object still lands in the store
+/// instead of failing the whole list or watch (see [`super::watched`]).
+pub use super::watched::{Malformed, Watched};
+
+pub use super::watch::SecretMeta;
+
+/// What one reconcile runs with: the shared [`State`] and the owned-Secret
+/// store of its namespace scope.
+pub struct Context {
+    pub state: Arc<State>,
+    pub secrets: Store<SecretMeta>,
+    /// Reconciles deferred for their namespace's KMS share, woken when one
+    /// of its workers is free (see [`super::fairness`]).
+    pub parked: Parked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no {0}")]
+    Missing(&'static str),
+}
+
+impl ReconcileError {
+    /// Bounded `result` label: every failure here is an API request that
+    /// failed (status, finalizer, Secret read) or an object the server
+    /// should never send.
+    pub fn reason(&self) -> Reason {
+        Reason::ApiError
+    }
+}
+
+/// How long a reconcile waits for the owned-Secret store's first list.
+const STORE_WAIT: Duration = Duration::from_secs(10);
+
+type Result<T, E = ReconcileError> = std::result::Result<T, E>;
+
+/// How a reconcile ended, before its status is written.
+#[derive(Debug)]
+pub struct Done {
+    pub outcome: Outcome,
+    report: Report,
+    next: Next,
+}
+
+/// What [`finish`] writes.
+#[derive(Debug)]
+enum Report {
+    /// No status write (deleted, or our own last write is already reported).
+    Nothing,
+    /// Status from the outcome; `Some` also records a completed sync, `None`
+    /// keeps the previous sync fields (the existing Secret stays as it is).
+    Status(Option<SyncInfo>),
+}
+
+/// When to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    AwaitChange,
+    Resync,
+    Backoff,
+    SlowRetry,
+    ConflictPoll,
+    /// Its namespace's failing resources hold their share of the workers:
+    /// look again shortly, without a KMS call or a status write.
+    Deferred,
+}
+
+#[derive(Debug, Clone)]
+struct SyncInfo {
+    hash: String,
+    secret_rv: Option<String>,
+    key_id: Option<String>,
+    /// The applied Secret's content-change time (with restart targets).
+    content_changed_at: Option<String>,
+    /// The content change whose restarts [`restart`] has now requested.
+    restarted: Option<String>,
+}
+
+/// Either the next stage's input or an early end.
+type Stage<T> = Result<ControlFlow<Done, T>>;
+
+/// Run a stage: continue with its value, or return its `Done`.
+macro_rules! stage {
+    ($e:expr) => {
+        match $e? {
+            ControlFlow::Continue(v) => v,
+            ControlFlow::Break(done) => return Ok(done),
+        }
+    };
+}
+
+// after the macro: the stage files use `stage!`
+mod apply;
+mod decrypt;
+mod ownership;
+mod report;
+mod restart;
+
+pub use apply::keys_left_by_create;
+use apply::*;
+use decrypt::*;
+use ownership::*;
+use report::*;
+use restart::*;
+
+fn done(outcome: Outcome, report: Report, next: Next) -> Done {
+    Done {
+        outcome,
+        report,
+        next,
+    }
+}
+
+fn stop<T>(outcome: Outcome, report: Report, next: Next) -> Stage<T> {
+    Ok(ControlFlow::Break(done(outcome, report, next)))
+}
+
+/// The resource being reconciled, with the identity every stage needs.
+struct Target<'a> {
+    es: &'a EncryptedSecret,
+    ns: String,
+    name: String,
+    uid: String,
+    es_api: Api<EncryptedSecret>,
+    /// The same resource, answers decoded as metadata only.
+    es_meta_api: Api<PartialObjectMeta<EncryptedSecret>>,
+    secrets: Api<Secret>,
+}
+
+impl<'a> Target<'a> {
+    fn new(es: &'a EncryptedSecret, ctx: &Context) -> Result<Target<'a>> {
+        let ns = es.namespace().ok_or(ReconcileError::Missing("namespace"))?;
+        let uid = es.uid().ok_or(ReconcileError::Missing("uid"))?;
+        let client = ctx.state.client.clone();
+        Ok(Target {
+            es,
+            name: es.name_any(),
+            uid,
+            es_api: Api::namespaced(client.clone(), &ns),
+            es_meta_api: Api::namespaced(client.clone(), &ns),
+            secrets: Api::namespaced(client, &ns),
+            ns,
+        })
+    }
+}
+
+pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
+    let start = std::time::Instant::now();
+    // The object and the stages' state (~14 KB) are boxed once here
+    // instead of being moved with the future through kube-runtime's queue
+    // on every reconcile. The spec is parsed here, from the store's text.
+    let res = match obj.open() {
+        Ok(es) => {
+            let ctx = &ctx;
+            Box::pin(async move { reconcile_valid(&es, ctx).await }).await
+        }
+        // `Malformed` names the failing field, never a value.
+        Err(m) => malformed(&obj, m, &ctx).await,
+    };
+    let m = &ctx.state.metrics;
+    m.reconcile_duration.observe(start.elapsed().as_secs_f64());
+    if matches!(&res, Ok((o, _)) if o.deferred) {
+        m.reconcile_deferred.inc();
+        return res.map(|(_, a)| a);
+    }
+    let label = match &res {
+        Ok((o, _)) if o.ready() => "success",
+        Ok((o, _)) => o.reason.as_str(),
+        Err(e) => e.reason().as_str(),
+    };
+    m.reconcile.with_label_values(&[label]).inc();
+    res.map(|(_, a)| a)
+}
+
+pub fn error_policy(es: Arc<Watched>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let key = es.uid().unwrap_or_default();
+    warn!(name = %es.name_any(), namespace = es.namespace().as_deref().unwrap_or(""), error = %err, "reconcile failed");
+    Action::requeue(ctx.state.backoff(&key))
+}
+
+async fn reconcile_valid(es: &EncryptedSecret, ctx: &Context) -> Result<(Outcome, Action)> {
+    let t = Target::new(es, ctx)?;
+    let done = pipeline(&t, ctx).await?;
+    finish(&t, ctx, done).await
+}
+
+/// The stages, in order.
+async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
+    stage!(finalize(t, ctx).await);
+    stage!(admit(t, ctx));
+    let current = stage!(ownership(t, ctx).await);
+    let hash = stage!(in_sync(t, ctx, current.as_ref()));
+    let opened = stage!(open(t, ctx).await);
+    let secret = stage!(build(t.es, &opened, &hash, &ctx.state).await);
+    let key_id = opened.key_id.clone();
+    drop(opened);
+    let done = apply(t, ctx, secret, current.as_ref(), hash, key_id).await?;
+    Ok(restart(t, ctx, done).await)
+}
+
+/// The one place status and events are written, and the per-object memory
+/// updated, from a stage's [`Done`].
+async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<(Outcome, Action)> {
+    let state = &ctx.state;
+    let generation = t.es.meta().generation;
+    if let Report::Status(sync) = &d.report {
+        if let Some(s) = sync {
+            state.remember_write(&t.uid, &s.hash, s.secret_rv.as_deref().unwrap_or_default());
+        }
+        let status_rv = write_status(t, ctx, &d.outcome, sync.as_ref()).await?;
+        if sync.is_some() {
+            state.remember_synced(&t.uid, generation, status_rv);
+        }
+    }
+    let action = match d.next {
+        Next::AwaitChange => Action::await_change(),
+        Next::Resync => {
+            state.succeeded(&t.uid);
+            Action::requeue(state.resync())
+        }
+        Next::Backoff => Action::requeue(state.backoff(&t.uid)),
+        Next::SlowRetry => Action::requeue(state.slow_retry()),
+        Next::ConflictPoll => Action::requeue(state.conflict_retry()),
+        Next::Deferred => Action::requeue(jittered(fairness::BACKSTOP)),
+    };
+    Ok((d.outcome, action))
+}

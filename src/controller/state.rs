@@ -1,0 +1,270 @@
+//! [`State`]: what every reconcile, the housekeeping task and the HTTP
+//! server share — clients, KMS layer, metrics, recorder, configuration — and
+//! the controller's memory of each object: its transient failures (for
+//! backoff) and what this process last wrote for it ([`Written`]: the
+//! source hash and Secret version, the Synced status that followed), which
+//! lets the reconciles triggered by our own writes end without work.
+//!
+//! Never holds plaintext or data keys (the DEK cache is the KMS layer's).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, Resource};
+use tokio::sync::watch;
+
+use super::watch::SecretMeta;
+use super::watched::Watched;
+use super::{Config, status};
+use crate::backoff::{backoff_delay, jittered};
+use crate::http::Probes;
+use crate::kms::layer::Kms;
+use crate::metrics::Metrics;
+use crate::sync::LockExt;
+
+/// Template renders in flight at once, across every scope: renders compete
+/// for the machine's cores, and two keep one free for the async runtime on
+/// a 2-core node.
+pub const TEMPLATE_RENDERS: usize = 2;
+
+/// What this process last wrote for one EncryptedSecret.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Written {
+    // boxed strings (no spare capacity, 16 bytes inline): one of these
+    // lives per resource
+    hash: Box<str>,
+    secret_rv: Box<str>,
+    /// Generation for which a Synced status was written after that write.
+    synced_generation: Option<Option<i64>>,
+    /// The EncryptedSecret's resourceVersion our Synced status write
+    /// returned (see [`State::wrote_status_version`]).
+    status_rv: Option<Box<str>>,
+}
+
+/// Shared by all reconcilers and the HTTP server.
+pub struct State {
+    pub client: Client,
+    pub kms: Kms,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub(crate) cfg: Config,
+    /// uid → consecutive transient failures (per-object backoff).
+    failures: Mutex<HashMap<String, u32>>,
+    /// namespace → (resources in the open stage, of which failing).
+    pub(super) namespace_slots: Mutex<HashMap<String, (usize, usize)>>,
+    /// uid → (source hash, Secret resourceVersion) of our last write.
+    written: Mutex<HashMap<Box<str>, Written>>,
+    /// `/readyz` and leadership flags, shared with the HTTP surface.
+    pub probes: Arc<Probes>,
+    /// Set once shutdown begins: a reconcile still waiting on KMS gives up
+    /// (nothing was written yet) instead of holding the shutdown.
+    pub stopping: watch::Sender<bool>,
+    /// Template renders in flight ([`TEMPLATE_RENDERS`]).
+    pub renders: Arc<tokio::sync::Semaphore>,
+}
+
+impl State {
+    pub fn new(client: Client, kms: Kms, cfg: Config, identity: &str) -> State {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kmsecrets".into(),
+                instance: Some(identity.to_string()),
+            },
+        );
+        let metrics = kms.metrics().clone();
+        for r in status::Reason::ALL {
+            let label = if r == status::Reason::Synced {
+                "success"
+            } else {
+                r.as_str()
+            };
+            metrics.reconcile.with_label_values(&[label]);
+        }
+        State {
+            metrics,
+            client,
+            kms,
+            recorder,
+            cfg,
+            failures: Mutex::default(),
+            namespace_slots: Mutex::default(),
+            written: Mutex::default(),
+            probes: Arc::default(),
+            stopping: watch::Sender::new(false),
+            renders: Arc::new(tokio::sync::Semaphore::new(TEMPLATE_RENDERS)),
+        }
+    }
+
+    /// Per-object exponential backoff with full jitter: 1 s doubling to 5 min.
+    pub fn backoff(&self, uid: &str) -> Duration {
+        let mut f = self.failures.lock_or_recover();
+        let n = f.entry(uid.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let d = backoff_delay(
+            *n - 1,
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+            &mut rand::thread_rng(),
+        );
+        d.max(Duration::from_millis(200))
+    }
+
+    /// Whether the object's last attempt failed transiently.
+    pub fn is_failing(&self, uid: &str) -> bool {
+        self.failures.lock_or_recover().contains_key(uid)
+    }
+
+    pub fn succeeded(&self, uid: &str) {
+        self.failures.lock_or_recover().remove(uid);
+    }
+
+    pub fn slow_retry(&self) -> Duration {
+        jittered(self.cfg.slow_retry)
+    }
+
+    /// A conflicting unowned Secret is not watched (we only watch our own),
+    /// so an adopt annotation added later is noticed by polling it: a
+    /// metadata GET at most every 30 s per conflicting object.
+    pub fn conflict_retry(&self) -> Duration {
+        jittered(self.cfg.slow_retry.min(Duration::from_secs(30)))
+    }
+
+    pub fn resync(&self) -> Duration {
+        jittered(self.cfg.resync_interval)
+    }
+
+    pub fn remember_write(&self, uid: &str, hash: &str, rv: &str) {
+        let w = Written {
+            hash: hash.into(),
+            secret_rv: rv.into(),
+            synced_generation: None,
+            status_rv: None,
+        };
+        self.written.lock_or_recover().insert(uid.into(), w);
+    }
+
+    /// Record that a Synced status for `generation` followed the last write;
+    /// `status_rv`: the resourceVersion that status write returned (`None`:
+    /// nothing needed writing).
+    pub fn remember_synced(&self, uid: &str, generation: Option<i64>, status_rv: Option<String>) {
+        if let Some(w) = self.written.lock_or_recover().get_mut(uid) {
+            w.synced_generation = Some(generation);
+            if status_rv.is_some() {
+                w.status_rv = status_rv.map(String::into_boxed_str);
+            }
+        }
+    }
+
+    /// True when `rv` is the EncryptedSecret version our own Synced status
+    /// write produced: its watch event carries nothing the reconcile that
+    /// wrote it did not already act on (a resourceVersion names one state
+    /// of the object), so it triggers no reconcile.
+    pub fn wrote_status_version(&self, uid: &str, rv: &str) -> bool {
+        self.written
+            .lock_or_recover()
+            .get(uid)
+            .is_some_and(|w| w.status_rv.as_deref() == Some(rv))
+    }
+
+    /// True when `secret_rv` is the Secret version our own last apply for
+    /// `uid` produced and a Synced status followed it: the Secret's watch
+    /// event triggers no reconcile of its owner (its store is updated all
+    /// the same).
+    pub fn wrote_secret_version(&self, uid: &str, secret_rv: &str) -> bool {
+        self.written
+            .lock_or_recover()
+            .get(uid)
+            .is_some_and(|w| w.synced_generation.is_some() && &*w.secret_rv == secret_rv)
+    }
+
+    /// [`Self::wrote_status_version`] for a watched EncryptedSecret.
+    pub fn is_own_status_write(&self, w: &Watched) -> bool {
+        let md = w.meta();
+        match (&md.uid, &md.resource_version) {
+            (Some(uid), Some(rv)) => self.wrote_status_version(uid, rv),
+            _ => false,
+        }
+    }
+
+    /// [`Self::wrote_secret_version`] for an owned Secret (by its controller
+    /// owner reference).
+    pub fn is_own_secret_write(&self, m: &SecretMeta) -> bool {
+        let md = &m.metadata;
+        let Some(rv) = md.resource_version.as_deref() else {
+            return false;
+        };
+        md.owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .is_some_and(|o| self.wrote_secret_version(&o.uid, rv))
+    }
+
+    pub fn last_write(&self, uid: &str) -> Option<(String, String)> {
+        self.written
+            .lock_or_recover()
+            .get(uid)
+            .map(|w| (w.hash.to_string(), w.secret_rv.to_string()))
+    }
+
+    /// True when this process already wrote the source of `generation` into
+    /// exactly this Secret version and reported it Synced. Lets the
+    /// reconciles triggered by our own writes (the Secret's and the status's
+    /// watch events) skip hashing, decrypt, apply and status entirely.
+    ///
+    /// The generation stands for the source: the hash covers only the spec
+    /// and the (immutable) name and namespace, and the API server bumps
+    /// `metadata.generation` on every spec change of a custom resource. An
+    /// object without a generation is compared by `hash` (computed only
+    /// then).
+    pub fn synced_in_memory(
+        &self,
+        uid: &str,
+        hash: impl FnOnce() -> String,
+        secret_rv: &str,
+        generation: Option<i64>,
+    ) -> bool {
+        let written = self.written.lock_or_recover();
+        let Some(w) = written.get(uid) else {
+            return false;
+        };
+        if &*w.secret_rv != secret_rv || w.synced_generation != Some(generation) {
+            return false;
+        }
+        if generation.is_some() {
+            return true;
+        }
+        let recorded = w.hash.clone();
+        drop(written);
+        *recorded == *hash()
+    }
+
+    /// Drop the per-object memory of every object not in `live` (deleted
+    /// without a finalizer never reach a reconcile). Returns how many.
+    pub fn retain_objects(&self, live: &HashSet<String>) -> usize {
+        let mut n = 0;
+        {
+            let mut w = self.written.lock_or_recover();
+            let before = w.len();
+            w.retain(|uid, _| live.contains(&**uid));
+            n += before - w.len();
+        }
+        let mut f = self.failures.lock_or_recover();
+        let before = f.len();
+        f.retain(|uid, _| live.contains(uid));
+        n + before - f.len()
+    }
+
+    /// Entries of per-object memory (written + failures), for tests.
+    pub fn tracked_objects(&self) -> usize {
+        self.written.lock_or_recover().len() + self.failures.lock_or_recover().len()
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.written.lock_or_recover().remove(uid);
+        self.succeeded(uid);
+    }
+}

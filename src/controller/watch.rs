@@ -1,0 +1,316 @@
+//! The watches: EncryptedSecrets (what a list asks for, what the store
+//! keeps) and the owned Secrets (a metadata-only watch of Secrets labelled
+//! as ours), the relist repair that turns objects gone during a broken
+//! watch into triggers ([`RelistExt`]), and the watches' backoff.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+
+use super::watched::Watched;
+use super::{Config, secret};
+use crate::api::ADOPT_ANNOTATION;
+use crate::backoff::backoff_delay;
+
+/// A materialised Secret as the owned-Secret store holds it: metadata only
+/// (no values), trimmed to what reconcile reads (see [`trim_secret_meta`]).
+pub type SecretMeta = PartialObjectMeta<Secret>;
+
+/// Lists use the default (most recent, consistent) semantic, not
+/// `any_semantic()` (resourceVersion=0): an RV=0 list may be served from a
+/// lagging watch cache (stale reads, kubernetes/kubernetes#59848), and after
+/// a `410 too old resource version` client-go's reflector relists with
+/// RV="" for the same reason. Consistent lists are served from the watch
+/// cache since Kubernetes 1.34, so this costs etcd nothing extra.
+pub(super) fn watcher_config(cfg: &Config) -> watcher::Config {
+    let mut wc = watcher::Config::default();
+    if let Some(sel) = &cfg.label_selector {
+        wc = wc.labels(sel);
+    }
+    wc
+}
+
+/// Backoff of the watches after an error: 0.5 s doubling to 5 s (jittered),
+/// reset after 30 s without errors. kube-runtime's default (0.8 s to 30 s,
+/// reset after 120 s) was measured on a real kube-apiserver: a graceful
+/// restart refuses connections for ~18 s, the first watch afterwards is a
+/// `410 Expired` (the new watch cache starts at etcd's current revision),
+/// and by then the backoff had reached 30–50 s, so the controller missed
+/// changes for close to a minute after the apiserver was back. With a 5 s
+/// cap it resumes within seconds; a relist every 5 s per watch during an
+/// outage is no load for an apiserver.
+pub(super) fn watch_backoff() -> ResetTimerBackoff<WatchBackoff> {
+    ResetTimerBackoff::new(WatchBackoff::default(), Duration::from_secs(30))
+}
+
+/// Full-jitter exponential delays, 0.5 s doubling to a 5 s cap (see
+/// [`watch_backoff`]).
+#[derive(Default)]
+pub(super) struct WatchBackoff {
+    attempt: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = backoff_delay(
+            self.attempt,
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+            &mut rand::thread_rng(),
+        );
+        self.attempt = self.attempt.saturating_add(1);
+        // full jitter can draw ~0: keep a floor so a flapping apiserver is
+        // not hammered
+        Some(d.max(Duration::from_millis(200)))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The Secret metadata the owned-Secret store keeps: identity, version,
+/// owner references and the adopt annotation. Labels, other annotations and
+/// managedFields are dropped (memory: at 10,000 Secrets the managedFields
+/// alone are several MiB).
+pub fn trim_secret_meta(m: &mut SecretMeta) {
+    m.types = None;
+    let md = &mut m.metadata;
+    md.managed_fields = None;
+    md.labels = None;
+    if let Some(a) = md.annotations.as_mut() {
+        a.retain(|k, _| k == ADOPT_ANNOTATION);
+    }
+}
+
+/// What reconcile never reads from an EncryptedSecret: managedFields and
+/// kubectl's last-applied copy (a second copy of every ciphertext).
+pub fn trim_watched(w: &mut Watched) {
+    let md = w.meta_mut();
+    md.managed_fields = None;
+    if let Some(a) = md.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// The owned-Secret store of one scope and the stream that fills it (and
+/// triggers owners): a metadata-only watch of Secrets labelled as ours.
+/// A changed Secret for which `echo` holds (our own write, see
+/// [`super::State::is_own_secret_write`]) updates the store but triggers
+/// nothing.
+pub fn owned_secrets(
+    client: Client,
+    ns: Option<&str>,
+    echo: impl Fn(&SecretMeta) -> bool + Send + 'static,
+) -> (
+    Store<SecretMeta>,
+    impl futures::Stream<Item = Result<SecretMeta, watcher::Error>> + Send + 'static,
+) {
+    let api: Api<SecretMeta> = match ns {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let cfg = watcher::Config::default().labels(&format!(
+        "{}={}",
+        secret::MANAGED_BY_LABEL,
+        secret::MANAGED_BY_VALUE
+    ));
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, cfg).modify(trim_secret_meta).reflect(writer);
+    let stream = stream.touched_and_vanished(store.clone(), echo);
+    (store, stream)
+}
+
+/// Relist repair for a reflected watch stream (kube-runtime's
+/// `WatchStreamExt` style): see [`RelistExt::touched_and_vanished`].
+pub trait RelistExt<K>:
+    futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Sized
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    /// The objects a watch event touches, plus those a relist shows gone.
+    ///
+    /// `touched_objects()` yields nothing for an object deleted while the watch
+    /// was broken: after a `410 Expired` or a dropped stream the watcher relists
+    /// (`Init` … `InitApply` … `InitDone`), and an object missing from the new
+    /// list simply never appears. For the owned Secrets that is a deletion the
+    /// controller would not repair until the next resync (10 min by default).
+    /// So at `Init` the store (the reflector fills a side buffer until
+    /// `InitDone`, so it still holds the pre-relist state) is snapshotted, and
+    /// at `InitDone` every snapshotted object the relist did not return is
+    /// yielded like a `Delete`, which triggers its owner.
+    ///
+    /// A listed or changed object for which `quiet` holds is not yielded
+    /// (deletions always are).
+    fn touched_and_vanished(
+        self,
+        store: Store<K>,
+        quiet: impl Fn(&K) -> bool + Send + 'static,
+    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    where
+        Self: Send + 'static,
+    {
+        use kube::runtime::reflector::ObjectRef;
+        // (the pre-relist snapshot, the refs the relist has returned so far)
+        type Relist<K> = Option<(Vec<Arc<K>>, HashSet<ObjectRef<K>>)>;
+        self.scan(
+            None::<(Vec<Arc<K>>, HashSet<ObjectRef<K>>)>,
+            move |relist: &mut Relist<K>, ev| {
+                let out: Vec<Result<K, watcher::Error>> = match ev {
+                    Err(e) => vec![Err(e)],
+                    Ok(watcher::Event::Init) => {
+                        *relist = Some((store.state(), HashSet::new()));
+                        Vec::new()
+                    }
+                    Ok(watcher::Event::InitApply(o)) => {
+                        if let Some((_, seen)) = relist.as_mut() {
+                            seen.insert(ObjectRef::from_obj(&o));
+                        }
+                        if quiet(&o) { Vec::new() } else { vec![Ok(o)] }
+                    }
+                    Ok(watcher::Event::InitDone) => match relist.take() {
+                        Some((before, seen)) => before
+                            .into_iter()
+                            .filter(|o| !seen.contains(&ObjectRef::from_obj(o.as_ref())))
+                            .map(|o| Ok(o.as_ref().clone()))
+                            .collect(),
+                        None => Vec::new(),
+                    },
+                    Ok(watcher::Event::Apply(o)) if quiet(&o) => Vec::new(),
+                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => vec![Ok(o)],
+                };
+                futures::future::ready(Some(futures::stream::iter(out)))
+            },
+        )
+        .flatten()
+    }
+}
+
+impl<K, S> RelistExt<K> for S
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Sized,
+{
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    fn cm(name: &str, rv: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn names(items: &[Result<ConfigMap, watcher::Error>]) -> Vec<String> {
+        items
+            .iter()
+            .map(|r| r.as_ref().map(|o| o.name_any()).unwrap_or_default())
+            .collect()
+    }
+
+    use kube::ResourceExt;
+
+    /// An object deleted while the watch was broken is absent from the
+    /// relist; it must still trigger its owner (as a Delete would have).
+    #[tokio::test]
+    async fn a_relist_yields_objects_that_vanished_during_the_gap() {
+        use watcher::Event::*;
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let events = vec![
+            Ok(Init),
+            Ok(InitApply(cm("a", "1"))),
+            Ok(InitApply(cm("b", "2"))),
+            Ok(InitDone),
+            Ok(Apply(cm("c", "3"))),
+            // the watch broke; b and c were deleted meanwhile, a changed
+            Ok(Init),
+            Ok(InitApply(cm("a", "4"))),
+            Ok(InitDone),
+            Ok(Delete(cm("a", "5"))),
+        ];
+        let out: Vec<_> = stream::iter(events)
+            .reflect(writer)
+            .touched_and_vanished(store.clone(), |_| false)
+            .collect()
+            .await;
+        let got = names(&out);
+        assert_eq!(got[..4], ["a", "b", "c", "a"]);
+        // the vanished ones, in the store's (hash) order
+        let mut vanished = got[4..6].to_vec();
+        vanished.sort();
+        assert_eq!(vanished, ["b", "c"]);
+        assert_eq!(got[6..], ["a"]);
+        assert!(
+            store
+                .get(&reflector::ObjectRef::new("b").within("ns"))
+                .is_none()
+        );
+        // a first list (empty store) yields only what it lists
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let out: Vec<_> = stream::iter(vec![Ok(Init), Ok(InitApply(cm("x", "1"))), Ok(InitDone)])
+            .reflect(writer)
+            .touched_and_vanished(store, |_| false)
+            .collect()
+            .await;
+        assert_eq!(names(&out), ["x"]);
+    }
+
+    /// Quiet objects (our own writes' echoes) update the store but are not
+    /// yielded; deletions and objects a relist shows gone always are.
+    #[tokio::test]
+    async fn quiet_changes_update_the_store_and_trigger_nothing() {
+        use watcher::Event::*;
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let events = vec![
+            Ok(Init),
+            Ok(InitApply(cm("a", "1"))),
+            Ok(InitApply(cm("q", "2"))),
+            Ok(InitDone),
+            Ok(Apply(cm("b", "3"))),
+            Ok(Apply(cm("q", "4"))),
+            Ok(Init),
+            Ok(InitApply(cm("b", "5"))),
+            Ok(InitDone),
+            Ok(Delete(cm("b", "6"))),
+        ];
+        let quiet = |c: &ConfigMap| c.metadata.name.as_deref() == Some("q");
+        let out: Vec<_> = stream::iter(events)
+            .reflect(writer)
+            .touched_and_vanished(store.clone(), quiet)
+            .collect()
+            .await;
+        let got = names(&out);
+        // a, b; after the relist b is listed again; a and q vanished (the
+        // quiet q too: it was deleted); then b's deletion
+        assert_eq!(got[..3], ["a", "b", "b"]);
+        let mut vanished = got[3..5].to_vec();
+        vanished.sort();
+        assert_eq!(vanished, ["a", "q"]);
+        assert_eq!(got[5..], ["b"]);
+    }
+}
