@@ -13,12 +13,14 @@ const LAYERS: &[(&str, u8)] = &[
     ("fsutil", 0),
     ("manifest", 0),
     ("metrics", 0),
+    ("sync", 0),
     ("template", 0),
     ("envelope", 1),
     ("http", 1),
     ("kms", 2),
     ("resource", 3),
     ("controller", 4),
+    ("wrap", 4),
     ("cli", 5),
 ];
 
