@@ -1452,6 +1452,27 @@ async fn template_bombs_cost_only_their_own_resource(b: Backend) {
     );
 }
 
+/// `kubectl explain` reads the CRD's schema from the server's OpenAPI v3:
+/// the real apiserver publishes it, and so must the in-memory one (`kmsecrets
+/// dev`), or a new user's first `kubectl explain esec.spec` fails.
+async fn kubectl_explain_reads_the_crd_schema(b: Backend) {
+    let c = Cluster::start_on(b).await;
+    // kube-apiserver publishes a new CRD's schema a few seconds after the
+    // CRD is established
+    eventually(c.patience(), "the CRD's schema is published", async || {
+        c.kubectl_raw(&["explain", "esec.spec"]).await.status.success()
+    })
+    .await;
+    let out = c.kubectl(&["explain", "esec.spec"]).await;
+    for field in ["dataKeys", "encryptedData", "scope", "template"] {
+        assert!(out.contains(field), "{field} missing:\n{out}");
+    }
+    let out = c
+        .kubectl(&["explain", "encryptedsecrets.spec.dataKeys.keyId"])
+        .await;
+    assert!(out.contains("keyId"), "{out}");
+}
+
 /// (metadata.generation, pod-template kmsecrets.dev/restartedAt) of a Deployment.
 async fn deployment_restarts(c: &Cluster, name: &str) -> (i64, Option<String>) {
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
@@ -1631,4 +1652,5 @@ on_both_backends!(
     a_stalled_tenant_cannot_starve_others_or_block_shutdown,
     templates_render_and_rollout_restarts_once_per_change,
     template_bombs_cost_only_their_own_resource,
+    kubectl_explain_reads_the_crd_schema,
 );

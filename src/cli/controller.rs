@@ -285,9 +285,10 @@ pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
     layer.unwrap_deadline = Some(a.unwrap_timeout);
     let (setup, _) = build_kms_with(g, &[], layer, cfg.regions.clone())?;
     if a.check_config {
+        // what the controller would run with, not the flags re-parsed
         super::out(format!(
             "config ok: {cfg:#?}\nkms: {:#?}\nworker threads: {}\n",
-            a.layer.config().map_err(msg)?,
+            setup.kms.config(),
             a.worker_threads
         ))?;
         return Ok(());

@@ -12,13 +12,11 @@ use crate::resource;
 #[derive(Args, Debug)]
 pub struct DecryptArgs {
     /// EncryptedSecret manifest(s) (multi-document; - for stdin), or directories of them (.yaml, .yml, .json) (repeatable)
-    #[arg(
-        short = 'f',
-        long = "filename",
-        value_name = "FILE",
-        default_value = "-"
-    )]
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub files: Vec<String>,
+    /// The same as -f (positional, as for verify and rotate); none and no -f: stdin
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
     /// Recurse into subdirectories of directory FILEs
     #[arg(short = 'R', long)]
     pub recursive: bool,
@@ -39,8 +37,13 @@ const IN_FLIGHT: usize = 16;
 pub async fn run(g: &GlobalArgs, a: DecryptArgs) -> CliResult {
     // the inputs in order: stdin as given, directories expanded
     let mut sources: Vec<String> = Vec::new();
-    let mut sweep = a.files.len() > 1;
-    for f in &a.files {
+    let mut files = a.files.clone();
+    files.extend(a.paths.iter().cloned());
+    if files.is_empty() {
+        files.push("-".into());
+    }
+    let mut sweep = files.len() > 1;
+    for f in &files {
         if f == "-" {
             sources.push(f.clone());
         } else {

@@ -26,7 +26,11 @@ use crate::resource;
 #[derive(Args, Debug)]
 pub struct EditArgs {
     /// The EncryptedSecret file, rewritten in place
-    pub file: PathBuf,
+    #[arg(required_unless_present = "filename", conflicts_with = "filename")]
+    pub file: Option<PathBuf>,
+    /// The same as FILE, as for decrypt
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub filename: Option<PathBuf>,
     /// A key you trust to hold the file's data key (repeatable): every KMS copy in the file must be under one of these, so new values are never sealed under a data key someone swapped in
     #[arg(long = "key", value_name = "KEY")]
     pub keys: Vec<String>,
@@ -258,8 +262,8 @@ async fn stop_editor(child: &mut tokio::process::Child, sig: (i32, &'static str)
     }
 }
 
-async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
-    let mut es = read_one_encrypted(&a.file)?;
+async fn edit(g: &GlobalArgs, a: EditArgs, file: PathBuf) -> CliResult {
+    let mut es = read_one_encrypted(&file)?;
     resource::validate(&es)?;
     let key_args = a
         .keys
@@ -272,7 +276,7 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
         &setup.kms,
         &es,
         &trusted,
-        &a.file,
+        &file,
         "choose the data key new values are sealed with",
     )
     .await?;
@@ -313,7 +317,7 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
     });
     let text = Zeroizing::new(format!(
         "# Editing {}. Plain text in stringData, base64 in data.\n# Save and quit to re-encrypt; unchanged values keep their ciphertext.\n{}",
-        a.file.display(),
+        file.display(),
         manifest::render(&[doc], manifest::Format::Yaml)
     ));
 
@@ -323,14 +327,14 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
     let mut scratch = Scratch::new()?;
     crate::fsutil::write_atomic(&scratch.path, text.as_bytes(), 0o600)
         .map_err(|e| msg(format!("cannot write temp file: {e}")))?;
-    run_editor(&scratch.path, &a.file, &mut signals).await?;
+    run_editor(&scratch.path, &file, &mut signals).await?;
     let edited = Zeroizing::new(
         std::fs::read(&scratch.path)
             .map_err(|e| msg(format!("cannot read the edited file: {e}")))?,
     );
     scratch.remove();
     if let Some(sig) = signals.pending() {
-        return Err(signalled(&a.file, sig));
+        return Err(signalled(&file, sig));
     }
     let docs = manifest::parse_stream(&edited, "the edited Secret")?;
     let [doc] = docs.as_slice() else {
@@ -381,12 +385,12 @@ async fn edit(g: &GlobalArgs, a: EditArgs) -> CliResult {
         Some((&es.spec.encrypted_data, &old)),
     )?;
     es.spec.template = Some(new_template);
-    let out = manifest::render(std::slice::from_ref(&es), file_format(&a.file));
-    crate::fsutil::rewrite_atomic(&a.file, out.as_bytes())
-        .map_err(|e| msg(format!("cannot write {}: {e}", a.file.display())))?;
+    let out = manifest::render(std::slice::from_ref(&es), file_format(&file));
+    crate::fsutil::rewrite_atomic(&file, out.as_bytes())
+        .map_err(|e| msg(format!("cannot write {}: {e}", file.display())))?;
     eprintln!(
         "updated {} ({} values)",
-        a.file.display(),
+        file.display(),
         es.spec.encrypted_data.len()
     );
     Ok(())
@@ -414,6 +418,10 @@ fn normalized(t: &crate::api::SecretTemplate) -> crate::api::SecretTemplate {
 }
 
 pub async fn run(g: &GlobalArgs, a: EditArgs) -> CliResult {
-    let file = a.file.clone();
-    edit(g, a).await.map_err(|e| super::name_file(&file, e))
+    let Some(file) = a.file.clone().or(a.filename.clone()) else {
+        return Err(msg("edit needs the file: kmsecrets edit FILE"));
+    };
+    edit(g, a, file.clone())
+        .await
+        .map_err(|e| super::name_file(&file, e))
 }

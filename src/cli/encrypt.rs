@@ -22,6 +22,9 @@ pub struct EncryptArgs {
     /// Secret manifest(s) to encrypt (multi-document; - for stdin)
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: Option<String>,
+    /// The same as -f (positional, as for verify and rotate)
+    #[arg(value_name = "FILE", conflicts_with = "file")]
+    pub file_arg: Option<String>,
     /// A value: KEY=VALUE (repeatable)
     #[arg(long = "from-literal", value_name = "KEY=VALUE")]
     pub from_literal: Vec<String>,
@@ -265,7 +268,10 @@ pub(super) fn user_context(a: &EncryptArgs) -> CliResult<BTreeMap<String, String
     Ok(ctx)
 }
 
-pub async fn run(g: &GlobalArgs, a: EncryptArgs) -> CliResult {
+pub async fn run(g: &GlobalArgs, mut a: EncryptArgs) -> CliResult {
+    if a.file.is_none() {
+        a.file = a.file_arg.take();
+    }
     let key_args = a
         .keys
         .iter()

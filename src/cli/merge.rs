@@ -194,11 +194,14 @@ pub(super) async fn merge_into(
         .await
         .map_err(|e| super::needs_data_key(&es, e.into()))?;
     let mut values: Plaintext = old.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut given: Vec<String> = Vec::new();
     for (k, v) in input.values {
+        given.push(k.clone());
         values.insert(k, v);
     }
     for (k, n) in generate {
         let first = crate::wrap::KeyRef::of(&es.spec.data_keys[0]);
+        given.push(k.clone());
         values.insert(k.clone(), random_value(kms, &first, *n).await?);
     }
     es.spec.encrypted_data = resource::seal(
@@ -210,6 +213,7 @@ pub(super) async fn merge_into(
     if let Some(t) = &a.type_ {
         es.spec.template.get_or_insert_with(Default::default).type_ = Some(t.clone());
     }
+    let new_templates: Vec<String> = input.templates.keys().cloned().collect();
     if !input.templates.is_empty() {
         let t = es.spec.template.get_or_insert_with(Default::default);
         t.data.extend(input.templates);
@@ -236,9 +240,33 @@ pub(super) async fn merge_into(
     crate::fsutil::rewrite_atomic(path, text.as_bytes())
         .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
     eprintln!(
-        "updated {} ({} values)",
+        "updated {}: {} ({})",
         path.display(),
-        es.spec.encrypted_data.len()
+        what_changed(&given, &old, &new_templates),
+        super::count(es.spec.encrypted_data.len(), "value")
     );
     Ok(())
+}
+
+/// `added a, b; replaced c; templates x` — what a merge changed, by key
+/// name (never a value).
+fn what_changed(given: &[String], old: &Plaintext, templates: &[String]) -> String {
+    let (replaced, added): (Vec<&str>, Vec<&str>) = given
+        .iter()
+        .map(String::as_str)
+        .partition(|k| old.contains_key(*k));
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {}", added.join(", ")));
+    }
+    if !replaced.is_empty() {
+        parts.push(format!("replaced {}", replaced.join(", ")));
+    }
+    if !templates.is_empty() {
+        parts.push(format!("templates {}", templates.join(", ")));
+    }
+    if parts.is_empty() {
+        parts.push("restart targets".into());
+    }
+    parts.join("; ")
 }

@@ -398,6 +398,15 @@ pub fn to_encrypted(doc: &manifest::Doc, source: &str) -> CliResult<EncryptedSec
     })
 }
 
+/// `1 value`, `3 values`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
 }

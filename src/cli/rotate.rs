@@ -30,8 +30,11 @@ use crate::wrap::{self, KeyRef};
 #[derive(Args, Debug)]
 pub struct RotateArgs {
     /// EncryptedSecret files, or directories of them (.yaml, .yml, .json), each rewritten in place
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "filename", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// The same as PATH (repeatable), as for decrypt
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub filename: Vec<PathBuf>,
     /// Recurse into subdirectories of directory PATHs
     #[arg(short = 'R', long)]
     pub recursive: bool,
@@ -205,7 +208,11 @@ async fn rotate_file(
         return Ok((FileOutcome::Skipped, others));
     }
     let what = if resources == 1 {
-        format!("{keys} data keys, {values} values")
+        format!(
+            "{}, {}",
+            super::count(keys, "data key"),
+            super::count(values, "value")
+        )
     } else {
         format!("{resources} EncryptedSecrets")
     };
@@ -234,7 +241,8 @@ async fn rotate_file(
     ))
 }
 
-pub async fn run(g: &GlobalArgs, a: RotateArgs) -> CliResult {
+pub async fn run(g: &GlobalArgs, mut a: RotateArgs) -> CliResult {
+    a.paths.append(&mut a.filename);
     let key_args = a
         .keys
         .iter()

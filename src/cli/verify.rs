@@ -15,8 +15,11 @@ use crate::resource;
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// EncryptedSecret files (multi-document; - for stdin), or directories of them (.yaml, .yml, .json)
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "filename", value_name = "PATH")]
     pub files: Vec<PathBuf>,
+    /// The same as PATH (repeatable), as for decrypt
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub filename: Vec<PathBuf>,
     /// Recurse into subdirectories of directory PATHs
     #[arg(short = 'R', long)]
     pub recursive: bool,
@@ -80,7 +83,8 @@ async fn verify_file(
     Ok((lines, count, skipped))
 }
 
-pub async fn run(g: &GlobalArgs, a: VerifyArgs) -> CliResult {
+pub async fn run(g: &GlobalArgs, mut a: VerifyArgs) -> CliResult {
+    a.files.append(&mut a.filename);
     let kms = if a.decrypt {
         Some(build_kms(g, &[], &a.layer)?.0.kms)
     } else {

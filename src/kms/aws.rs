@@ -118,9 +118,12 @@ impl AwsKms {
         Ok(region)
     }
 
-    /// Where a call for `key_id` goes, for error messages.
+    /// Where a call for `key_id` goes, for error messages: the endpoint the
+    /// SDK dials, whatever set it (`--kms-endpoint`, `AWS_ENDPOINT_URL_KMS`,
+    /// `AWS_ENDPOINT_URL`, a profile's `endpoint_url`), else the regional
+    /// AWS endpoint.
     fn attempt<'a>(&self, op: &'static str, key_id: &'a str) -> Attempt<'a> {
-        let host = match &self.opts.endpoint {
+        let host = match self.custom_endpoint() {
             Some(e) => e
                 .split_once("://")
                 .map_or(e.as_str(), |(_, rest)| rest)
@@ -132,6 +135,25 @@ impl AwsKms {
             },
         };
         Attempt { op, key_id, host }
+    }
+
+    /// The endpoint override in force, resolved the way the SDK resolves
+    /// it for KMS (service-specific, then global; environment, then
+    /// profile).
+    fn custom_endpoint(&self) -> Option<String> {
+        if let Some(e) = &self.opts.endpoint {
+            return Some(e.clone());
+        }
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id("KMS")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .ok()?;
+        self.base
+            .service_config()
+            .and_then(|c| c.load_config(key))
+            .or_else(|| self.base.endpoint_url().map(str::to_string))
     }
 
     fn client_for(&self, key_id: &str) -> Result<Client, KmsError> {

@@ -171,6 +171,11 @@ impl Kms {
         }
     }
 
+    /// The configuration this layer runs with.
+    pub fn config(&self) -> &LayerConfig {
+        &self.inner.cfg
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }

@@ -23,6 +23,7 @@ mod fleet;
 mod merge;
 mod misc;
 mod output;
+mod papercuts;
 mod properties;
 mod rotate;
 mod sealing_files;

@@ -168,8 +168,26 @@ pub fn openapi_group_version(reg: &Registry, group: &str, version: &str) -> Opti
         return None;
     }
     let mut paths = Map::new();
+    let mut schemas = Map::new();
     let prefix = format!("/{}", gv_path(group, version));
     for rt in reg.in_group_version(group, version) {
+        if let Some(schema) = &rt.schema {
+            // as kube-apiserver publishes a CRD: its schema under the
+            // reversed-group name, tagged with its GVK (what `kubectl
+            // explain` looks the kind up by)
+            let mut s = schema.clone();
+            if let Some(o) = s.as_object_mut() {
+                o.insert(
+                    "x-kubernetes-group-version-kind".into(),
+                    json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]),
+                );
+            }
+            let reversed: Vec<&str> = rt.group.split('.').rev().collect();
+            schemas.insert(
+                format!("{}.{}.{}", reversed.join("."), rt.version, rt.kind),
+                s,
+            );
+        }
         let path = if rt.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", rt.plural)
         } else {
@@ -194,7 +212,7 @@ pub fn openapi_group_version(reg: &Registry, group: &str, version: &str) -> Opti
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.32.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }))
 }
 

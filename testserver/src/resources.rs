@@ -55,6 +55,9 @@ pub struct ResourceType {
     /// Defined by a CRD: generation is tracked, `spec` vs `status` semantics.
     pub custom: bool,
     pub conversion: Conversion,
+    /// A CRD version's `schema.openAPIV3Schema`, published in OpenAPI v3
+    /// (what `kubectl explain` reads).
+    pub schema: Option<Value>,
 }
 
 impl ResourceType {
@@ -110,6 +113,7 @@ fn builtin(
         },
         custom: false,
         conversion: Conversion::None,
+        schema: None,
     }
 }
 
@@ -371,6 +375,7 @@ pub fn crd_types(crd: &Value) -> Result<Vec<ResourceType>, String> {
             },
             custom: true,
             conversion: Conversion::None,
+            schema: v.pointer("/schema/openAPIV3Schema").cloned(),
         });
     }
     if out.is_empty() {
