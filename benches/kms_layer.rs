@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kmsecrets::kms::fake::FakeKms;
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
-use kmsecrets::kms::{Context, KmsProvider, Provider, WrappedKey};
+use kmsecrets::kms::{EncryptionContext, KmsProvider, Provider, WrappedKey};
 use kmsecrets::metrics::Metrics;
 
 const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/bench";
@@ -29,7 +29,7 @@ struct Run {
 async fn run(
     label: &'static str,
     cfg: LayerConfig,
-    keys: Arc<Vec<(WrappedKey, Context)>>,
+    keys: Arc<Vec<(WrappedKey, EncryptionContext)>>,
     resources: usize,
 ) -> Run {
     let fake = Arc::new(
@@ -72,7 +72,7 @@ async fn main() {
     let generator = FakeKms::new(Provider::AwsKms, &[KEY]);
     let mut keys = Vec::new();
     for i in 0..deks {
-        let c: Context = [
+        let c: EncryptionContext = [
             ("kmsecrets.dev/scope".to_string(), "cluster".to_string()),
             ("i".into(), i.to_string()),
         ]

@@ -264,7 +264,7 @@ fn check_limits(spec: &EncryptedSecretSpec) -> Result<(), ResourceError> {
 }
 
 /// Open every value.
-pub fn open(
+pub fn open_values(
     dek: &Dek,
     binding: &Binding,
     spec: &EncryptedSecretSpec,
@@ -322,7 +322,7 @@ fn opened(
     dek: Arc<Dek>,
     i: usize,
 ) -> Result<Opened, ResourceError> {
-    let values = open(&dek, &binding, &es.spec)?;
+    let values = open_values(&dek, &binding, &es.spec)?;
     Ok(Opened {
         binding,
         dek,

@@ -10,7 +10,7 @@ use crate::api::{Algorithm, DataKey, Provider};
 use crate::envelope::{self, Dek};
 use crate::kms::layer::Kms;
 use crate::kms::sealing::{SealingKey, SharedSealingKey};
-use crate::kms::{Context, KmsError, WrappedKey};
+use crate::kms::{EncryptionContext, KmsError, WrappedKey};
 use crate::resource::ResourceError;
 
 /// Where to wrap a new DEK: a KMS key id or a local key id; for an
@@ -88,7 +88,7 @@ pub async fn fetch_sealing_key(kms: &Kms, key_id: &str) -> Result<SealingKey, Re
     Ok(SealingKey::from_kms(&info)?)
 }
 
-fn seal_to(key: &SealingKey, dek: &Dek, ctx: &Context) -> WrappedKey {
+fn seal_to(key: &SealingKey, dek: &Dek, ctx: &EncryptionContext) -> WrappedKey {
     WrappedKey {
         provider: Provider::AwsKms,
         key_id: key.key_id().to_string(),
@@ -128,7 +128,7 @@ async fn asymmetric_fallback(
 pub async fn new_dek(
     kms: &Kms,
     keys: &[KeyRef],
-    ctx: &Context,
+    ctx: &EncryptionContext,
 ) -> Result<(Dek, Vec<DataKey>), ResourceError> {
     let (first, rest) = keys
         .split_first()
@@ -168,7 +168,7 @@ pub async fn wrap_one(
     kms: &Kms,
     dek: &Dek,
     k: &KeyRef,
-    ctx: &Context,
+    ctx: &EncryptionContext,
 ) -> Result<WrappedKey, ResourceError> {
     if let Some(s) = &k.sealing {
         return Ok(seal_to(s, dek, ctx));
@@ -187,7 +187,7 @@ pub async fn wrap_more(
     kms: &Kms,
     dek: &Dek,
     keys: &[KeyRef],
-    ctx: &Context,
+    ctx: &EncryptionContext,
 ) -> Result<Vec<DataKey>, ResourceError> {
     let mut out = Vec::new();
     for k in keys {
@@ -202,7 +202,7 @@ pub async fn wrap_more(
 pub async fn new_dek_without_plaintext(
     kms: &Kms,
     keys: &[KeyRef],
-    ctx: &Context,
+    ctx: &EncryptionContext,
 ) -> Result<Vec<DataKey>, ResourceError> {
     let (first, rest) = keys
         .split_first()
@@ -232,7 +232,7 @@ pub async fn rewrap(
     kms: &Kms,
     src: &WrappedKey,
     dest: &KeyRef,
-    ctx: &Context,
+    ctx: &EncryptionContext,
 ) -> Result<WrappedKey, ResourceError> {
     let symmetric =
         !src.algorithm.is_asymmetric() && !dest.algorithm.is_asymmetric() && !dest.is_offline();

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD;
 use common::{KmsProxy, Moto, aws_test_env, create_key, sdk_client, test_credentials};
 use kmsecrets::kms::aws::{AwsKms, AwsOptions};
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
-use kmsecrets::kms::{Context, KmsError, KmsProvider};
+use kmsecrets::kms::{EncryptionContext, KmsError, KmsProvider};
 use kmsecrets::metrics::Metrics;
 
 fn opts(endpoint: &str, region: &str) -> AwsOptions {
@@ -25,7 +25,7 @@ fn opts(endpoint: &str, region: &str) -> AwsOptions {
     }
 }
 
-fn ctx(ns: &str) -> Context {
+fn ctx(ns: &str) -> EncryptionContext {
     [
         ("kmsecrets.dev/scope".to_string(), "namespace".to_string()),
         ("kmsecrets.dev/namespace".to_string(), ns.to_string()),

@@ -1460,7 +1460,10 @@ async fn kubectl_explain_reads_the_crd_schema(b: Backend) {
     // kube-apiserver publishes a new CRD's schema a few seconds after the
     // CRD is established
     eventually(c.patience(), "the CRD's schema is published", async || {
-        c.kubectl_raw(&["explain", "esec.spec"]).await.status.success()
+        c.kubectl_raw(&["explain", "esec.spec"])
+            .await
+            .status
+            .success()
     })
     .await;
     let out = c.kubectl(&["explain", "esec.spec"]).await;

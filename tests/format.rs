@@ -120,7 +120,7 @@ async fn vector_resource_decrypts_end_to_end() {
     );
     let opened = kmsecrets::resource::open_resource(&kms, &es).await.unwrap();
     let binding = kmsecrets::resource::binding_of(&es).unwrap();
-    let values = kmsecrets::resource::open(&opened.dek, &binding, &es.spec).unwrap();
+    let values = kmsecrets::resource::open_values(&opened.dek, &binding, &es.spec).unwrap();
     assert_eq!(opened.values, values);
     assert_eq!(values["password"].as_slice(), b"hunter2");
 }

@@ -43,7 +43,7 @@ fn exercise(bytes: &[u8]) {
             let _ = kmsecrets::resource::validate(&es);
             let _ = kmsecrets::controller::secret::source_hash(&es);
             if let Ok(b) = kmsecrets::resource::binding_of(&es) {
-                let _ = kmsecrets::resource::open(&Dek::generate(), &b, &es.spec);
+                let _ = kmsecrets::resource::open_values(&Dek::generate(), &b, &es.spec);
             }
         }
     }

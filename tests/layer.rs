@@ -10,7 +10,9 @@ use futures::StreamExt;
 use kmsecrets::envelope::Dek;
 use kmsecrets::kms::fake::{FakeKms, KeyState};
 use kmsecrets::kms::layer::{Kms, LayerConfig, Providers, backoff_delay};
-use kmsecrets::kms::{Algorithm, Context, KmsError, KmsProvider, Operation, Provider, WrappedKey};
+use kmsecrets::kms::{
+    Algorithm, EncryptionContext, KmsError, KmsProvider, Operation, Provider, WrappedKey,
+};
 use kmsecrets::metrics::Metrics;
 use kmsecrets::resource;
 use kmsecrets::wrap::{self, KeyRef};
@@ -18,7 +20,7 @@ use rand::SeedableRng;
 
 const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/fake";
 
-fn ctx(i: usize) -> Context {
+fn ctx(i: usize) -> EncryptionContext {
     [
         ("kmsecrets.dev/scope".to_string(), "cluster".to_string()),
         ("n".to_string(), i.to_string()),
@@ -39,7 +41,7 @@ fn fast_cfg() -> LayerConfig {
     }
 }
 
-async fn wrapped(fake: &FakeKms, n: usize) -> Vec<(WrappedKey, Context)> {
+async fn wrapped(fake: &FakeKms, n: usize) -> Vec<(WrappedKey, EncryptionContext)> {
     let mut out = Vec::new();
     for i in 0..n {
         let c = ctx(i);
@@ -486,7 +488,11 @@ fn copies_of(data_keys: Vec<kmsecrets::api::DataKey>) -> Vec<WrappedKey> {
     .unwrap()
 }
 
-fn sealed_copy(s: &kmsecrets::kms::sealing::SealingKey, dek: &Dek, c: &Context) -> WrappedKey {
+fn sealed_copy(
+    s: &kmsecrets::kms::sealing::SealingKey,
+    dek: &Dek,
+    c: &EncryptionContext,
+) -> WrappedKey {
     WrappedKey {
         provider: Provider::AwsKms,
         key_id: s.key_id().to_string(),

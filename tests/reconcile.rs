@@ -677,7 +677,7 @@ async fn ready_gauge_sums_every_namespace_scope() {
     eventually("both stores hold their objects with status", async || {
         stores.iter().map(|s| s.state().len()).sum::<usize>() == 4
             && stores.iter().flat_map(|s| s.state()).all(|o| {
-                o.open()
+                o.parse()
                     .is_ok_and(|es| ready_condition(es.status.as_ref()).is_some())
             })
     })
@@ -803,7 +803,7 @@ async fn unreadable_values_never_reach_status_or_events() {
             .unwrap();
         let guard: Watched =
             serde_json::from_value(serde_json::to_value(&stored).unwrap()).unwrap();
-        assert!(guard.open().is_err(), "{name} must not deserialize");
+        assert!(guard.parse().is_err(), "{name} must not deserialize");
         reconcile(Arc::new(guard), rig.ctx.clone()).await.unwrap();
         let es = dynamic.get(name).await.unwrap();
         let status = serde_json::to_string(&es.data["status"]).unwrap();

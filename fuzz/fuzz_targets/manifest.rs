@@ -17,7 +17,7 @@ fuzz_target!(|bytes: &[u8]| {
             let _ = kmsecrets::resource::validate(&es);
             let _ = kmsecrets::controller::secret::source_hash(&es);
             if let Ok(b) = kmsecrets::resource::binding_of(&es) {
-                let _ = kmsecrets::resource::open(&Dek::generate(), &b, &es.spec);
+                let _ = kmsecrets::resource::open_values(&Dek::generate(), &b, &es.spec);
             }
         }
     }

@@ -72,7 +72,7 @@ impl Parked {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+        self.queues.lock_or_recover()
     }
 
     /// Park `obj`, waiting for a slot of its namespace or for any of `keys`

@@ -1,6 +1,6 @@
 //! What the controller keeps of each watched EncryptedSecret: its metadata,
 //! parsed, and its spec and status as compact JSON text, parsed by the
-//! reconcile that needs them ([`Watched::open`]).
+//! reconcile that needs them ([`Watched::parse`]).
 //!
 //! Why not the typed object: at 10,000 resources the watch store is the
 //! controller's largest heap. A typed `EncryptedSecret` spreads one object
@@ -13,7 +13,7 @@
 //! It also replaces kube's `DeserializeGuard`: the spec and status are
 //! captured as text whatever they hold, so an object that does not match
 //! the schema still lands in the store (with its metadata) instead of
-//! failing the list or watch, and [`Watched::open`] says what is wrong —
+//! failing the list or watch, and [`Watched::parse`] says what is wrong —
 //! without buffering every object into a generic JSON tree first, as the
 //! guard does.
 
@@ -77,7 +77,7 @@ impl Watched {
 
     /// The typed object: metadata, spec and status parsed. `Err` names the
     /// first field that does not match the schema.
-    pub fn open(&self) -> Result<EncryptedSecret, Malformed> {
+    pub fn parse(&self) -> Result<EncryptedSecret, Malformed> {
         let spec = self.spec.as_deref().ok_or_else(|| Malformed {
             path: "spec".into(),
         })?;
@@ -264,10 +264,10 @@ mod tests {
         let typed: EncryptedSecret = serde_json::from_value(v.clone()).unwrap();
         for w in both(&v) {
             let json = |es: &EncryptedSecret| serde_json::to_value(es).unwrap();
-            assert_eq!(json(&w.open().unwrap()), json(&typed));
+            assert_eq!(json(&w.parse().unwrap()), json(&typed));
             assert!(w.ready());
             assert_eq!(w.meta().name.as_deref(), Some("db"));
-            assert_eq!(json(&Watched::new(&typed).open().unwrap()), json(&typed));
+            assert_eq!(json(&Watched::new(&typed).parse().unwrap()), json(&typed));
         }
     }
 
@@ -284,7 +284,7 @@ mod tests {
             else {
                 panic!("not an object event");
             };
-            assert!(w.open().unwrap().status.is_none());
+            assert!(w.parse().unwrap().status.is_none());
             assert!(!w.ready());
         }
     }
@@ -315,7 +315,7 @@ mod tests {
         ] {
             for w in both(&object(spec.clone(), json!(null))) {
                 assert_eq!(w.meta().uid.as_deref(), Some("u1"));
-                let err = w.open().unwrap_err();
+                let err = w.parse().unwrap_err();
                 assert_eq!(err.path, path);
                 assert!(!err.to_string().contains("hunter2"), "{err}");
                 assert!(!format!("{w:?}").contains("hunter2"));
@@ -323,7 +323,7 @@ mod tests {
         }
         // a status that does not match is reported too (and is not ready)
         let w = &both(&object(spec(), json!({"conditions": 5})))[0];
-        assert_eq!(w.open().unwrap_err().path, "status.conditions");
+        assert_eq!(w.parse().unwrap_err().path, "status.conditions");
         assert!(!w.ready());
     }
 

@@ -30,9 +30,11 @@ use zeroize::Zeroizing;
 
 use super::regions::{RegionPolicy, region_of};
 use super::{
-    Context, ENCRYPT_MAX_BYTES, KeyInfo, KmsError, KmsProvider, Provider, PublicKeyInfo, WrappedKey,
+    ENCRYPT_MAX_BYTES, EncryptionContext, KeyInfo, KmsError, KmsProvider, Provider, PublicKeyInfo,
+    WrappedKey,
 };
 use crate::envelope::Dek;
+use crate::sync::LockExt;
 
 /// Where and how to reach KMS.
 #[derive(Clone, Debug, Default)]
@@ -158,7 +160,7 @@ impl AwsKms {
 
     fn client_for(&self, key_id: &str) -> Result<Client, KmsError> {
         let region = self.region_for(key_id)?;
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clients = self.clients.lock_or_recover();
         if let Some(c) = clients.get(&region) {
             return Ok(c.clone());
         }
@@ -173,7 +175,7 @@ impl AwsKms {
     }
 }
 
-fn ctx_map(ctx: &Context) -> Option<HashMap<String, String>> {
+fn ctx_map(ctx: &EncryptionContext) -> Option<HashMap<String, String>> {
     (!ctx.is_empty()).then(|| ctx.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
@@ -372,7 +374,7 @@ impl KmsProvider for AwsKms {
         &self,
         key_id: &str,
         ciphertext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<Dek, KmsError> {
         let out = self
             .client_for(key_id)?
@@ -393,7 +395,7 @@ impl KmsProvider for AwsKms {
         &self,
         key_id: &str,
         plaintext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         if plaintext.len() > ENCRYPT_MAX_BYTES {
             return Err(KmsError::TooLarge(plaintext.len()));
@@ -413,7 +415,7 @@ impl KmsProvider for AwsKms {
     async fn generate_data_key(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<(Dek, WrappedKey), KmsError> {
         let out = self
             .client_for(key_id)?
@@ -434,7 +436,7 @@ impl KmsProvider for AwsKms {
     async fn generate_data_key_without_plaintext(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let out = self
             .client_for(key_id)?
@@ -457,7 +459,7 @@ impl KmsProvider for AwsKms {
         &self,
         src: &WrappedKey,
         dest_key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         // The call goes to the destination key's region; KMS reads the source
         // key from the ciphertext.

@@ -27,13 +27,14 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::{Context, WrappedKey};
+use super::{EncryptionContext, WrappedKey};
 use crate::envelope::{Dek, canonical_context};
 use crate::metrics::Metrics;
+use crate::sync::LockExt;
 
 pub type CacheKey = [u8; 32];
 
-pub fn cache_key(w: &WrappedKey, ctx: &Context) -> CacheKey {
+pub fn cache_key(w: &WrappedKey, ctx: &EncryptionContext) -> CacheKey {
     let mut h = Sha256::new();
     for part in [
         w.provider.as_str().as_bytes(),
@@ -137,7 +138,7 @@ impl DekCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Entries>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries.lock_or_recover()
     }
 
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Dek>> {

@@ -18,9 +18,11 @@ use zeroize::Zeroizing;
 
 use super::local::{LocalKey, LocalProvider};
 use super::{
-    Context, KeyInfo, KmsError, KmsProvider, Operation, Provider, PublicKeyInfo, WrappedKey,
+    EncryptionContext, KeyInfo, KmsError, KmsProvider, Operation, Provider, PublicKeyInfo,
+    WrappedKey,
 };
 use crate::envelope::Dek;
+use crate::sync::LockExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyState {
@@ -117,7 +119,7 @@ impl FakeKms {
     }
 
     pub fn with_latency(self, latency: Duration) -> FakeKms {
-        *self.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
+        *self.latency.lock_or_recover() = latency;
         self
     }
 
@@ -133,7 +135,7 @@ impl FakeKms {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_or_recover()
     }
 
     /// Add an asymmetric key (RSA ENCRYPT_DECRYPT, RSAES_OAEP_SHA_256):
@@ -147,7 +149,7 @@ impl FakeKms {
     }
 
     fn rsa_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, rsa::RsaPrivateKey>> {
-        self.rsa.lock().unwrap_or_else(|p| p.into_inner())
+        self.rsa.lock_or_recover()
     }
 
     /// Symmetric operations on an asymmetric key fail like KMS.
@@ -213,7 +215,7 @@ impl FakeKms {
 
     async fn admit(&self, op: Operation, key_id: Option<&str>) -> Result<Option<String>, KmsError> {
         self.calls[op as usize].fetch_add(1, Ordering::SeqCst);
-        let latency = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let latency = *self.latency.lock_or_recover();
         let throttled = {
             let mut st = self.state();
             let now = Instant::now();
@@ -277,7 +279,7 @@ impl KmsProvider for FakeKms {
         &self,
         key_id: &str,
         ciphertext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<Dek, KmsError> {
         let kek = self
             .admit(Operation::Decrypt, Some(key_id))
@@ -294,7 +296,7 @@ impl KmsProvider for FakeKms {
         &self,
         key_id: &str,
         plaintext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let kek = self
             .admit(Operation::Encrypt, Some(key_id))
@@ -307,7 +309,7 @@ impl KmsProvider for FakeKms {
     async fn generate_data_key(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<(Dek, WrappedKey), KmsError> {
         let kek = self
             .admit(Operation::GenerateDataKey, Some(key_id))
@@ -321,7 +323,7 @@ impl KmsProvider for FakeKms {
     async fn generate_data_key_without_plaintext(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let kek = self
             .admit(Operation::GenerateDataKeyWithoutPlaintext, Some(key_id))
@@ -336,7 +338,7 @@ impl KmsProvider for FakeKms {
         &self,
         src: &WrappedKey,
         dest_key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let dest = self
             .admit(Operation::ReEncrypt, Some(dest_key_id))

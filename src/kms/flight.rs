@@ -19,6 +19,7 @@ use futures::future::{BoxFuture, Shared};
 use super::KmsError;
 use super::cache::CacheKey;
 use crate::envelope::Dek;
+use crate::sync::LockExt;
 
 pub type Flight = Shared<BoxFuture<'static, Result<Arc<Dek>, KmsError>>>;
 
@@ -52,7 +53,7 @@ impl Flights {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Dek>, KmsError>> + Send + 'static,
     {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock_or_recover();
         if let Some(f) = map.get(&key) {
             return Joined::Coalesced(f.clone());
         }
@@ -63,10 +64,7 @@ impl Flights {
         let fut = call();
         let task = tokio::spawn(async move {
             let res = fut.await;
-            this.map
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            this.map.lock_or_recover().remove(&key);
             res
         });
         let f: Flight = async move {
@@ -81,7 +79,7 @@ impl Flights {
 
     /// Flights in the air.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.map.lock_or_recover().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -36,8 +36,8 @@ use super::cache::{CacheKey, DekCache};
 use super::flight::{Flights, Joined};
 pub use super::limiter::{Permit, RateLimiter};
 use super::{
-    Algorithm, Context, KeyInfo, KmsError, KmsProvider, Operation, Provider, PublicKeyInfo,
-    WrappedKey,
+    Algorithm, EncryptionContext, KeyInfo, KmsError, KmsProvider, Operation, Provider,
+    PublicKeyInfo, WrappedKey,
 };
 use crate::envelope::Dek;
 use crate::metrics::Metrics;
@@ -207,7 +207,7 @@ impl Kms {
     pub async fn unwrap_any(
         &self,
         copies: &[WrappedKey],
-        ctx: &Context,
+        ctx: &EncryptionContext,
         tenant: &str,
     ) -> Result<(Arc<Dek>, usize), KmsError> {
         let search = self.unwrap_rounds(copies, ctx, tenant);
@@ -225,7 +225,7 @@ impl Kms {
     async fn unwrap_rounds(
         &self,
         copies: &[WrappedKey],
-        ctx: &Context,
+        ctx: &EncryptionContext,
         tenant: &str,
     ) -> Result<(Arc<Dek>, usize), KmsError> {
         let mut errors: Vec<Option<KmsError>> = copies.iter().map(|_| None).collect();
@@ -294,7 +294,7 @@ impl Kms {
     pub fn cached_any(
         &self,
         copies: &[WrappedKey],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<(Arc<Dek>, usize), Vec<CacheKey>> {
         let mut keys = Vec::with_capacity(copies.len());
         for (i, w) in copies.iter().enumerate() {
@@ -309,7 +309,11 @@ impl Kms {
     }
 
     /// Unwrap one copy through cache and single-flight.
-    pub async fn unwrap(&self, w: &WrappedKey, ctx: &Context) -> Result<Arc<Dek>, KmsError> {
+    pub async fn unwrap(
+        &self,
+        w: &WrappedKey,
+        ctx: &EncryptionContext,
+    ) -> Result<Arc<Dek>, KmsError> {
         self.unwrap_with(w, ctx, self.inner.cfg.max_attempts, "")
             .await
     }
@@ -318,7 +322,7 @@ impl Kms {
     async fn unwrap_with(
         &self,
         w: &WrappedKey,
-        ctx: &Context,
+        ctx: &EncryptionContext,
         attempts: u32,
         tenant: &str,
     ) -> Result<Arc<Dek>, KmsError> {
@@ -378,7 +382,12 @@ impl Kms {
     /// symmetric copy; for an offline-sealed one, `Decrypt` with
     /// RSAES_OAEP_SHA_256 and then the bound-context check — after the
     /// request is counted as the success it was, before anything is cached.
-    async fn fetch(&self, w: &WrappedKey, ctx: &Context, attempts: u32) -> Result<Dek, KmsError> {
+    async fn fetch(
+        &self,
+        w: &WrappedKey,
+        ctx: &EncryptionContext,
+        attempts: u32,
+    ) -> Result<Dek, KmsError> {
         let provider = self.provider(w.provider).await?;
         match w.algorithm {
             Algorithm::SymmetricDefault => {
@@ -488,7 +497,7 @@ impl Kms {
         kind: Provider,
         key_id: &str,
         plaintext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
         self.call(Operation::Encrypt, || p.encrypt(key_id, plaintext, ctx))
@@ -499,7 +508,7 @@ impl Kms {
         &self,
         kind: Provider,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<(Dek, WrappedKey), KmsError> {
         let p = self.provider(kind).await?;
         self.call(Operation::GenerateDataKey, || {
@@ -512,7 +521,7 @@ impl Kms {
         &self,
         kind: Provider,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
         self.call(Operation::GenerateDataKeyWithoutPlaintext, || {
@@ -526,7 +535,7 @@ impl Kms {
         src: &WrappedKey,
         kind: Provider,
         dest_key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
         self.call(Operation::ReEncrypt, || p.re_encrypt(src, dest_key_id, ctx))

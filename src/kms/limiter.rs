@@ -48,6 +48,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::sync::LockExt;
+
 /// Where a new limiter starts (requests/s), below every KMS default quota.
 pub const START_RATE: f64 = 10.0;
 const MIN_RATE: f64 = 1.0;
@@ -138,7 +140,7 @@ impl RateLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LimState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        self.st.lock_or_recover()
     }
 
     /// Current allowed rate (requests/s).

@@ -15,7 +15,9 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Context, ENCRYPT_MAX_BYTES, KeyInfo, KmsError, KmsProvider, Provider, WrappedKey};
+use super::{
+    ENCRYPT_MAX_BYTES, EncryptionContext, KeyInfo, KmsError, KmsProvider, Provider, WrappedKey,
+};
 use crate::envelope::{self, Dek, canonical_context};
 
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +104,11 @@ impl LocalKey {
         &self.id
     }
 
-    fn wrap(&self, plaintext: &[u8], ctx: &Context) -> Vec<u8> {
+    fn wrap(&self, plaintext: &[u8], ctx: &EncryptionContext) -> Vec<u8> {
         envelope::seal_raw(&self.kek, &canonical_context(ctx), plaintext)
     }
 
-    fn unwrap(&self, sealed: &[u8], ctx: &Context) -> Option<Zeroizing<Vec<u8>>> {
+    fn unwrap(&self, sealed: &[u8], ctx: &EncryptionContext) -> Option<Zeroizing<Vec<u8>>> {
         envelope::open_raw(&self.kek, &canonical_context(ctx), sealed)
     }
 }
@@ -160,7 +162,7 @@ impl KmsProvider for LocalProvider {
         &self,
         key_id: &str,
         ciphertext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<Dek, KmsError> {
         let key = self.key(key_id)?;
         let pt = key
@@ -174,7 +176,7 @@ impl KmsProvider for LocalProvider {
         &self,
         key_id: &str,
         plaintext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         if plaintext.len() > ENCRYPT_MAX_BYTES {
             return Err(KmsError::TooLarge(plaintext.len()));
@@ -190,7 +192,7 @@ impl KmsProvider for LocalProvider {
     async fn generate_data_key(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<(Dek, WrappedKey), KmsError> {
         let dek = Dek::generate();
         let wrapped = self.encrypt(key_id, dek.expose(), ctx).await?;
@@ -200,7 +202,7 @@ impl KmsProvider for LocalProvider {
     async fn generate_data_key_without_plaintext(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         Ok(self.generate_data_key(key_id, ctx).await?.1)
     }
@@ -209,7 +211,7 @@ impl KmsProvider for LocalProvider {
         &self,
         src: &WrappedKey,
         dest_key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let dek = self.decrypt(&src.key_id, &src.ciphertext, ctx).await?;
         self.encrypt(dest_key_id, dek.expose(), ctx).await
@@ -237,7 +239,7 @@ impl KmsProvider for LocalProvider {
 mod tests {
     use super::*;
 
-    fn ctx(pairs: &[(&str, &str)]) -> Context {
+    fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

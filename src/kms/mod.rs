@@ -29,8 +29,9 @@ use crate::api::Reason;
 pub use crate::api::{Algorithm, Provider};
 use crate::envelope::Dek;
 
-/// Encryption context as KMS takes it.
-pub type Context = BTreeMap<String, String>;
+/// Encryption context as KMS takes it (the key–value pairs bound to every
+/// wrap and unwrap; not the reconcile `Context`).
+pub type EncryptionContext = BTreeMap<String, String>;
 
 /// KMS Encrypt's plaintext limit.
 pub const ENCRYPT_MAX_BYTES: usize = 4096;
@@ -246,7 +247,7 @@ pub trait KmsProvider: Send + Sync {
         &self,
         key_id: &str,
         ciphertext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<Dek, KmsError>;
 
     /// Wrap arbitrary bytes (≤ 4096) — used to wrap an existing DEK under an
@@ -255,21 +256,21 @@ pub trait KmsProvider: Send + Sync {
         &self,
         key_id: &str,
         plaintext: &[u8],
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError>;
 
     /// A fresh DEK, in plaintext and wrapped.
     async fn generate_data_key(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<(Dek, WrappedKey), KmsError>;
 
     /// A fresh DEK, wrapped only: no plaintext key leaves KMS.
     async fn generate_data_key_without_plaintext(
         &self,
         key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError>;
 
     /// Move a wrapped DEK under another key of the same provider without
@@ -278,7 +279,7 @@ pub trait KmsProvider: Send + Sync {
         &self,
         src: &WrappedKey,
         dest_key_id: &str,
-        ctx: &Context,
+        ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError>;
 
     async fn generate_random(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, KmsError>;

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::{Context, KmsError, PublicKeyInfo};
+use super::{EncryptionContext, KmsError, PublicKeyInfo};
 use crate::envelope::{DEK_LEN, Dek, canonical_context};
 
 /// The one asymmetric algorithm of the wire format.
@@ -70,12 +70,12 @@ fn bad(s: impl Into<String>) -> SealingKeyError {
 }
 
 /// SHA-256 of the canonical context bytes: what the wrapped plaintext binds.
-pub fn context_hash(ctx: &Context) -> [u8; 32] {
+pub fn context_hash(ctx: &EncryptionContext) -> [u8; 32] {
     Sha256::digest(canonical_context(ctx)).into()
 }
 
 /// The plaintext of an asymmetric wrap: `DEK || SHA-256(canonical context)`.
-pub fn bound_plaintext(dek: &Dek, ctx: &Context) -> Zeroizing<Vec<u8>> {
+pub fn bound_plaintext(dek: &Dek, ctx: &EncryptionContext) -> Zeroizing<Vec<u8>> {
     let mut pt = Zeroizing::new(Vec::with_capacity(BOUND_LEN));
     pt.extend_from_slice(dek.expose());
     pt.extend_from_slice(&context_hash(ctx));
@@ -85,7 +85,7 @@ pub fn bound_plaintext(dek: &Dek, ctx: &Context) -> Zeroizing<Vec<u8>> {
 /// Check what KMS `Decrypt` returned for an asymmetric copy and take the DEK
 /// out: exactly 64 bytes, the last 32 equal (constant time) to the hash of
 /// the context built from the resource's metadata.
-pub fn unbind(plaintext: &[u8], ctx: &Context) -> Result<Dek, KmsError> {
+pub fn unbind(plaintext: &[u8], ctx: &EncryptionContext) -> Result<Dek, KmsError> {
     if plaintext.len() != BOUND_LEN {
         return Err(KmsError::ContextMismatch(format!(
             "the unwrapped copy is {} bytes, not {BOUND_LEN} (data key + context hash): it was not sealed by kmsecrets",
@@ -237,7 +237,7 @@ impl SealingKey {
     }
 
     /// Wrap `dek` bound to `ctx`, with OAEP's seed from the OS CSPRNG.
-    pub fn wrap(&self, dek: &Dek, ctx: &Context) -> Vec<u8> {
+    pub fn wrap(&self, dek: &Dek, ctx: &EncryptionContext) -> Vec<u8> {
         self.wrap_with_rng(dek, ctx, &mut rand::rngs::OsRng)
     }
 
@@ -246,7 +246,7 @@ impl SealingKey {
     pub fn wrap_with_rng<R: RngCore + CryptoRng>(
         &self,
         dek: &Dek,
-        ctx: &Context,
+        ctx: &EncryptionContext,
         rng: &mut R,
     ) -> Vec<u8> {
         let pt = bound_plaintext(dek, ctx);
@@ -264,7 +264,7 @@ pub type SharedSealingKey = Arc<SealingKey>;
 mod tests {
     use super::*;
 
-    fn ctx() -> Context {
+    fn ctx() -> EncryptionContext {
         [("kmsecrets.dev/scope".to_string(), "cluster".to_string())].into()
     }
 

@@ -16,7 +16,7 @@ use super::*;
 /// never hold every worker. A
 /// resource that unwraps teaches the region policy its copies' regions,
 /// for its namespace only (see [`crate::kms::regions::RegionPolicy`]).
-pub(super) async fn open(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
+pub(super) async fn unwrap_and_decrypt(t: &Target<'_>, ctx: &Context) -> Stage<Opened> {
     let state = &ctx.state;
     let opened = match resource::open_resource_cached(&state.kms, t.es) {
         // The data key is cached: nothing here can wait on KMS, so no slot.

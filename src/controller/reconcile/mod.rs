@@ -3,22 +3,25 @@
 //! [`Done`], and the status and event are written once, at the end
 //! ([`finish`]), from that outcome:
 //!
-//! 1. [`finalize`] — deletion, and the finalizer (only for
-//!    `deletionPolicy: Retain`); then [`admit`] — Secret types that would
-//!    make the cluster mint a credential are refused (pure)
-//! 2. [`ownership`] — who controls the existing Secret (metadata from the
+//! 1. `finalize` — deletion, and the finalizer (only for
+//!    `deletionPolicy: Retain`); then `admit` — Secret types that would
+//!    make the cluster mint a credential are refused (pure) [`ownership`]
+//! 2. `ownership` — who controls the existing Secret (metadata from the
 //!    owned-Secret store; a GET only before its first list, while it lags
-//!    our own write, or while a conflict is polled)
-//! 3. [`in_sync`] — source hash + Secret resourceVersion unchanged since our
-//!    last write → nothing to do
-//! 4. [`open`] — unwrap the DEK through the KMS layer and decrypt (async
-//!    edge; [`resource::open_resource`])
-//! 5. [`build`] — the Secret object (pure)
-//! 6. [`apply`] — create a new Secret (create-if-absent), server-side apply
+//!    our own write, or while a conflict is polled) [`ownership`]
+//! 3. `in_sync` — source hash + Secret resourceVersion unchanged since our
+//!    last write → nothing to do [`ownership`]
+//! 4. `unwrap_and_decrypt` — the DEK through the KMS layer, then every
+//!    value (async edge; [`resource::open_resource`]) [`decrypt`]
+//! 5. `build` — the Secret object; templates rendered off the runtime
+//!    [`decrypt`]
+//! 6. `apply` — create a new Secret (create-if-absent), server-side apply
 //!    an existing one (async edge), replacing an immutable Secret when its
-//!    content changed
-//! 7. [`restart`] — after a write that changed the Secret's content, the
-//!    `rolloutRestartTargets` are restarted (once per change)
+//!    content changed [`apply`]
+//! 7. `restart` — after a write that changed the Secret's content, the
+//!    `rolloutRestartTargets` are restarted (once per change) [`restart`]
+//!
+//! Then `finish` writes status and event once ([`report`]).
 //!
 //! # Guarantees
 //! - A failing KMS or decryption never deletes or empties a Secret: writes
@@ -216,7 +219,7 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     // The object and the stages' state (~14 KB) are boxed once here
     // instead of being moved with the future through kube-runtime's queue
     // on every reconcile. The spec is parsed here, from the store's text.
-    let res = match obj.open() {
+    let res = match obj.parse() {
         Ok(es) => {
             let ctx = &ctx;
             Box::pin(async move { reconcile_valid(&es, ctx).await }).await
@@ -257,7 +260,7 @@ async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
     stage!(admit(t, ctx));
     let current = stage!(ownership(t, ctx).await);
     let hash = stage!(in_sync(t, ctx, current.as_ref()));
-    let opened = stage!(open(t, ctx).await);
+    let opened = stage!(unwrap_and_decrypt(t, ctx).await);
     let secret = stage!(build(t.es, &opened, &hash, &ctx.state).await);
     let key_id = opened.key_id.clone();
     drop(opened);
