@@ -2,7 +2,7 @@
 //! cluster as native Secrets, with AWS KMS envelope encryption.
 //!
 //! Layers (dependencies point down only):
-//! `cli` → `controller` → `resource`, `wrap` → `kms` (layer, providers) → `envelope`
+//! `cli` → `controller` → `secret`, `wrap` → `resource` → `kms` (layer, providers) → `envelope`
 //! → `api`; `manifest`, `metrics`, `fsutil`, `sync`, `backoff` are leaves.
 
 pub mod api;
@@ -16,6 +16,7 @@ pub mod kms;
 pub mod manifest;
 pub mod metrics;
 pub mod resource;
+pub mod secret;
 pub mod sync;
 pub mod template;
 pub mod wrap;

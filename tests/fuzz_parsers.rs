@@ -41,7 +41,7 @@ fn exercise(bytes: &[u8]) {
         let _ = d.describe();
         if let Ok(es) = serde_json::from_value::<EncryptedSecret>(d.value.clone()) {
             let _ = kmsecrets::resource::validate(&es);
-            let _ = kmsecrets::controller::secret::source_hash(&es);
+            let _ = kmsecrets::secret::source_hash(&es);
             if let Ok(b) = kmsecrets::resource::binding_of(&es) {
                 let _ = kmsecrets::resource::open_values(&Dek::generate(), &b, &es.spec);
             }

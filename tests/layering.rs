@@ -19,9 +19,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("http", 1),
     ("kms", 2),
     ("resource", 3),
-    ("controller", 4),
+    ("secret", 4),
     ("wrap", 4),
-    ("cli", 5),
+    ("controller", 5),
+    ("cli", 6),
 ];
 
 fn rank(m: &str) -> Option<u8> {

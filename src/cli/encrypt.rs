@@ -494,7 +494,7 @@ pub(super) async fn random_value(
 /// credential; say so now rather than at sync time (still written: an
 /// operator may allow the type with --allow-secret-type).
 pub(super) fn warn_if_refused(es: &EncryptedSecret) {
-    if let Err(why) = crate::controller::secret::admit(es, &[]) {
+    if let Err(why) = crate::secret::admit(es, &[]) {
         eprintln!(
             "warning: {}: {why}",
             es.metadata.name.as_deref().unwrap_or("")

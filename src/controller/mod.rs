@@ -9,7 +9,8 @@
 //! - [`watch`]: the watches, the relist repair, trims, backoff;
 //! - [`leader`]: leader election;
 //! - [`reconcile`]: the pipeline, one file per stage group;
-//! - [`secret`] and [`status`]: the Secret and the conditions (pure);
+//! - [`status`]: the conditions (pure); the Secret itself is built by
+//!   [`crate::secret`] (pure, shared with the CLI);
 //! - [`watched`]: the compact store of EncryptedSecrets.
 //!
 //! Kept on purpose, with tests that guard them: the layering test
@@ -21,7 +22,6 @@
 pub mod fairness;
 pub mod leader;
 pub mod reconcile;
-pub mod secret;
 pub mod state;
 pub mod status;
 pub mod watch;
@@ -65,7 +65,7 @@ pub struct Config {
     pub leader_election: Option<LeaderElection>,
     pub http_addr: Option<SocketAddr>,
     /// Secret types allowed although the cluster would fill them with a
-    /// credential (see [`secret::CREDENTIAL_TYPES`]).
+    /// credential (see [`crate::secret::CREDENTIAL_TYPES`]).
     pub allowed_secret_types: Vec<String>,
     /// The AWS regions KMS requests may go to; learned from synced
     /// resources as well (see [`crate::kms::regions::RegionPolicy`]). `None`:

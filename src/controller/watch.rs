@@ -16,7 +16,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
 use super::watched::Watched;
-use super::{Config, secret};
+use super::Config;
+use crate::secret;
 use crate::api::ADOPT_ANNOTATION;
 use crate::backoff::backoff_delay;
 

@@ -56,7 +56,7 @@ use tracing::{debug, info, warn};
 
 use super::State;
 use super::fairness::{self, Parked};
-use super::secret::{self, build_owned, source_hash};
+use crate::secret::{self, build_owned, source_hash};
 use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
