@@ -28,6 +28,7 @@ use kmsecrets::kms::layer::{Kms, LayerConfig, Providers};
 use kmsecrets::metrics::Metrics;
 use kmsecrets::resource::{self, Plaintext};
 use kmsecrets::wrap::{self, KeyRef};
+use kmsecrets_envtest::eventually;
 use kmsecrets_testserver::{Counters, TestServer};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -73,16 +74,8 @@ fn controller_config() -> Config {
     }
 }
 
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long the rig waits for a condition.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The rig's watchers back off on errors as the controller's do (a watcher
 /// without backoff retries in a hot loop and starves the test's runtime)
@@ -117,7 +110,7 @@ impl Rig {
         };
         nss.create(&PostParams::default(), &ns).await.unwrap();
         let es: Api<EncryptedSecret> = Api::namespaced(client.clone(), NS);
-        eventually("CRD served", async || {
+        eventually(PATIENCE, "CRD served", async || {
             es.list(&Default::default()).await.is_ok()
         })
         .await;
@@ -287,7 +280,7 @@ impl Rig {
     /// current resourceVersion (the watch caught up).
     async fn store_caught_up(&self, name: &str) {
         let want = self.secrets.get(name).await.unwrap().resource_version();
-        eventually("owned-Secret store caught up", async || {
+        eventually(PATIENCE, "owned-Secret store caught up", async || {
             self.ctx
                 .secrets
                 .get(&reflector::ObjectRef::new(name).within(NS))
@@ -626,9 +619,11 @@ async fn edited_secret_is_repaired_and_deleted_objects_are_forgotten() {
     let state = &rig.ctx.state;
     assert!(state.tracked_objects() > 0);
     rig.es.delete("db", &DeleteParams::default()).await.unwrap();
-    eventually("EncryptedSecret gone from the store", async || {
-        rig.es_store.state().is_empty()
-    })
+    eventually(
+        PATIENCE,
+        "EncryptedSecret gone from the store",
+        async || rig.es_store.state().is_empty(),
+    )
     .await;
     housekeeping(std::slice::from_ref(&rig.es_store), state);
     assert_eq!(state.tracked_objects(), 0);
@@ -674,13 +669,17 @@ async fn ready_gauge_sums_every_namespace_scope() {
             .for_each(log_watch_error),
     );
     let stores = [rig.es_store.clone(), other_store];
-    eventually("both stores hold their objects with status", async || {
-        stores.iter().map(|s| s.state().len()).sum::<usize>() == 4
-            && stores.iter().flat_map(|s| s.state()).all(|o| {
-                o.parse()
-                    .is_ok_and(|es| ready_condition(es.status.as_ref()).is_some())
-            })
-    })
+    eventually(
+        PATIENCE,
+        "both stores hold their objects with status",
+        async || {
+            stores.iter().map(|s| s.state().len()).sum::<usize>() == 4
+                && stores.iter().flat_map(|s| s.state()).all(|o| {
+                    o.parse()
+                        .is_ok_and(|es| ready_condition(es.status.as_ref()).is_some())
+                })
+        },
+    )
     .await;
     let state = &rig.ctx.state;
     housekeeping(&stores, state);
@@ -747,7 +746,10 @@ async fn per_object_memory_stays_flat_under_churn() {
             .await
             .unwrap();
         if i % 100 == 99 {
-            eventually("store emptied", async || rig.es_store.state().is_empty()).await;
+            eventually(PATIENCE, "store emptied", async || {
+                rig.es_store.state().is_empty()
+            })
+            .await;
             peak = peak.max(state.tracked_objects());
             housekeeping(std::slice::from_ref(&rig.es_store), &state);
             assert_eq!(state.tracked_objects(), 0, "after {} cycles", i + 1);
@@ -871,12 +873,12 @@ async fn a_hanging_tenant_holds_its_share_of_workers_and_no_more() {
     let deferred0 = state.metrics.reconcile_deferred.get();
     let started = Instant::now();
     let first = run_all(stuck.clone());
-    eventually("the tenant holds its share", async || {
+    eventually(PATIENCE, "the tenant holds its share", async || {
         rig.fake.hanging_now() == 4
     })
     .await;
     // the other four were deferred at once, without a KMS call
-    eventually("four deferred", async || {
+    eventually(PATIENCE, "four deferred", async || {
         state.metrics.reconcile_deferred.get() - deferred0 == 4
     })
     .await;
@@ -903,7 +905,7 @@ async fn a_hanging_tenant_holds_its_share_of_workers_and_no_more() {
         longest < UNWRAP_DEADLINE + Duration::from_secs(2),
         "a reconcile took {longest:?}"
     );
-    eventually("the deadline released every call", async || {
+    eventually(PATIENCE, "the deadline released every call", async || {
         rig.fake.hanging_now() == 0
     })
     .await;
@@ -929,7 +931,7 @@ async fn a_hanging_tenant_holds_its_share_of_workers_and_no_more() {
 
     // once failing, they get half the share
     let again = run_all(hung);
-    eventually("failing resources hold two workers", async || {
+    eventually(PATIENCE, "failing resources hold two workers", async || {
         rig.fake.hanging_now() == 2
     })
     .await;
@@ -995,7 +997,7 @@ async fn a_cached_key_needs_no_slot_and_a_parked_reconcile_wakes_when_one_frees(
             tokio::spawn(async move { reconcile(Arc::new(Watched::new(&es)), ctx).await.unwrap() })
         })
         .collect();
-    eventually("the tenant holds its share", async || {
+    eventually(PATIENCE, "the tenant holds its share", async || {
         rig.fake.hanging_now() == 4
     })
     .await;

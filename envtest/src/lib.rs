@@ -23,6 +23,47 @@ use std::time::{Duration, Instant};
 
 pub mod peers;
 
+/// What a polled condition returns: `true`, or `Some(value)`, once it holds.
+pub trait Polled {
+    type Out;
+    fn ready(self) -> Option<Self::Out>;
+}
+
+impl Polled for bool {
+    type Out = ();
+    fn ready(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Polled for Option<T> {
+    type Out = T;
+    fn ready(self) -> Option<T> {
+        self
+    }
+}
+
+/// The suites' one way to wait: polls `cond` every 20 ms until it holds
+/// (`true` or `Some`), and fails the test naming `what` after `timeout`.
+/// No test sleeps to "wait for it".
+pub async fn eventually<R: Polled>(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl AsyncFnMut() -> R,
+) -> R::Out {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond().await.ready() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 

@@ -100,9 +100,7 @@ pub async fn run(g: &GlobalArgs, a: DecryptArgs) -> CliResult {
             let opened = resource::open_resource(kms, es).await?;
             // rendered exactly as the controller renders them
             let data = resource::secret_data(es, &opened.values)?;
-            Ok::<_, resource::ResourceError>(Some(crate::secret::build_plain(
-                es, &data,
-            )))
+            Ok::<_, resource::ResourceError>(Some(crate::secret::build_plain(es, &data)))
         })
         .buffered(IN_FLIGHT)
         .collect()

@@ -15,11 +15,11 @@ use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
-use super::watched::Watched;
 use super::Config;
-use crate::secret;
+use super::watched::Watched;
 use crate::api::ADOPT_ANNOTATION;
 use crate::backoff::backoff_delay;
+use crate::secret;
 
 /// A materialised Secret as the owned-Secret store holds it: metadata only
 /// (no values), trimmed to what reconcile reads (see [`trim_secret_meta`]).

@@ -39,20 +39,7 @@ pub fn require_kubectl() {
     );
 }
 
-/// Polls `cond` every 50 ms until it holds; panics with `what` after `timeout`.
-pub async fn eventually(timeout: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use kmsecrets_envtest::eventually;
 
 /// Removes ANSI colour escapes (the text log format colours even when
 /// stderr is a file).

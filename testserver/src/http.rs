@@ -671,6 +671,11 @@ fn fast_list(
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
+/// Token comparison whose time does not depend on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -737,9 +742,4 @@ mod tests {
             ("ns".into(), "name".into())
         );
     }
-}
-
-/// Token comparison whose time does not depend on where the bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

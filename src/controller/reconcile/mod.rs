@@ -56,7 +56,6 @@ use tracing::{debug, info, warn};
 
 use super::State;
 use super::fairness::{self, Parked};
-use crate::secret::{self, build_owned, source_hash};
 use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
@@ -64,6 +63,7 @@ use crate::api::{
 };
 use crate::backoff::jittered;
 use crate::resource::{self, Opened};
+use crate::secret::{self, build_owned, source_hash};
 
 /// What the controller watches: metadata parsed, spec and status as compact
 /// text opened per reconcile; a malformed object still lands in the store

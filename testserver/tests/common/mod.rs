@@ -3,8 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kmsecrets_testserver::TestServer;
@@ -128,23 +127,10 @@ pub async fn install_crd(client: &kube::Client) {
     .await;
 }
 
-/// Polls `f` until it yields `Some`, failing the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls `f` until it yields `Some`, failing the test after [`DEADLINE`]
+/// (the suites' one helper, `kmsecrets_envtest::eventually`).
+pub async fn eventually<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    kmsecrets_envtest::eventually(DEADLINE, what, f).await
 }
 
 /// The HTTP status code of a kube API error.
