@@ -15,9 +15,6 @@ pub const READY: &str = "Ready";
 pub struct Outcome {
     pub reason: Reason,
     pub message: String,
-    /// Not attempted (the namespace held its share of the workers): counted
-    /// in `kmsecrets_reconcile_deferred_total`, not by reason.
-    pub deferred: bool,
 }
 
 impl Outcome {
@@ -25,7 +22,6 @@ impl Outcome {
         Outcome {
             reason: Reason::Synced,
             message: format!("Secret {secret} is up to date"),
-            deferred: false,
         }
     }
     pub fn failed(reason: Reason, message: impl Into<String>) -> Outcome {
@@ -38,20 +34,7 @@ impl Outcome {
             }
             message.truncate(cut);
         }
-        Outcome {
-            reason,
-            message,
-            deferred: false,
-        }
-    }
-    pub fn deferred() -> Outcome {
-        Outcome {
-            deferred: true,
-            ..Outcome::failed(
-                Reason::KmsUnavailable,
-                "deferred: this namespace holds its share of the workers",
-            )
-        }
+        Outcome { reason, message }
     }
     pub fn ready(&self) -> bool {
         self.reason == Reason::Synced

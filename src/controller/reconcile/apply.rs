@@ -13,7 +13,7 @@ pub(super) async fn mark_content_change(
     t: &Target<'_>,
     secret: &mut Secret,
     current: Option<&SecretMeta>,
-) -> Result<()> {
+) -> kube::Result<()> {
     if t.es.spec.rollout_restart_targets.is_empty() || current.is_none() {
         return Ok(());
     }
@@ -54,25 +54,29 @@ pub(super) async fn apply(
     current: Option<&SecretMeta>,
     hash: String,
     key_id: String,
-) -> Result<Done> {
+) -> Done {
     let keys: BTreeSet<String> = secret
         .data
         .iter()
         .flatten()
         .map(|(k, _)| k.clone())
         .collect();
-    let result = match current {
+    let written = match current {
         None => match create(t, &secret).await {
+            Ok(created) => created,
             Err(e) if is_already_exists(&e) => {
-                let Some(meta) = t.secrets.get_metadata_opt(&t.name).await? else {
+                let meta = match t.secrets.get_metadata_opt(&t.name).await {
+                    Ok(Some(meta)) => meta,
                     // created and deleted between the two requests: again soon
-                    drop(secret);
-                    return Ok(api_failed(t, "creating", &e));
+                    Ok(None) => {
+                        return request_failed(format_args!("creating Secret {}", t.name), &e);
+                    }
+                    Err(e) => return request_failed(format_args!("reading Secret {}", t.name), &e),
                 };
                 let meta = stage!(controlled(t, meta));
                 stage!(update(t, &mut secret, &meta).await)
             }
-            created => created,
+            Err(e) => return apply_failed(t, &e),
         },
         Some(meta) => stage!(update(t, &mut secret, meta).await),
     };
@@ -81,18 +85,14 @@ pub(super) async fn apply(
         .get(secret::CONTENT_CHANGED_ANNOTATION)
         .cloned();
     drop(secret);
-    let result = match result {
-        Ok(written) => prune_created_keys(t, written, &keys).await,
-        Err(e) => Err(e),
-    };
-    match result {
+    match prune_created_keys(t, written, &keys).await {
         Ok(secret_rv) => {
             // Remembered before the status write: if that fails, the retry
             // still knows the Secret is already written.
             ctx.state
                 .remember_write(&t.uid, &hash, secret_rv.as_deref().unwrap_or_default());
             info!(name = %t.name, namespace = %t.ns, "Secret written");
-            Ok(done(
+            done(
                 Outcome::synced(&t.name),
                 Report::Status(Some(SyncInfo {
                     hash,
@@ -102,17 +102,23 @@ pub(super) async fn apply(
                     restarted: None,
                 })),
                 Next::Resync,
-            ))
+            )
         }
-        Err(e) => Ok(done(
-            Outcome::failed(
-                Reason::ApplyFailed,
-                format!("applying Secret {} failed: {}", t.name, api_error_text(&e)),
-            ),
-            Report::Status(None),
-            Next::Backoff,
-        )),
+        Err(e) => apply_failed(t, &e),
     }
+}
+
+/// Writing the Secret failed: `ApplyFailed`, backoff; the Secret stays as
+/// it was.
+fn apply_failed(t: &Target<'_>, e: &kube::Error) -> Done {
+    done(
+        Outcome::failed(
+            Reason::ApplyFailed,
+            format!("applying Secret {} failed: {}", t.name, api_error_text(e)),
+        ),
+        Report::Status(None),
+        Next::Backoff,
+    )
 }
 
 /// 6a. Create a Secret the owned-Secret store says does not exist.
@@ -130,21 +136,11 @@ pub(super) async fn update(
     t: &Target<'_>,
     secret: &mut Secret,
     meta: &SecretMeta,
-) -> Stage<Result<Secret, kube::Error>> {
-    if let Err(e) = mark_content_change(t, secret, Some(meta)).await {
-        return stop(
-            Outcome::failed(
-                Reason::ApiError,
-                format!(
-                    "reading Secret {} failed: {}",
-                    t.name,
-                    api_error_text_of(&e)
-                ),
-            ),
-            Report::Status(None),
-            Next::Backoff,
-        );
-    }
+) -> Stage<Secret> {
+    api!(
+        format_args!("reading Secret {}", t.name),
+        mark_content_change(t, secret, Some(meta)).await
+    );
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut result = t
         .secrets
@@ -168,7 +164,10 @@ pub(super) async fn update(
                 .await;
         }
     }
-    Ok(ControlFlow::Continue(result))
+    match result {
+        Ok(written) => ControlFlow::Continue(written),
+        Err(e) => ControlFlow::Break(apply_failed(t, &e)),
+    }
 }
 
 /// 6c. A Secret we created holds its keys under our `Update` entry of
@@ -234,18 +233,6 @@ pub fn keys_left_by_create(written: &Secret, keys: &BTreeSet<String>) -> Vec<Str
 
 pub(super) fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
-}
-
-/// A failed API request as the reconcile's outcome: `ApiError`, backoff.
-pub(super) fn api_failed(t: &Target<'_>, what: &str, e: &kube::Error) -> Done {
-    done(
-        Outcome::failed(
-            Reason::ApiError,
-            format!("{what} Secret {} failed: {}", t.name, api_error_text(e)),
-        ),
-        Report::Status(None),
-        Next::Backoff,
-    )
 }
 
 pub(super) fn is_immutable_conflict(e: &kube::Error) -> bool {

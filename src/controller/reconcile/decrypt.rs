@@ -25,18 +25,14 @@ pub(super) async fn unwrap_and_decrypt(t: &Target<'_>, ctx: &Context) -> Stage<O
             let Some(slot) = state.namespace_slot(&t.ns, state.is_failing(&t.uid)) else {
                 ctx.parked
                     .park(ObjectRef::new(&t.name).within(&t.ns), &keys);
-                return Ok(ControlFlow::Break(done(
-                    Outcome::deferred(),
-                    Report::Nothing,
-                    Next::Deferred,
-                )));
+                return ControlFlow::Break(Done::Deferred);
             };
             let mut stopping = state.stopping.subscribe();
             let r = tokio::select! {
                 r = resource::open_resource(&state.kms, t.es) => r,
                 _ = stopping.wait_for(|s| *s) => {
                     // shutting down: nothing written yet, the next leader retries
-                    return Ok(ControlFlow::Break(done(Outcome::deferred(), Report::Nothing, Next::Deferred)));
+                    return ControlFlow::Break(Done::Deferred);
                 }
             };
             drop(slot);
@@ -62,7 +58,7 @@ pub(super) async fn unwrap_and_decrypt(t: &Target<'_>, ctx: &Context) -> Stage<O
                         .map(|k| k.key_id.as_str()),
                 );
             }
-            Ok(ControlFlow::Continue(opened))
+            ControlFlow::Continue(opened)
         }
         Err(e) => {
             let next = if e.is_transient() {
@@ -102,7 +98,7 @@ pub(super) async fn build(
         _ => Ok(resource::Plaintext::new()),
     };
     match rendered.and_then(|r| resource::with_rendered(&opened.values, r)) {
-        Ok(data) => Ok(ControlFlow::Continue(build_owned(es, &data, hash))),
+        Ok(data) => ControlFlow::Continue(build_owned(es, &data, hash)),
         Err(e) => stop(
             Outcome::failed(e.reason(), e.to_string()),
             Report::Status(None),

@@ -82,18 +82,26 @@ pub struct Context {
     pub parked: Parked,
 }
 
+/// What ends a reconcile in `error_policy` (per-object backoff) instead of
+/// a status: the one rule is that an API failure *inside* a stage becomes
+/// the reconcile's outcome (`ApiError`, written to status like any other),
+/// so only what cannot be reported that way is an error here.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[from] kube::Error),
+    /// The object lacks what identifies it (the server should never send one).
     #[error("object has no {0}")]
-    Missing(&'static str),
+    Identity(&'static str),
+    /// The final status write failed: nowhere left to report it.
+    #[error("writing status failed: {0}")]
+    Status(#[source] kube::Error),
+    /// Orphaning the Secret of a malformed, deleted `Retain` resource failed.
+    #[error("releasing a deleted resource failed: {0}")]
+    Release(#[source] kube::Error),
 }
 
 impl ReconcileError {
     /// Bounded `result` label: every failure here is an API request that
-    /// failed (status, finalizer, Secret read) or an object the server
-    /// should never send.
+    /// failed or an object the server should never send.
     pub fn reason(&self) -> Reason {
         Reason::ApiError
     }
@@ -106,15 +114,22 @@ type Result<T, E = ReconcileError> = std::result::Result<T, E>;
 
 /// How a reconcile ended, before its status is written.
 #[derive(Debug)]
-pub struct Done {
-    pub outcome: Outcome,
-    report: Report,
-    next: Next,
+pub enum Done {
+    /// Judged: the outcome, what [`finish`] reports, when to look again.
+    Judged {
+        outcome: Outcome,
+        report: Report,
+        next: Next,
+    },
+    /// Not attempted: its namespace's share of the KMS stage was taken. The
+    /// resource is parked ([`super::fairness`]); no KMS call, no status
+    /// write; counted in `kmsecrets_reconcile_deferred_total`.
+    Deferred,
 }
 
 /// What [`finish`] writes.
 #[derive(Debug)]
-enum Report {
+pub enum Report {
     /// No status write (deleted, or our own last write is already reported).
     Nothing,
     /// Status from the outcome; `Some` also records a completed sync, `None`
@@ -124,19 +139,16 @@ enum Report {
 
 /// When to look again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
+pub enum Next {
     AwaitChange,
     Resync,
     Backoff,
     SlowRetry,
     ConflictPoll,
-    /// Its namespace's failing resources hold their share of the workers:
-    /// look again shortly, without a KMS call or a status write.
-    Deferred,
 }
 
 #[derive(Debug, Clone)]
-struct SyncInfo {
+pub struct SyncInfo {
     hash: String,
     secret_rv: Option<String>,
     key_id: Option<String>,
@@ -147,14 +159,26 @@ struct SyncInfo {
 }
 
 /// Either the next stage's input or an early end.
-type Stage<T> = Result<ControlFlow<Done, T>>;
+type Stage<T> = ControlFlow<Done, T>;
 
 /// Run a stage: continue with its value, or return its `Done`.
 macro_rules! stage {
     ($e:expr) => {
-        match $e? {
+        match $e {
             ControlFlow::Continue(v) => v,
-            ControlFlow::Break(done) => return Ok(done),
+            ControlFlow::Break(done) => return done,
+        }
+    };
+}
+
+/// An API request inside a stage: its value, or the stage ends with the
+/// failure as its outcome (`ApiError`, backoff) — `$doing` says what was
+/// being done ("reading Secret db").
+macro_rules! api {
+    ($doing:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return ControlFlow::Break(request_failed($doing, &e)),
         }
     };
 }
@@ -174,7 +198,7 @@ use report::*;
 use restart::*;
 
 fn done(outcome: Outcome, report: Report, next: Next) -> Done {
-    Done {
+    Done::Judged {
         outcome,
         report,
         next,
@@ -182,7 +206,20 @@ fn done(outcome: Outcome, report: Report, next: Next) -> Done {
 }
 
 fn stop<T>(outcome: Outcome, report: Report, next: Next) -> Stage<T> {
-    Ok(ControlFlow::Break(done(outcome, report, next)))
+    ControlFlow::Break(done(outcome, report, next))
+}
+
+/// A failed API request as the reconcile's outcome: `ApiError`, backoff,
+/// status written.
+fn request_failed(doing: impl std::fmt::Display, e: &kube::Error) -> Done {
+    done(
+        Outcome::failed(
+            Reason::ApiError,
+            format!("{doing} failed: {}", api_error_text(e)),
+        ),
+        Report::Status(None),
+        Next::Backoff,
+    )
 }
 
 /// The resource being reconciled, with the identity every stage needs.
@@ -199,8 +236,10 @@ struct Target<'a> {
 
 impl<'a> Target<'a> {
     fn new(es: &'a EncryptedSecret, ctx: &Context) -> Result<Target<'a>> {
-        let ns = es.namespace().ok_or(ReconcileError::Missing("namespace"))?;
-        let uid = es.uid().ok_or(ReconcileError::Missing("uid"))?;
+        let ns = es
+            .namespace()
+            .ok_or(ReconcileError::Identity("namespace"))?;
+        let uid = es.uid().ok_or(ReconcileError::Identity("uid"))?;
         let client = ctx.state.client.clone();
         Ok(Target {
             es,
@@ -229,13 +268,13 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     };
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
-    if matches!(&res, Ok((o, _)) if o.deferred) {
-        m.reconcile_deferred.inc();
-        return res.map(|(_, a)| a);
-    }
     let label = match &res {
-        Ok((o, _)) if o.ready() => "success",
-        Ok((o, _)) => o.reason.as_str(),
+        Ok((None, _)) => {
+            m.reconcile_deferred.inc();
+            return res.map(|(_, a)| a);
+        }
+        Ok((Some(o), _)) if o.ready() => "success",
+        Ok((Some(o), _)) => o.reason.as_str(),
         Err(e) => e.reason().as_str(),
     };
     m.reconcile.with_label_values(&[label]).inc();
@@ -248,14 +287,17 @@ pub fn error_policy(es: Arc<Watched>, err: &ReconcileError, ctx: Arc<Context>) -
     Action::requeue(ctx.state.backoff(&key))
 }
 
-async fn reconcile_valid(es: &EncryptedSecret, ctx: &Context) -> Result<(Outcome, Action)> {
+/// The outcome (`None`: deferred) and when to look again.
+type Ending = (Option<Outcome>, Action);
+
+async fn reconcile_valid(es: &EncryptedSecret, ctx: &Context) -> Result<Ending> {
     let t = Target::new(es, ctx)?;
-    let done = pipeline(&t, ctx).await?;
+    let done = pipeline(&t, ctx).await;
     finish(&t, ctx, done).await
 }
 
 /// The stages, in order.
-async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
+async fn pipeline(t: &Target<'_>, ctx: &Context) -> Done {
     stage!(finalize(t, ctx).await);
     stage!(admit(t, ctx));
     let current = stage!(ownership(t, ctx).await);
@@ -264,25 +306,35 @@ async fn pipeline(t: &Target<'_>, ctx: &Context) -> Result<Done> {
     let secret = stage!(build(t.es, &opened, &hash, &ctx.state).await);
     let key_id = opened.key_id.clone();
     drop(opened);
-    let done = apply(t, ctx, secret, current.as_ref(), hash, key_id).await?;
-    Ok(restart(t, ctx, done).await)
+    let done = apply(t, ctx, secret, current.as_ref(), hash, key_id).await;
+    restart(t, ctx, done).await
 }
 
 /// The one place status and events are written, and the per-object memory
 /// updated, from a stage's [`Done`].
-async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<(Outcome, Action)> {
+async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<Ending> {
     let state = &ctx.state;
+    let Done::Judged {
+        outcome,
+        report,
+        next,
+    } = d
+    else {
+        return Ok((None, Action::requeue(jittered(fairness::BACKSTOP))));
+    };
     let generation = t.es.meta().generation;
-    if let Report::Status(sync) = &d.report {
+    if let Report::Status(sync) = &report {
         if let Some(s) = sync {
             state.remember_write(&t.uid, &s.hash, s.secret_rv.as_deref().unwrap_or_default());
         }
-        let status_rv = write_status(t, ctx, &d.outcome, sync.as_ref()).await?;
+        let status_rv = write_status(t, ctx, &outcome, sync.as_ref())
+            .await
+            .map_err(ReconcileError::Status)?;
         if sync.is_some() {
             state.remember_synced(&t.uid, generation, status_rv);
         }
     }
-    let action = match d.next {
+    let action = match next {
         Next::AwaitChange => Action::await_change(),
         Next::Resync => {
             state.succeeded(&t.uid);
@@ -291,7 +343,6 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<(Outcome, Acti
         Next::Backoff => Action::requeue(state.backoff(&t.uid)),
         Next::SlowRetry => Action::requeue(state.slow_retry()),
         Next::ConflictPoll => Action::requeue(state.conflict_retry()),
-        Next::Deferred => Action::requeue(jittered(fairness::BACKSTOP)),
     };
-    Ok((d.outcome, action))
+    Ok((Some(outcome), action))
 }

@@ -10,8 +10,14 @@ pub(super) async fn finalize(t: &Target<'_>, ctx: &Context) -> Stage<()> {
     let has_finalizer = t.es.finalizers().iter().any(|f| f == FINALIZER);
     if meta.deletion_timestamp.is_some() {
         if has_finalizer {
-            orphan_secret(&t.secrets, &t.name, &t.uid).await?;
-            set_finalizer(&t.es_api, meta, false).await?;
+            api!(
+                format_args!("orphaning Secret {}", t.name),
+                orphan_secret(&t.secrets, &t.name, &t.uid).await
+            );
+            api!(
+                "removing the finalizer",
+                set_finalizer(&t.es_api, meta, false).await
+            );
             info!(name = %t.name, namespace = %t.ns, "deletionPolicy Retain: Secret orphaned");
         }
         ctx.state.forget(&t.uid);
@@ -19,16 +25,19 @@ pub(super) async fn finalize(t: &Target<'_>, ctx: &Context) -> Stage<()> {
     }
     let wants_finalizer = t.es.spec.deletion_policy == DeletionPolicy::Retain;
     if wants_finalizer != has_finalizer {
-        set_finalizer(&t.es_api, meta, wants_finalizer).await?;
+        api!(
+            "updating the finalizer",
+            set_finalizer(&t.es_api, meta, wants_finalizer).await
+        );
     }
-    Ok(ControlFlow::Continue(()))
+    ControlFlow::Continue(())
 }
 
 /// 1b. Refuse Secrets the cluster would turn into credentials (pure; before
 ///     any read, decrypt or write).
 pub(super) fn admit(t: &Target<'_>, ctx: &Context) -> Stage<()> {
     match secret::admit(t.es, &ctx.state.cfg.allowed_secret_types) {
-        Ok(()) => Ok(ControlFlow::Continue(())),
+        Ok(()) => ControlFlow::Continue(()),
         Err(why) => stop(
             Outcome::failed(Reason::InvalidSpec, why),
             Report::Status(None),
@@ -57,11 +66,14 @@ pub(super) async fn ownership(t: &Target<'_>, ctx: &Context) -> Stage<Option<Sec
         Some(m) => Some((*m).clone()),
         None if listed && !store_may_miss_it(t, ctx) => None,
         // Not ours (no managed-by label), or the store lags our own write.
-        None => t.secrets.get_metadata_opt(&t.name).await?,
+        None => api!(
+            format_args!("reading Secret {}", t.name),
+            t.secrets.get_metadata_opt(&t.name).await
+        ),
     };
     match current {
-        None => Ok(ControlFlow::Continue(None)),
-        Some(meta) => controlled(t, meta).map(|flow| flow.map_continue(Some)),
+        None => ControlFlow::Continue(None),
+        Some(meta) => controlled(t, meta).map_continue(Some),
     }
 }
 
@@ -89,7 +101,7 @@ pub(super) fn controlled(t: &Target<'_>, meta: SecretMeta) -> Stage<SecretMeta> 
         .get(ADOPT_ANNOTATION)
         .is_some_and(|v| v == "true");
     if ours || adopt {
-        return Ok(ControlFlow::Continue(meta));
+        return ControlFlow::Continue(meta);
     }
     let who = controller.map_or("no controller".to_string(), |o| {
         format!("controlled by {} {}", o.kind, o.name)
@@ -156,10 +168,14 @@ pub(super) fn in_sync(
             Next::Resync,
         );
     }
-    Ok(ControlFlow::Continue(hash))
+    ControlFlow::Continue(hash)
 }
 
-pub(super) async fn set_finalizer<K>(api: &Api<K>, meta: &ObjectMeta, present: bool) -> Result<()>
+pub(super) async fn set_finalizer<K>(
+    api: &Api<K>,
+    meta: &ObjectMeta,
+    present: bool,
+) -> kube::Result<()>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -177,17 +193,19 @@ where
     // gives 409 and a retry with fresh state.
     let patch =
         json!({"metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}});
-    let name = meta
-        .name
-        .as_deref()
-        .ok_or(ReconcileError::Missing("name"))?;
+    // (a watched object always has a name)
+    let name = meta.name.as_deref().unwrap_or_default();
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
 }
 
 /// Remove our ownerReference from the Secret so garbage collection leaves it.
-pub(super) async fn orphan_secret(secrets: &Api<Secret>, name: &str, uid: &str) -> Result<()> {
+pub(super) async fn orphan_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    uid: &str,
+) -> kube::Result<()> {
     let Some(meta) = secrets.get_metadata_opt(name).await? else {
         return Ok(());
     };

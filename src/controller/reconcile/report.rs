@@ -27,14 +27,8 @@ pub(super) async fn publish(
     }
 }
 
-pub(super) fn api_error_text_of(e: &ReconcileError) -> String {
-    match e {
-        ReconcileError::Kube(k) => api_error_text(k),
-        other => other.to_string(),
-    }
-}
-
-/// API errors in status: code and reason only, never the request body.
+/// API errors in status: the code, the reason and the server's message
+/// (which names the object and field); never the request body.
 pub(super) fn api_error_text(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
@@ -51,7 +45,7 @@ pub(super) async fn write_status(
     ctx: &Context,
     outcome: &Outcome,
     sync: Option<&SyncInfo>,
-) -> Result<Option<String>> {
+) -> kube::Result<Option<String>> {
     let es = t.es;
     let prev = es.status.clone().unwrap_or_default();
     let prev_cond = ready_condition(es.status.as_ref());
@@ -130,17 +124,13 @@ pub(super) async fn write_status(
 /// merge-patched, other status fields kept), one Warning event, then wait
 /// for a change. Written once per generation (remembered in memory), so
 /// our own status write does not loop. The Secret, if any, is left alone.
-pub(super) async fn malformed(
-    obj: &Watched,
-    why: Malformed,
-    ctx: &Context,
-) -> Result<(Outcome, Action)> {
+pub(super) async fn malformed(obj: &Watched, why: Malformed, ctx: &Context) -> Result<Ending> {
     let state = &ctx.state;
     let ns = obj
         .namespace()
-        .ok_or(ReconcileError::Missing("namespace"))?;
+        .ok_or(ReconcileError::Identity("namespace"))?;
     let name = obj.name_any();
-    let uid = obj.uid().ok_or(ReconcileError::Missing("uid"))?;
+    let uid = obj.uid().ok_or(ReconcileError::Identity("uid"))?;
     let part = if why.path.starts_with("status") {
         "status"
     } else {
@@ -160,14 +150,18 @@ pub(super) async fn malformed(
         // even though the spec cannot be read: orphan, then let go.
         if obj.finalizers().iter().any(|f| f == FINALIZER) {
             let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &ns);
-            orphan_secret(&secrets, &name, &uid).await?;
-            set_finalizer(&api, obj.meta(), false).await?;
+            orphan_secret(&secrets, &name, &uid)
+                .await
+                .map_err(ReconcileError::Release)?;
+            set_finalizer(&api, obj.meta(), false)
+                .await
+                .map_err(ReconcileError::Release)?;
         }
         state.forget(&uid);
-        return Ok((outcome, Action::await_change()));
+        return Ok((Some(outcome), Action::await_change()));
     }
     if state.last_write(&uid).is_some_and(|(h, _)| h == marker) {
-        return Ok((outcome, Action::await_change()));
+        return Ok((Some(outcome), Action::await_change()));
     }
     warn!(%name, namespace = %ns, error = %outcome.message, "malformed EncryptedSecret");
     let cond = next_condition(None, &outcome, generation, Time(jiff::Timestamp::now()));
@@ -177,8 +171,9 @@ pub(super) async fn malformed(
         ..Default::default()
     };
     api.patch_status(&name, &params, &Patch::Merge(&patch))
-        .await?;
+        .await
+        .map_err(ReconcileError::Status)?;
     state.remember_write(&uid, &marker, "");
     publish(state, obj.object_ref(&()), &outcome).await;
-    Ok((outcome, Action::await_change()))
+    Ok((Some(outcome), Action::await_change()))
 }

@@ -12,7 +12,11 @@ use super::*;
 ///    and a metric; it never changes the Secret's outcome and is not
 ///    retried for the same change.
 pub(super) async fn restart(t: &Target<'_>, ctx: &Context, mut d: Done) -> Done {
-    let Report::Status(Some(sync)) = &mut d.report else {
+    let Done::Judged {
+        report: Report::Status(Some(sync)),
+        ..
+    } = &mut d
+    else {
         return d;
     };
     let Some(at) = sync.content_changed_at.clone() else {
