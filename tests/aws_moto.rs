@@ -372,7 +372,7 @@ async fn cli_round_trip_with_aws_kms() {
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
-/// A git writer's two ways to the plaintext (security review 2, finding 2):
+/// A git writer's two ways to the plaintext:
 /// a copy planted under their key, which `rotate` would wrap the new data
 /// key for, and a swapped-in data key they generated, which `--merge-into`
 /// and `edit` would seal new values with. Both are refused, naming the

@@ -1221,7 +1221,7 @@ async fn malformed_retain_resource_is_still_orphaned_on_delete(b: Backend) {
 }
 
 // ---------------------------------------------------------------------------
-/// Finding 2 of the security review, end to end: a tenant's resources whose
+/// End to end: a tenant's resources whose
 /// KMS endpoint stops answering, plus resources naming regions nobody
 /// configured, must not delay another namespace's resource, and SIGTERM
 /// must stop the controller within the pod's grace period (30 s).
@@ -1336,7 +1336,7 @@ async fn a_stalled_tenant_cannot_starve_others_or_block_shutdown(b: Backend) {
     );
 }
 
-/// A tenant's template bombs (the security review's loop of `*`, a `~`
+/// A tenant's template bombs (a loop of `*` that froze a 2-core controller for two minutes, a `~`
 /// chain and a `replace` chain over a 100 KB value) cost that tenant's
 /// resources only: each is `InvalidSpec` within 10 s while another
 /// namespace's resource syncs and `/healthz` answers, under a 2 GiB

@@ -186,7 +186,7 @@ async fn lru_capacity_evicts_least_recently_used() {
     assert_eq!(kms.cache_len(), 2);
 }
 
-/// Security review 2, finding 5: with a cache of 100, a tenant that
+/// With a cache of 100, a tenant that
 /// unwraps 120 data keys evicts its own, not the victim's; the victim's next
 /// open is a cache hit. And a tenant alone may still use the whole cache.
 #[tokio::test(start_paused = true)]

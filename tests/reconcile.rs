@@ -837,7 +837,7 @@ async fn create_namespace(client: &Client, name: &str) {
     nss.create(&PostParams::default(), &ns).await.unwrap();
 }
 
-/// Finding 2 of the security review, in-process: a tenant whose resources
+/// In-process: a tenant whose resources
 /// hang in KMS holds at most its namespace's share of the workers (half of
 /// `--concurrency`; a quarter once they have failed), each reconcile ends at
 /// the unwrap deadline, and another namespace's resource syncs meanwhile.

@@ -1,5 +1,5 @@
 //! What one template render may cost, measured: peak heap allocation and
-//! time per render, for the security review's bombs and for templates
+//! time per render, for known template bombs and for templates
 //! generated from every construct the sandbox allows over values up to
 //! 100 KB. A test binary of its own: the counting allocator is global, and
 //! this binary runs one test at a time on purpose (one `#[test]`).
@@ -75,7 +75,7 @@ fn template_src() -> impl Strategy<Value = String> {
 
 #[test]
 fn every_render_is_bounded_in_memory_and_time() {
-    // the review's bombs, and the shapes the size bound exists for
+    // known bombs, and the shapes the size bound exists for
     let big = "x".repeat(100 * 1024);
     let values: Values = [
         ("user".to_string(), Zeroizing::new(b"admin".to_vec())),

@@ -178,7 +178,7 @@ mod tests {
         assert!(!region_shaped("eu") && !region_shaped("EU-WEST-1") && !region_shaped("eu--1"));
     }
 
-    /// Security review 2, finding 4: a tenant filling the learned list with
+    /// A tenant filling the learned list with
     /// junk regions fills only its own namespace's; a victim's DR region is
     /// still learned and allowed.
     #[test]

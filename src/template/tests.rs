@@ -125,7 +125,7 @@ fn errors_name_the_key_and_never_quote_a_value() {
     }
 }
 
-/// The review's bombs: refused before anything is built, in time that
+/// Known template bombs: refused before anything is built, in time that
 /// does not depend on what they would have built.
 #[test]
 fn bombs_are_refused_before_rendering() {

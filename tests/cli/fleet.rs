@@ -285,7 +285,7 @@ fn verify_and_decrypt_sweep_a_repository() {
     assert_eq!(out.stdout().lines().count(), 5);
 }
 
-/// `-R` never leaves the tree (security review 2, finding 6): a link to a
+/// `-R` never leaves the tree: a link to a
 /// file outside is neither rewritten by `rotate` nor printed by `decrypt
 /// --passthrough`; it is skipped and named. `rotate` follows no link at all
 /// (an in-tree target is rotated as itself) and never writes through one,
