@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-use common::cluster::{Backend, Cluster, WatchFault, eventually};
+use common::cluster::{Backend, Cluster, Controller, WatchFault, eventually};
 use common::{KmsProxy, Moto, aws_test_env, create_key, sdk_client};
 use serde_json::{Value, json};
 
@@ -1220,6 +1220,42 @@ async fn malformed_retain_resource_is_still_orphaned_on_delete(b: Backend) {
     assert_eq!(c.secret_data(NS, "m").await.unwrap()["k"], "kept");
 }
 
+/// SIGTERM ends the controller within `limit`; how long it took.
+async fn sigterm_stops_within(ctl: &mut Controller, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &ctl.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    while ctl.is_running() {
+        assert!(
+            t.elapsed() < limit,
+            "SIGTERM not honoured within {limit:?} (reconciles waiting on KMS or a render give up):\n{}",
+            ctl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.elapsed()
+}
+
+/// Another namespace's resource, created now, syncs within 10 s whatever a
+/// tenant is doing; how long it took since `start`.
+async fn victim_syncs(c: &Cluster, start: Instant) -> Duration {
+    let victim = c.encrypt(&[
+        "--from-literal",
+        "password=pw",
+        "--name",
+        "victim",
+        "--namespace",
+        NS,
+    ]);
+    c.apply(&victim).await;
+    c.wait_ready_within(NS, "victim", "True", "Synced", 10 * SECOND)
+        .await;
+    start.elapsed()
+}
+
 // ---------------------------------------------------------------------------
 /// End to end: a tenant's resources whose
 /// KMS endpoint stops answering, plus resources naming regions nobody
@@ -1286,18 +1322,7 @@ async fn a_stalled_tenant_cannot_starve_others_or_block_shutdown(b: Backend) {
     })
     .await;
     let start = Instant::now();
-    let victim = c.encrypt(&[
-        "--from-literal",
-        "password=pw",
-        "--name",
-        "victim",
-        "--namespace",
-        NS,
-    ]);
-    c.apply(&victim).await;
-    c.wait_ready_within(NS, "victim", "True", "Synced", 10 * SECOND)
-        .await;
-    let victim_time = start.elapsed();
+    let victim_time = victim_syncs(&c, start).await;
     c.wait_ready_within("tenant2", "far", "False", "KmsAccessDenied", 10 * SECOND)
         .await;
     let es = c.esec("tenant2", "far").await.unwrap();
@@ -1315,21 +1340,8 @@ async fn a_stalled_tenant_cannot_starve_others_or_block_shutdown(b: Backend) {
         "the tenant held {hung_max} workers at once; its share of 8 is 4"
     );
 
-    let t = Instant::now();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &ctl.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    while ctl.is_running() {
-        assert!(
-            t.elapsed() < 10 * SECOND,
-            "SIGTERM not honoured within 10 s (the grace period is 30 s; reconciles waiting on KMS give up):\n{}",
-            ctl.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stop_time = t.elapsed();
+    let stopped_after = sigterm_stops_within(&mut ctl, 10 * SECOND).await;
+    let stop_time = stopped_after;
     proxy.set_hang(false);
     eprintln!(
         "stalled tenant ({b:?}): victim synced in {victim_time:?}; tenant held at most {hung_max} workers of 8 ({hung_now} at SIGTERM); stopped {stop_time:?} after SIGTERM"
@@ -1383,18 +1395,7 @@ async fn template_bombs_cost_only_their_own_resource(b: Backend) {
         c.apply(&to_doc(&es)).await;
     }
     let start = Instant::now();
-    let victim = c.encrypt(&[
-        "--from-literal",
-        "password=pw",
-        "--name",
-        "victim",
-        "--namespace",
-        NS,
-    ]);
-    c.apply(&victim).await;
-    c.wait_ready_within(NS, "victim", "True", "Synced", 10 * SECOND)
-        .await;
-    let victim_time = start.elapsed();
+    let victim_time = victim_syncs(&c, start).await;
     for (name, _, want) in &bombs {
         c.wait_ready_within("tenant", name, "False", "InvalidSpec", 10 * SECOND)
             .await;
@@ -1432,23 +1433,9 @@ async fn template_bombs_cost_only_their_own_resource(b: Backend) {
     assert!(ctl.is_running(), "{}", ctl.logs());
     assert_eq!(ctl.http_get("/healthz").0, 200);
 
-    let t = Instant::now();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &ctl.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    while ctl.is_running() {
-        assert!(
-            t.elapsed() < 25 * SECOND,
-            "SIGTERM not honoured within 25 s:\n{}",
-            ctl.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stopped_after = sigterm_stops_within(&mut ctl, 25 * SECOND).await;
     eprintln!(
-        "template bombs ({b:?}): victim synced in {victim_time:?}, every bomb InvalidSpec after {bombs_time:?}, stopped {:?} after SIGTERM",
-        t.elapsed()
+        "template bombs ({b:?}): victim synced in {victim_time:?}, every bomb InvalidSpec after {bombs_time:?}, stopped {stopped_after:?} after SIGTERM"
     );
 }
 

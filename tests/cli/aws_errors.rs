@@ -11,7 +11,12 @@ use crate::support::*;
 
 const ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/0000aaaa-bb00-cc00-dd00-eeeeeeeeeeee";
 
-fn encrypt_with(key: &str, extra: &[&str], creds: bool) -> Out {
+pub(crate) fn encrypt_with(key: &str, extra: &[&str], creds: bool) -> Out {
+    encrypt_cmd(key, extra, creds).run()
+}
+
+/// `encrypt --key KEY` with AWS settings from nowhere but this command.
+pub(crate) fn encrypt_cmd(key: &str, extra: &[&str], creds: bool) -> Cmd {
     let mut c = kms([
         "encrypt",
         "--key",
@@ -33,7 +38,7 @@ fn encrypt_with(key: &str, extra: &[&str], creds: bool) -> Out {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing");
     }
-    c.run()
+    c
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 use std::net::TcpListener;
 
+use crate::aws_errors::encrypt_cmd;
 use crate::support::*;
 
 const ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/0000aaaa-bb00-cc00-dd00-eeeeeeeeeeee";
@@ -17,26 +18,9 @@ fn errors_name_the_endpoint_actually_dialled() {
         l.local_addr().unwrap().port()
     };
     for var in ["AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL"] {
-        let out = kms([
-            "encrypt",
-            "--key",
-            ARN,
-            "--from-literal",
-            "a=b",
-            "--name",
-            "x",
-            "-n",
-            "y",
-            "--kms-max-attempts",
-            "1",
-        ])
-        .env(var, format!("http://127.0.0.1:{port}"))
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .run();
+        let out = encrypt_cmd(ARN, &["--kms-max-attempts", "1"], true)
+            .env(var, format!("http://127.0.0.1:{port}"))
+            .run();
         fails(&out, &format!("cannot reach KMS at 127.0.0.1:{port}"));
         assert!(
             !out.stderr.contains("amazonaws.com"),
