@@ -13,6 +13,7 @@ mod edit;
 mod encrypt;
 mod fleet;
 mod init;
+mod input;
 mod keys;
 mod merge;
 mod pubkey;
