@@ -517,3 +517,95 @@ async fn planted_copies_and_swapped_data_keys_are_refused() {
         "--trust-file-keys",
     ]));
 }
+
+/// `kmsecrets keys` as a CI gate: a repository whose key is scheduled for
+/// deletion fails, naming the files whose every copy is under that key; a
+/// file with a second, healthy copy is not at risk; `--offline` lists keys
+/// and dependents without a single request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_gate_fails_on_a_key_pending_deletion() {
+    let moto = Moto::start();
+    let proxy = KmsProxy::start(moto.port);
+    let raw = sdk_client(&moto.url()).await;
+    let doomed = create_key(&raw, "alias/doomed").await;
+    let other = create_key(&raw, "alias/other").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("repo/sub")).unwrap();
+    let ks = || kmsecrets(&proxy.url(), d);
+    for (file, keys) in [
+        ("repo/only-doomed.yaml", vec![doomed.as_str()]),
+        ("repo/sub/both.yaml", vec![doomed.as_str(), other.as_str()]),
+        ("repo/only-other.yaml", vec![other.as_str()]),
+    ] {
+        let mut args = vec![
+            "encrypt",
+            "--name",
+            "x",
+            "-n",
+            "app",
+            "--from-literal",
+            "a=b",
+        ];
+        for k in &keys {
+            args.extend(["--key", k]);
+        }
+        std::fs::write(d.join(file), run_ok(ks().args(&args))).unwrap();
+    }
+    // healthy: exit 0, one row per key
+    let out = run_ok(ks().args(["keys", "-R", "repo"]));
+    assert!(
+        out.contains("Enabled") && !out.contains("PendingDeletion"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 3, "{out}");
+
+    let bare = doomed.rsplit('/').next().unwrap();
+    raw.schedule_key_deletion()
+        .key_id(bare)
+        .pending_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    let before = proxy.requests().len();
+    let out = ks()
+        .args(["keys", "-R", "repo", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only-doomed.yaml") && !err.contains("both.yaml"),
+        "{err}"
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["keyId"] == doomed.as_str())
+        .unwrap();
+    assert_eq!(row["state"], "PendingDeletion");
+    assert!(
+        row["deletionDate"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("20")),
+        "{row}"
+    );
+    assert_eq!(row["resources"].as_array().unwrap().len(), 2);
+    assert_eq!(row["atRisk"].as_array().unwrap().len(), 1);
+    let describes = proxy.requests()[before..]
+        .iter()
+        .filter(|(op, _)| op == "DescribeKey")
+        .count();
+    assert_eq!(
+        describes, 2,
+        "one DescribeKey per distinct key, not per resource"
+    );
+
+    // offline: the same keys and dependents, no request at all
+    let before = proxy.requests().len();
+    let out = run_ok(ks().args(["keys", "-R", "repo", "--offline"]));
+    assert!(out.contains(&doomed) && out.contains(&other), "{out}");
+    assert_eq!(proxy.requests().len(), before, "--offline made a request");
+}

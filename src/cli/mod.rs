@@ -14,6 +14,7 @@ mod encrypt;
 mod fleet;
 mod init;
 mod input;
+mod key_report;
 mod keys;
 mod merge;
 mod pubkey;
@@ -208,6 +209,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Check EncryptedSecret files offline (--decrypt also proves they decrypt)
     Verify(verify::VerifyArgs),
+    /// List the KMS keys files depend on, their state, and the resources at risk (exit 1 if any)
+    Keys(key_report::KeysArgs),
     /// Write the SealingKey file of an asymmetric KMS key, for offline sealing (encrypt --key pub:FILE)
     Pubkey(pubkey::PubkeyArgs),
     /// Write a new local key-encryption key to PATH (mode 0600)
@@ -316,6 +319,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Rotate(a) => rotate::run(&g, a).await,
         Command::Init(a) => init::run(&g, a).await,
         Command::Verify(a) => verify::run(&g, a).await,
+        Command::Keys(a) => key_report::run(&g, a).await,
         Command::Pubkey(a) => pubkey::run(&g, a).await,
         Command::Keygen { path } => {
             let key = LocalKey::write_new(&path)?;

@@ -556,6 +556,9 @@ impl KmsProvider for AwsKms {
                 .key_state
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_default(),
+            deletion_date: md
+                .deletion_date
+                .and_then(|d| d.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
         })
     }
 }

@@ -409,6 +409,7 @@ impl KmsProvider for FakeKms {
             arn: key_id.to_string(),
             enabled: state == KeyState::Enabled,
             state: format!("{state:?}"),
+            deletion_date: None,
         })
     }
 }

@@ -231,6 +231,7 @@ impl KmsProvider for LocalProvider {
             arn: key.id.clone(),
             enabled: true,
             state: "Enabled".into(),
+            deletion_date: None,
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod cache;
 #[cfg(feature = "testing")]
 pub mod fake;
 pub mod flight;
+pub mod health;
 pub mod layer;
 pub mod limiter;
 pub mod local;
@@ -89,6 +90,8 @@ pub struct KeyInfo {
     pub arn: String,
     pub enabled: bool,
     pub state: String,
+    /// When a key in `PendingDeletion` will be deleted (RFC 3339).
+    pub deletion_date: Option<String>,
 }
 
 /// KMS operations, used as the bounded `operation` metric label.
