@@ -30,6 +30,14 @@ pub struct Metrics {
     pub rollout_restarts: IntCounterVec,
     pub encryptedsecrets: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// Per tracked KMS key (bounded by `--max-tracked-keys`).
+    pub key_state: IntGaugeVec,
+    pub key_dependents: IntGaugeVec,
+    pub key_at_risk: IntGaugeVec,
+    pub key_deletion_timestamp: IntGaugeVec,
+    /// 1 while key health is checked, 0 when DescribeKey is denied for
+    /// every key (no `kms:DescribeKey`) or checks are off.
+    pub key_health_enabled: IntGauge,
 }
 
 // Registration only fails on duplicate or malformed names, which are fixed
@@ -207,6 +215,58 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            key_state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "kmsecrets_kms_key_state",
+                        "1 for the state each tracked KMS key is in (DescribeKey)",
+                    ),
+                    &["key", "state"],
+                )
+                .expect("valid"),
+            ),
+            key_dependents: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "kmsecrets_kms_key_dependents",
+                        "EncryptedSecrets with a data-key copy under the key",
+                    ),
+                    &["key"],
+                )
+                .expect("valid"),
+            ),
+            key_at_risk: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "kmsecrets_kms_key_at_risk",
+                        "EncryptedSecrets with a copy under the key whose every copy is under an unhealthy key",
+                    ),
+                    &["key"],
+                )
+                .expect("valid"),
+            ),
+            key_deletion_timestamp: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "kmsecrets_kms_key_deletion_timestamp_seconds",
+                        "When a key pending deletion will be deleted (Unix seconds)",
+                    ),
+                    &["key"],
+                )
+                .expect("valid"),
+            ),
+            key_health_enabled: reg(
+                &r,
+                IntGauge::new(
+                    "kmsecrets_kms_key_health_enabled",
+                    "1 while KMS key health is checked (DescribeKey allowed)",
+                )
+                .expect("valid"),
+            ),
             registry: r,
         };
         m.build_info
@@ -214,7 +274,7 @@ impl Metrics {
             .set(1);
         // Pre-create label-free-looking series so dashboards see zeros, not
         // gaps (the KMS and reconcile series are pre-created by their owners).
-        for reason in ["expired", "capacity"] {
+        for reason in ["expired", "capacity", "revoked"] {
             m.cache_evictions.with_label_values(&[reason]);
         }
         for ready in ["true", "false"] {

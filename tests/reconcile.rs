@@ -71,6 +71,8 @@ fn controller_config() -> Config {
         regions: None,
         max_workers_per_namespace: None,
         shutdown_timeout: Duration::from_secs(25),
+        key_check_interval: Duration::from_secs(300),
+        max_tracked_keys: 1000,
     }
 }
 
@@ -1387,4 +1389,155 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
         .await
         .unwrap();
     assert!(!state.is_own_status_write(&Watched::new(&clobbered)));
+}
+
+fn keys_healthy(
+    es: &EncryptedSecret,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    es.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kmsecrets::controller::keys::KEYS_HEALTHY)
+        .cloned()
+}
+
+async fn event_reasons(client: &Client) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// A key scheduled for deletion under 20 synced resources: one
+/// DescribeKey per key per check, never per resource; every dependent
+/// shows `KeysHealthy=False` with the date and the command that saves it
+/// (Ready untouched), one Warning Event each per change and not per check;
+/// a resource with a second, healthy copy shows redundancy lost; the
+/// metrics say it; the data keys cached under the key are revoked, so an
+/// edited resource fails at once; re-enabling the key brings them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_pending_deletion_flags_its_dependents_and_revokes_its_data_keys() {
+    use kmsecrets::controller::keys::check_keys;
+    let rig = Rig::start().await;
+    for i in 0..20 {
+        rig.create(&rig.sealed(&format!("only-{i}"), &[("k", "v")]).await)
+            .await;
+        rig.reconcile(&format!("only-{i}")).await;
+    }
+    rig.create(&rig.sealed_in(NS, "both", &[("k", "v")], &[KEY, HANG]).await)
+        .await;
+    rig.reconcile("both").await;
+    eventually(PATIENCE, "the store holds all 21", async || {
+        rig.es_store.state().len() == 21
+    })
+    .await;
+    let stores = [rig.es_store.clone()];
+    let state = &rig.ctx.state;
+    let describes = || rig.fake.calls(Operation::DescribeKey);
+
+    let d0 = describes();
+    assert!(
+        check_keys(&stores, state).await.is_empty(),
+        "healthy keys trigger nothing"
+    );
+    assert_eq!(describes() - d0, 2, "one DescribeKey per distinct key");
+    assert!(keys_healthy(&rig.get("only-0").await).is_none());
+    let cached = rig.kms.cache_len();
+    assert!(cached >= 21, "{cached}");
+
+    rig.fake.set_key_state(KEY, KeyState::PendingDeletion);
+    let triggered = check_keys(&stores, state).await;
+    assert_eq!(triggered.len(), 21, "every dependent is reconciled");
+    assert_eq!(
+        rig.kms.cache_len(),
+        0,
+        "data keys unwrapped under the key revoked"
+    );
+    for r in &triggered {
+        rig.reconcile(&r.name).await;
+    }
+    for i in 0..20 {
+        let es = rig.get(&format!("only-{i}")).await;
+        let c = keys_healthy(&es).expect("KeysHealthy");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "KeyPendingDeletion")
+        );
+        assert!(
+            c.message.contains(KEY) && c.message.contains("2031-01-08"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("kmsecrets rotate --rewrap --key"),
+            "{}",
+            c.message
+        );
+        assert_eq!(reason(&es), "True/Synced", "Ready is untouched");
+    }
+    let c = keys_healthy(&rig.get("both").await).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "RedundancyLost")
+    );
+    assert!(c.message.contains(KEY), "{}", c.message);
+    let text = state.metrics.render();
+    for line in [
+        format!("kmsecrets_kms_key_state{{key=\"{KEY}\",state=\"PendingDeletion\"}} 1"),
+        format!("kmsecrets_kms_key_state{{key=\"{KEY}\",state=\"Enabled\"}} 0"),
+        format!("kmsecrets_kms_key_dependents{{key=\"{KEY}\"}} 21"),
+        format!("kmsecrets_kms_key_at_risk{{key=\"{KEY}\"}} 20"),
+        format!("kmsecrets_kms_key_at_risk{{key=\"{HANG}\"}} 0"),
+        format!("kmsecrets_kms_key_deletion_timestamp_seconds{{key=\"{KEY}\"}} 1925596800"),
+        "kmsecrets_kms_key_health_enabled 1".to_string(),
+    ] {
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    let warnings = |reasons: &[String], r: &str| reasons.iter().filter(|x| *x == r).count();
+    let reasons = event_reasons(&rig.client).await;
+    assert_eq!(warnings(&reasons, "KeyPendingDeletion"), 20, "{reasons:?}");
+    assert_eq!(warnings(&reasons, "RedundancyLost"), 1);
+
+    // a check that finds nothing new triggers nothing and writes nothing
+    let d1 = describes();
+    assert!(check_keys(&stores, state).await.is_empty());
+    assert_eq!(describes() - d1, 2);
+    rig.reconcile("only-0").await;
+    assert_eq!(
+        warnings(&event_reasons(&rig.client).await, "KeyPendingDeletion"),
+        20
+    );
+
+    // an edit after the revocation needs the key, which refuses: fails now,
+    // not at the cache TTL; the Secret stays
+    let mut es = rig.get("only-1").await;
+    es.spec.template = Some(kmsecrets::api::SecretTemplate {
+        data: [("url".to_string(), "x={{ k }}".to_string())].into(),
+        ..Default::default()
+    });
+    rig.replace(&es).await;
+    let es = rig.reconcile("only-1").await;
+    assert_ne!(reason(&es), "True/Synced");
+    assert_eq!(rig.secret_data("only-1").await, data(&[("k", "v")]));
+
+    // the deletion cancelled and the key enabled: back to healthy
+    rig.fake.set_key_state(KEY, KeyState::Enabled);
+    let triggered = check_keys(&stores, state).await;
+    assert_eq!(triggered.len(), 21);
+    for r in &triggered {
+        rig.reconcile(&r.name).await;
+    }
+    let c = keys_healthy(&rig.get("only-0").await).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "KeysHealthy")
+    );
+    let reasons = event_reasons(&rig.client).await;
+    assert_eq!(warnings(&reasons, "KeysHealthy"), 21, "{reasons:?}");
 }

@@ -64,6 +64,13 @@ pub struct ControllerArgs {
     /// terminationGracePeriodSeconds (chart default 30s)
     #[arg(long, default_value = "25s", value_parser = parse_duration, env = "KMSECRETS_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Duration,
+    /// How often every KMS key the resources depend on is described (DescribeKey, one call per key): a key disabled or scheduled for deletion shows as KeysHealthy=False, and data keys cached under it stop working, within this interval. 0 turns the checks off
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "KMSECRETS_KEY_CHECK_INTERVAL", value_name = "DURATION")]
+    pub key_check_interval: Duration,
+    /// KMS keys whose health is tracked at most (metrics carry one series set per key)
+    #[arg(long, default_value_t = 1000, env = "KMSECRETS_MAX_TRACKED_KEYS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_tracked_keys: u32,
     /// Reconciles running in parallel (they mostly wait on KMS and the API server; see docs/tuning.md)
     #[arg(long, default_value_t = 32, env = "KMSECRETS_CONCURRENCY", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -235,6 +242,8 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
         regions: Some(Arc::new(RegionPolicy::new(a.kms_regions.iter().cloned()))),
         shutdown_timeout: a.shutdown_timeout,
         max_workers_per_namespace: a.max_workers_per_namespace.map(usize::from),
+        key_check_interval: a.key_check_interval,
+        max_tracked_keys: a.max_tracked_keys as usize,
     })
 }
 

@@ -87,6 +87,8 @@ pub async fn run(g: &GlobalArgs, a: DevArgs) -> CliResult {
         regions: None,
         max_workers_per_namespace: None,
         shutdown_timeout: Duration::from_secs(25),
+        key_check_interval: Duration::from_secs(300),
+        max_tracked_keys: 1000,
         resync_interval: a.resync_interval,
         slow_retry: Duration::from_secs(60),
         leader_election: None,

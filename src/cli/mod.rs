@@ -135,9 +135,7 @@ pub struct LayerArgs {
         value_name = "N"
     )]
     pub kms_burst: u32,
-    /// How long an unwrapped data key stays cached (0 disables). Trade-off: a
-    /// disabled or revoked KMS key keeps working for cached data keys until
-    /// this expires
+    /// How long an unwrapped data key stays cached (0 disables). The controller evicts the data keys of a KMS key it finds disabled, pending deletion or gone at its next key check (--key-check-interval); without checks a revoked key keeps working for cached data keys until this expires
     #[arg(long, default_value = "1h", value_parser = parse_duration, env = "KMSECRETS_DEK_CACHE_TTL", value_name = "DURATION")]
     pub dek_cache_ttl: Duration,
     /// Maximum cached data keys (LRU)

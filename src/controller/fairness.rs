@@ -75,6 +75,12 @@ impl Parked {
         self.queues.lock_or_recover()
     }
 
+    /// Reconcile `obj` now, through the same trigger stream (a key it
+    /// depends on changed state).
+    pub fn trigger(&self, obj: Ref) {
+        let _ = self.wake.unbounded_send(obj);
+    }
+
     /// Park `obj`, waiting for a slot of its namespace or for any of `keys`
     /// (parking it again while parked keeps its place).
     pub fn park(&self, obj: Ref, keys: &[CacheKey]) {

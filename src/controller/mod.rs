@@ -20,6 +20,7 @@
 //! (`tests/e2e.rs`).
 
 pub mod fairness;
+pub mod keys;
 pub mod leader;
 pub mod reconcile;
 pub mod state;
@@ -77,6 +78,10 @@ pub struct Config {
     /// After SIGTERM, how long in-flight reconciles may take before the
     /// process exits anyway (below the pod's terminationGracePeriodSeconds).
     pub shutdown_timeout: Duration,
+    /// How often every tracked KMS key is described ([`keys`]); zero: never.
+    pub key_check_interval: Duration,
+    /// KMS keys whose health is tracked at most.
+    pub max_tracked_keys: usize,
 }
 
 /// One scope's controller: EncryptedSecrets (trimmed, see [`trim_watched`])
@@ -171,6 +176,36 @@ fn spawn_housekeeping(
             housekeeping(&stores, &state);
             for (ctx, store) in ctxs.iter().zip(&stores) {
                 ctx.parked.compact(|r| store.get(r).is_some());
+            }
+        }
+    });
+}
+
+/// Key health ([`keys`]): a check once every store has listed, then every
+/// `--key-check-interval` (±10%); resources under a key whose state changed
+/// are reconciled through their scope's trigger stream.
+fn spawn_key_checks(
+    stores: Vec<Store<Watched>>,
+    ctxs: Vec<Arc<Context>>,
+    state: Arc<State>,
+    mut shutdown: channel::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let listed = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready()));
+        tokio::select! {
+            _ = listed => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        loop {
+            for r in keys::check_keys(&stores, &state).await {
+                if let Some((ctx, _)) = ctxs.iter().zip(&stores).find(|(_, s)| s.get(&r).is_some())
+                {
+                    ctx.parked.trigger(r);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(crate::backoff::jittered(state.cfg.key_check_interval)) => {}
+                _ = stopped(&mut shutdown) => return,
             }
         }
     });
@@ -272,6 +307,14 @@ async fn run_controllers(state: Arc<State>, shutdown: channel::Receiver<bool>) {
         stores.push(controller.store());
         ctxs.push(ctx.clone());
         runs.push(run_scope(controller, ctx, ns, shutdown.clone()));
+    }
+    if !state.cfg.key_check_interval.is_zero() {
+        spawn_key_checks(
+            stores.clone(),
+            ctxs.clone(),
+            state.clone(),
+            shutdown.clone(),
+        );
     }
     spawn_housekeeping(stores, ctxs, state.clone(), shutdown);
     futures::future::join_all(runs).await;

@@ -15,6 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource};
 use tokio::sync::watch;
 
+use super::keys::KeyHealthTable;
 use super::watch::SecretMeta;
 use super::watched::Watched;
 use super::{Config, status};
@@ -63,6 +64,8 @@ pub struct State {
     pub stopping: watch::Sender<bool>,
     /// Template renders in flight ([`TEMPLATE_RENDERS`]).
     pub renders: Arc<tokio::sync::Semaphore>,
+    /// What the last key check found ([`super::keys`]).
+    pub keys: KeyHealthTable,
 }
 
 impl State {
@@ -95,6 +98,7 @@ impl State {
             probes: Arc::default(),
             stopping: watch::Sender::new(false),
             renders: Arc::new(tokio::sync::Semaphore::new(TEMPLATE_RENDERS)),
+            keys: KeyHealthTable::default(),
         }
     }
 

@@ -56,6 +56,8 @@ struct Cached {
     dek: Arc<Dek>,
     inserted: Instant,
     tenant: Arc<str>,
+    /// The key id of the copy that was unwrapped (revocation evicts by it).
+    key_id: Arc<str>,
 }
 
 /// The LRU and how many entries each tenant holds in it.
@@ -160,8 +162,9 @@ impl DekCache {
         cache.lru.get(key).map(|c| c.dek.clone())
     }
 
-    /// Cache `dek` for `tenant` (the namespace whose unwrap fetched it).
-    pub fn put(&self, key: CacheKey, dek: Arc<Dek>, tenant: &str) {
+    /// Cache `dek`, unwrapped under `key_id`, for `tenant` (the namespace
+    /// whose unwrap fetched it).
+    pub fn put(&self, key: CacheKey, dek: Arc<Dek>, tenant: &str, key_id: &str) {
         let mut guard = self.lock();
         let Some(cache) = guard.as_mut() else { return };
         let m = &self.metrics;
@@ -188,6 +191,7 @@ impl DekCache {
                 dek,
                 inserted: Instant::now(),
                 tenant,
+                key_id: Arc::from(key_id),
             },
         );
         m.cache_entries.set(cache.lru.len() as i64);
@@ -212,6 +216,31 @@ impl DekCache {
             .with_label_values(&["expired"])
             .inc_by(dead.len() as u64);
         self.metrics.cache_entries.set(cache.lru.len() as i64);
+    }
+
+    /// Evict every data key unwrapped under `key_id` (a key found
+    /// disabled, pending deletion or gone): from now on those data keys
+    /// need a Decrypt, which the key refuses. Returns how many.
+    pub fn revoke(&self, key_id: &str) -> usize {
+        let mut guard = self.lock();
+        let Some(cache) = guard.as_mut() else {
+            return 0;
+        };
+        let dead: Vec<CacheKey> = cache
+            .lru
+            .iter()
+            .filter(|(_, c)| &*c.key_id == key_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &dead {
+            cache.pop(k);
+        }
+        self.metrics
+            .cache_evictions
+            .with_label_values(&["revoked"])
+            .inc_by(dead.len() as u64);
+        self.metrics.cache_entries.set(cache.lru.len() as i64);
+        dead.len()
     }
 
     pub fn len(&self) -> usize {

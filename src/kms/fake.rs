@@ -404,12 +404,18 @@ impl KmsProvider for FakeKms {
         let state = self.state().keys.get(key_id).map(|k| k.1);
         self.calls[Operation::DescribeKey as usize].fetch_add(1, Ordering::SeqCst);
         let state = state.ok_or_else(|| KmsError::NotFound(key_id.to_string()))?;
+        match state {
+            KeyState::AccessDenied => return Err(KmsError::AccessDenied(key_id.to_string())),
+            KeyState::Unreachable => return Err(KmsError::Unavailable(key_id.to_string())),
+            _ => {}
+        }
         Ok(KeyInfo {
             key_id: key_id.to_string(),
             arn: key_id.to_string(),
             enabled: state == KeyState::Enabled,
             state: format!("{state:?}"),
-            deletion_date: None,
+            deletion_date: (state == KeyState::PendingDeletion)
+                .then(|| "2031-01-08T00:00:00Z".to_string()),
         })
     }
 }

@@ -335,7 +335,7 @@ impl Kms {
         if !self.inner.cfg.coalesce {
             m.cache_misses.inc();
             let dek = Arc::new(self.fetch(w, ctx, attempts).await?);
-            self.cache_put(key, dek.clone(), tenant);
+            self.cache_put(key, dek.clone(), tenant, &w.key_id);
             return Ok(dek);
         }
         let this = self.clone();
@@ -358,7 +358,7 @@ impl Kms {
                     }),
                 }
                 .map(Arc::new)?;
-                this.cache_put(key, dek.clone(), &tenant);
+                this.cache_put(key, dek.clone(), &tenant, &w.key_id);
                 Ok(dek)
             },
         );
@@ -411,8 +411,14 @@ impl Kms {
         self.inner.cache.get(key)
     }
 
-    fn cache_put(&self, key: CacheKey, dek: Arc<Dek>, tenant: &str) {
-        self.inner.cache.put(key, dek, tenant);
+    fn cache_put(&self, key: CacheKey, dek: Arc<Dek>, tenant: &str, key_id: &str) {
+        self.inner.cache.put(key, dek, tenant, key_id);
+    }
+
+    /// Evict the cached data keys unwrapped under `key_id` (see
+    /// [`DekCache::revoke`]).
+    pub fn revoke(&self, key_id: &str) -> usize {
+        self.inner.cache.revoke(key_id)
     }
 
     /// Remove every expired entry (the controller calls this periodically so

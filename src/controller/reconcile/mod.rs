@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::controller::Action;
@@ -56,6 +56,7 @@ use tracing::{debug, info, warn};
 
 use super::State;
 use super::fairness::{self, Parked};
+use super::keys::{KEYS_HEALTHY, keys_condition};
 use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
@@ -323,6 +324,18 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<Ending> {
         return Ok((None, Action::requeue(jittered(fairness::BACKSTOP))));
     };
     let generation = t.es.meta().generation;
+    // a key check changed what the KeysHealthy condition must say: write
+    // the status even when the reconcile itself had nothing to report
+    let report = match report {
+        Report::Nothing
+            if outcome.ready()
+                && t.es.meta().deletion_timestamp.is_none()
+                && keys_condition_stale(t, ctx) =>
+        {
+            Report::Status(None)
+        }
+        r => r,
+    };
     if let Report::Status(sync) = &report {
         if let Some(s) = sync {
             state.remember_write(&t.uid, &s.hash, s.secret_rv.as_deref().unwrap_or_default());

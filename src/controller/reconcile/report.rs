@@ -51,6 +51,14 @@ pub(super) async fn write_status(
     let prev_cond = ready_condition(es.status.as_ref());
     let now = Time(jiff::Timestamp::now());
     let cond = next_condition(prev_cond, outcome, es.meta().generation, now.clone());
+    let prev_keys = keys_condition_of(es.status.as_ref());
+    let keys_cond = keys_condition(
+        es,
+        &ctx.state.keys,
+        prev_keys,
+        es.meta().generation,
+        now.clone(),
+    );
     let mut next = EncryptedSecretStatus {
         observed_generation: es.meta().generation,
         secret_name: Some(t.name.clone()),
@@ -59,7 +67,9 @@ pub(super) async fn write_status(
         secret_resource_version: prev.secret_resource_version.clone(),
         last_sync_time: prev.last_sync_time.clone(),
         last_rollout_restart: prev.last_rollout_restart.clone(),
-        conditions: vec![cond.clone()],
+        conditions: std::iter::once(cond.clone())
+            .chain(keys_cond.clone())
+            .collect(),
     };
     if let Some(s) = sync {
         let changed = prev.source_hash.as_deref() != Some(&s.hash)
@@ -85,13 +95,12 @@ pub(super) async fn write_status(
         && prev.secret_resource_version == next.secret_resource_version
         && prev.last_sync_time == next.last_sync_time
         && prev.last_rollout_restart == next.last_rollout_restart
-        && prev_cond.is_some_and(|p| {
-            p.status == cond.status
-                && p.reason == cond.reason
-                && p.message == cond.message
-                && p.observed_generation == cond.observed_generation
-        })
-        && prev.conditions.len() == 1;
+        && prev.conditions.len() == next.conditions.len()
+        && prev
+            .conditions
+            .iter()
+            .zip(&next.conditions)
+            .all(|(p, n)| same_condition(p, n));
     if same {
         return Ok(None);
     }
@@ -116,6 +125,11 @@ pub(super) async fn write_status(
         .await?;
     if event_due(prev_cond, &cond) {
         publish(&ctx.state, es.object_ref(&()), outcome).await;
+    }
+    if let Some(k) = &keys_cond
+        && key_event_due(prev_keys, k)
+    {
+        publish_keys(&ctx.state, es.object_ref(&()), k).await;
     }
     Ok(written.metadata.resource_version)
 }
@@ -176,4 +190,64 @@ pub(super) async fn malformed(obj: &Watched, why: Malformed, ctx: &Context) -> R
     state.remember_write(&uid, &marker, "");
     publish(state, obj.object_ref(&()), &outcome).await;
     Ok((Some(outcome), Action::await_change()))
+}
+
+/// Conditions compare without timestamp churn.
+fn same_condition(p: &Condition, n: &Condition) -> bool {
+    p.type_ == n.type_
+        && p.status == n.status
+        && p.reason == n.reason
+        && p.message == n.message
+        && p.observed_generation == n.observed_generation
+}
+
+/// The `KeysHealthy` condition a status carries.
+pub(super) fn keys_condition_of(status: Option<&EncryptedSecretStatus>) -> Option<&Condition> {
+    status?.conditions.iter().find(|c| c.type_ == KEYS_HEALTHY)
+}
+
+/// Whether the status's `KeysHealthy` condition is not what the key table
+/// says now (a key check found a change: write the status even when
+/// nothing else changed).
+pub(super) fn keys_condition_stale(t: &Target<'_>, ctx: &Context) -> bool {
+    let prev = keys_condition_of(t.es.status.as_ref());
+    let next = keys_condition(
+        t.es,
+        &ctx.state.keys,
+        prev,
+        t.es.meta().generation,
+        Time(jiff::Timestamp::now()),
+    );
+    match (prev, &next) {
+        (None, None) => false,
+        (Some(p), Some(n)) => !same_condition(p, n),
+        _ => true,
+    }
+}
+
+/// One Event per state change of a resource's keys (not per check): a
+/// Warning while a key is unhealthy, Normal when all are healthy again.
+fn key_event_due(prev: Option<&Condition>, next: &Condition) -> bool {
+    prev.is_none_or(|p| p.status != next.status || p.reason != next.reason)
+}
+
+async fn publish_keys(
+    state: &State,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    c: &Condition,
+) {
+    let ev = Event {
+        type_: if c.reason == "KeysHealthy" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: c.reason.clone(),
+        note: Some(c.message.clone()),
+        action: "CheckKeys".into(),
+        secondary: None,
+    };
+    if let Err(e) = state.recorder.publish(&ev, &reference).await {
+        warn!(error = %e, "cannot publish event");
+    }
 }

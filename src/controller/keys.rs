@@ -1,0 +1,255 @@
+//! The life of the KMS keys the watched resources depend on: every
+//! `--key-check-interval` (jittered) one `DescribeKey` per distinct KMS key
+//! a resource has a copy under — never one per resource — through the KMS
+//! layer (limiter, metrics, retries).
+//!
+//! What a check does:
+//! - records each key's [`KeyHealth`] in [`KeyHealthTable`], which the
+//!   status writer reads for the `KeysHealthy` condition (present once a
+//!   key of the resource is unhealthy: `False` when no copy is usable,
+//!   `True` naming the unhealthy copy when another still is);
+//! - on a change of a key's state, triggers the resources with a copy under
+//!   it (one status write and one Event each per change, not per check);
+//! - revokes: the cached data keys unwrapped under a key found disabled,
+//!   pending deletion or gone are evicted, so the key stops working within
+//!   one interval instead of at the cache TTL;
+//! - exports `kmsecrets_kms_key_state{key,state}`, `…_dependents{key}`,
+//!   `…_at_risk{key}` and `…_deletion_timestamp_seconds{key}`, bounded by
+//!   `--max-tracked-keys` (keys no resource references are dropped).
+//!
+//! Without `kms:DescribeKey` (every key's check denied) the controller
+//! works as before, says so once, and `kmsecrets_kms_key_health_enabled` is
+//! 0. Local keys are never checked.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::reflector::{ObjectRef, Store};
+use tracing::{info, warn};
+
+use super::State;
+use super::watched::Watched;
+use crate::api::{EncryptedSecret, Provider};
+use crate::kms::health::KeyHealth;
+use crate::sync::LockExt;
+
+/// The `KeysHealthy` condition type.
+pub const KEYS_HEALTHY: &str = "KeysHealthy";
+
+/// What the last check found, per tracked key id.
+#[derive(Default)]
+pub struct KeyHealthTable {
+    states: Mutex<HashMap<String, KeyHealth>>,
+    /// Said once: DescribeKey is denied for every key.
+    off_reported: AtomicBool,
+}
+
+impl KeyHealthTable {
+    pub fn health(&self, key_id: &str) -> Option<KeyHealth> {
+        self.states.lock_or_recover().get(key_id).cloned()
+    }
+}
+
+/// One check over every scope's store. Returns the resources to reconcile
+/// (those with a copy under a key whose state changed).
+pub async fn check_keys(stores: &[Store<Watched>], state: &State) -> Vec<ObjectRef<Watched>> {
+    let cap = state.cfg.max_tracked_keys;
+    // key → the resources with a copy under it; resource → its keys
+    let mut dependents: BTreeMap<String, Vec<ObjectRef<Watched>>> = BTreeMap::new();
+    let mut keys_of: Vec<(ObjectRef<Watched>, BTreeSet<String>)> = Vec::new();
+    for store in stores {
+        for obj in store.state() {
+            let Ok(es) = obj.parse() else { continue };
+            let r = ObjectRef::from_obj(obj.as_ref());
+            let mine: BTreeSet<String> = kms_key_ids(&es).collect();
+            for k in &mine {
+                dependents.entry(k.clone()).or_default().push(r.clone());
+            }
+            keys_of.push((r, mine));
+        }
+    }
+    if dependents.len() > cap {
+        warn!(
+            keys = dependents.len(),
+            tracked = cap,
+            "more KMS keys than --max-tracked-keys: the rest are not checked"
+        );
+        let keep: BTreeSet<String> = dependents.keys().take(cap).cloned().collect();
+        dependents.retain(|k, _| keep.contains(k));
+    }
+    let mut found: HashMap<String, KeyHealth> = HashMap::new();
+    let mut denied = 0usize;
+    for key in dependents.keys() {
+        let h = match state.kms.describe_key(Provider::AwsKms, key).await {
+            Ok(info) => KeyHealth::of(&info),
+            Err(e) => KeyHealth::of_error(&e),
+        };
+        denied += usize::from(h == KeyHealth::AccessDenied);
+        found.insert(key.clone(), h);
+    }
+    let m = &state.metrics;
+    if !found.is_empty() && denied == found.len() {
+        if !state.keys.off_reported.swap(true, Ordering::SeqCst) {
+            warn!(
+                "DescribeKey is denied for every KMS key: key health is off (grant kms:DescribeKey, see docs/iam.md)"
+            );
+        }
+        m.key_health_enabled.set(0);
+        return Vec::new();
+    }
+    m.key_health_enabled.set(1);
+    let mut triggers = Vec::new();
+    {
+        let mut table = state.keys.states.lock_or_recover();
+        for (key, h) in &found {
+            let before = table.insert(key.clone(), h.clone());
+            if before.as_ref() != Some(h) {
+                if before.is_some() || !h.is_healthy() {
+                    info!(key = %key, state = h.as_str(), "KMS key state changed");
+                    triggers.extend(dependents[key].iter().cloned());
+                }
+                if h.revokes() {
+                    let n = state.kms.revoke(key);
+                    info!(key = %key, state = h.as_str(), evicted = n, "cached data keys revoked");
+                }
+            }
+        }
+        let gone: Vec<String> = table
+            .keys()
+            .filter(|k| !found.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            table.remove(&k);
+            let _ = m.key_dependents.remove_label_values(&[&k]);
+            let _ = m.key_at_risk.remove_label_values(&[&k]);
+            let _ = m.key_deletion_timestamp.remove_label_values(&[&k]);
+            for s in KeyHealth::ALL {
+                let _ = m.key_state.remove_label_values(&[&k, s]);
+            }
+        }
+    }
+    let unhealthy = |k: &String| found.get(k).is_some_and(|h| !h.is_healthy());
+    let mut at_risk: HashMap<&String, i64> = HashMap::new();
+    for (_, ks) in &keys_of {
+        if !ks.is_empty() && ks.iter().all(unhealthy) {
+            for k in ks {
+                *at_risk.entry(k).or_default() += 1;
+            }
+        }
+    }
+    for (key, h) in &found {
+        for s in KeyHealth::ALL {
+            m.key_state
+                .with_label_values(&[key, s])
+                .set(i64::from(s == h.as_str()));
+        }
+        m.key_dependents
+            .with_label_values(&[key])
+            .set(dependents[key].len() as i64);
+        m.key_at_risk
+            .with_label_values(&[key])
+            .set(at_risk.get(key).copied().unwrap_or(0));
+        match h
+            .deletion_date()
+            .and_then(|d| d.parse::<jiff::Timestamp>().ok())
+        {
+            Some(t) => m
+                .key_deletion_timestamp
+                .with_label_values(&[key])
+                .set(t.as_second()),
+            None => {
+                let _ = m.key_deletion_timestamp.remove_label_values(&[key]);
+            }
+        }
+    }
+    triggers.sort_by_key(|r| (r.namespace.clone(), r.name.clone()));
+    triggers.dedup();
+    triggers
+}
+
+/// The KMS key ids of a resource's copies (local keys excluded).
+fn kms_key_ids(es: &EncryptedSecret) -> impl Iterator<Item = String> + '_ {
+    es.spec
+        .data_keys
+        .iter()
+        .filter(|d| d.provider == Provider::AwsKms)
+        .map(|d| d.key_id.clone())
+}
+
+/// The `KeysHealthy` condition `es` should carry, given `prev` (its current
+/// one): absent while every key is healthy and it never had one; `False`
+/// when no copy is under a usable key; `True` naming the unhealthy copies
+/// when another copy is usable, or once all are healthy again.
+pub fn keys_condition(
+    es: &EncryptedSecret,
+    table: &KeyHealthTable,
+    prev: Option<&Condition>,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<Condition> {
+    let keys: BTreeSet<String> = kms_key_ids(es).collect();
+    let bad: Vec<(String, KeyHealth)> = keys
+        .iter()
+        .filter_map(|k| {
+            table
+                .health(k)
+                .filter(|h| !h.is_healthy())
+                .map(|h| (k.clone(), h))
+        })
+        .collect();
+    let (status, reason, message) = if bad.is_empty() {
+        prev?;
+        (
+            "True",
+            "KeysHealthy",
+            "every data-key copy is under a usable KMS key".to_string(),
+        )
+    } else {
+        let what: Vec<String> = bad
+            .iter()
+            .map(|(k, h)| match h.deletion_date() {
+                Some(d) => format!("{k} is {} (deleted on {d})", h.as_str()),
+                None => format!("{k} is {}", h.as_str()),
+            })
+            .collect();
+        let local = es
+            .spec
+            .data_keys
+            .iter()
+            .any(|d| d.provider == Provider::Local);
+        if bad.len() == keys.len() && !local {
+            (
+                "False",
+                bad[0].1.reason(),
+                format!(
+                    "no copy of the data key is under a usable KMS key: {}; the Secret stays as it is, but once the key is gone the values cannot be decrypted. Re-wrap under a healthy key now: kmsecrets rotate --rewrap --key NEW FILE (or cancel the deletion / enable the key)",
+                    what.join("; ")
+                ),
+            )
+        } else {
+            (
+                "True",
+                "RedundancyLost",
+                format!(
+                    "a copy of the data key is under an unusable KMS key: {}; another copy is still usable",
+                    what.join("; ")
+                ),
+            )
+        }
+    };
+    let last_transition_time = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => now,
+    };
+    Some(Condition {
+        type_: KEYS_HEALTHY.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    })
+}
