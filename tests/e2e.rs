@@ -426,6 +426,157 @@ async fn kms_throttling_converges_and_is_counted(b: Backend) {
     assert!(ctl.metric("kmsecrets_kms_retries_total", &[]) > 0.0);
 }
 
+/// The KMS key's life against moto (which reports `PendingDeletion` with
+/// its `DeletionDate`): the deletion of a key with 20 synced dependents is
+/// noticed within one check interval — every dependent `KeysHealthy=False`
+/// with the date, one Warning Event each, the key's metrics — while a
+/// resource with a second, healthy copy shows redundancy lost; cancelling
+/// the deletion and enabling the key brings every one back.
+async fn a_key_scheduled_for_deletion_is_noticed_within_one_interval(b: Backend) {
+    const N: usize = 20;
+    let c = Cluster::start_on(b).await;
+    let (moto, proxy, key) = aws().await;
+    let raw = sdk_client(&moto.url()).await;
+    let spare = create_key(&raw, "alias/kmsecrets-spare").await;
+    let ctl = c.controller_env(
+        &["--kms-endpoint", &proxy.url(), "--key-check-interval", "2s"],
+        &aws_test_env(),
+    );
+    for i in 0..N {
+        c.apply(&aws_encrypt(
+            &c,
+            &moto,
+            &key,
+            &[
+                "--from-literal",
+                "k=v",
+                "--name",
+                &format!("dep-{i}"),
+                "--namespace",
+                NS,
+            ],
+        ))
+        .await;
+    }
+    c.apply(&aws_encrypt(
+        &c,
+        &moto,
+        &key,
+        &[
+            "--key",
+            &spare,
+            "--from-literal",
+            "k=v",
+            "--name",
+            "two",
+            "--namespace",
+            NS,
+        ],
+    ))
+    .await;
+    for i in 0..N {
+        c.wait_ready(NS, &format!("dep-{i}"), "True", "Synced")
+            .await;
+    }
+    c.wait_ready(NS, "two", "True", "Synced").await;
+    // housekeeping runs in a live controller (it waits for the store to
+    // list; a second waiter on kube-runtime's readiness was never woken)
+    eventually(
+        c.patience(),
+        "the ready gauge counts every resource",
+        async || ctl.metric("kmsecrets_encryptedsecrets", &[("ready", "true")]) == (N + 1) as f64,
+    )
+    .await;
+
+    let bare = key.rsplit('/').next().unwrap().to_string();
+    raw.schedule_key_deletion()
+        .key_id(&bare)
+        .pending_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    let scheduled = Instant::now();
+    let keys_healthy = async |name: &str| {
+        c.esec(NS, name)
+            .await
+            .and_then(|es| es.status)
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "KeysHealthy"))
+    };
+    eventually(
+        c.patience(),
+        "every dependent shows KeysHealthy=False",
+        async || {
+            for i in 0..N {
+                match keys_healthy(&format!("dep-{i}")).await {
+                    Some(cond) if cond.status == "False" => {}
+                    _ => return false,
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let noticed = scheduled.elapsed();
+    let cond = keys_healthy("dep-0").await.unwrap();
+    assert_eq!(cond.reason, "KeyPendingDeletion");
+    assert!(
+        cond.message.contains(&key) && cond.message.contains("deleted on 20"),
+        "{}",
+        cond.message
+    );
+    let two = keys_healthy("two").await.unwrap();
+    assert_eq!(
+        (two.status.as_str(), two.reason.as_str()),
+        ("True", "RedundancyLost")
+    );
+    c.wait_ready(NS, "dep-0", "True", "Synced").await;
+    eventually(c.patience(), "the key's metrics", async || {
+        ctl.metric("kmsecrets_kms_key_at_risk", &[("key", &key)]) == N as f64
+            && ctl.metric(
+                "kmsecrets_kms_key_state",
+                &[("key", &key), ("state", "PendingDeletion")],
+            ) == 1.0
+            && ctl.metric(
+                "kmsecrets_kms_key_deletion_timestamp_seconds",
+                &[("key", &key)],
+            ) > 0.0
+    })
+    .await;
+    let warnings = c
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "reason=KeyPendingDeletion",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(warnings.lines().count(), N, "{warnings}");
+
+    raw.cancel_key_deletion()
+        .key_id(&bare)
+        .send()
+        .await
+        .unwrap();
+    raw.enable_key().key_id(&bare).send().await.unwrap();
+    eventually(c.patience(), "every dependent healthy again", async || {
+        for i in 0..N {
+            match keys_healthy(&format!("dep-{i}")).await {
+                Some(cond) if cond.status == "True" && cond.reason == "KeysHealthy" => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    eprintln!(
+        "key deletion ({b:?}): every one of {N} dependents flagged {noticed:?} after ScheduleKeyDeletion (interval 2 s)"
+    );
+}
+
 async fn kms_outage_keeps_secrets_backs_off_and_recovers(b: Backend) {
     let c = Cluster::start_on(b).await;
     let (moto, proxy, key) = aws().await;
@@ -1643,4 +1794,5 @@ on_both_backends!(
     templates_render_and_rollout_restarts_once_per_change,
     template_bombs_cost_only_their_own_resource,
     kubectl_explain_reads_the_crd_schema,
+    a_key_scheduled_for_deletion_is_noticed_within_one_interval,
 );

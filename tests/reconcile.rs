@@ -164,6 +164,7 @@ impl Rig {
                 state,
                 secrets,
                 parked,
+                listed: tokio::sync::watch::channel(true).1,
             }),
             wakes: std::sync::Mutex::new(Some(wakes)),
             es_store,

@@ -96,9 +96,19 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
     // our own status writes come back as watch events: they update the
     // store, and trigger nothing (see `State::is_own_status_write`)
     let echoes = state.clone();
+    // `Store::wait_until_ready` wakes only its last poller (kube-runtime's
+    // DelayedInit keeps one waker, and the controller itself waits on this
+    // store), so the tasks that need "this store has listed" wait on a
+    // channel set once the reflector has applied the first InitDone
+    let (listed_tx, listed) = channel::channel(false);
     let es_stream = watcher(es_api, watcher_config(&state.cfg))
         .modify(trim_watched)
         .reflect(es_writer)
+        .inspect(move |ev| {
+            if matches!(ev, Ok(watcher::Event::InitDone)) {
+                listed_tx.send_replace(true);
+            }
+        })
         .applied_objects()
         .try_filter(move |w| futures::future::ready(!echoes.is_own_status_write(w)));
     // parked reconciles come back through the same trigger stream
@@ -116,6 +126,7 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         state: state.clone(),
         secrets,
         parked,
+        listed,
     });
     (controller, ctx)
 }
@@ -162,9 +173,8 @@ fn spawn_housekeeping(
     tokio::spawn(async move {
         // Only once every store has listed: a store still empty at start-up
         // must not erase the memory of objects it has not seen yet.
-        let listed = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready()));
         tokio::select! {
-            _ = listed => {}
+            _ = all_listed(&ctxs) => {}
             _ = stopped(&mut shutdown) => return,
         }
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -191,9 +201,8 @@ fn spawn_key_checks(
     mut shutdown: channel::Receiver<bool>,
 ) {
     tokio::spawn(async move {
-        let listed = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready()));
         tokio::select! {
-            _ = listed => {}
+            _ = all_listed(&ctxs) => {}
             _ = stopped(&mut shutdown) => return,
         }
         loop {
@@ -209,6 +218,13 @@ fn spawn_key_checks(
             }
         }
     });
+}
+
+/// Resolves once every scope's EncryptedSecret store has listed.
+async fn all_listed(ctxs: &[Arc<Context>]) {
+    for ctx in ctxs {
+        let _ = ctx.listed.clone().wait_for(|l| *l).await;
+    }
 }
 
 /// One round of [`spawn_housekeeping`]; `stores` must have listed.

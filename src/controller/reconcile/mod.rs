@@ -81,6 +81,8 @@ pub struct Context {
     /// Reconciles deferred for their namespace's KMS share, woken when one
     /// of its workers is free (see [`super::fairness`]).
     pub parked: Parked,
+    /// True once the scope's EncryptedSecret store has listed.
+    pub listed: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What ends a reconcile in `error_policy` (per-object backoff) instead of
