@@ -647,6 +647,106 @@ async fn reenable(sdk: &aws_sdk_kms::Client, key_id: &str, state: &str) {
     sdk.enable_key().key_id(key_id).send().await.unwrap();
 }
 
+/// Revocation through local-kms (which enforces key states): a key
+/// disabled during an incident stops working within one key check, not at
+/// the DEK cache TTL — a resource edited afterwards (its data key cached)
+/// fails with `KmsKeyDisabled`, while an untouched synced resource keeps
+/// its Secret; both show `KeysHealthy=False` (`KeyDisabled`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_key_revokes_cached_data_keys_within_one_check() {
+    let c = Cluster::start_on(Backend::Real).await;
+    let kms = LocalKms::start();
+    let sdk = common::sdk_client(&kms.url()).await;
+    let key = sdk.create_key().send().await.unwrap().key_metadata.unwrap();
+    let (key_id, arn) = (key.key_id.clone(), key.arn.clone().unwrap());
+    let env = aws_test_env();
+    let url = kms.url();
+    let ctl = c.controller_env(
+        &["--kms-endpoint", &url, "--key-check-interval", "2s"],
+        &env,
+    );
+    for name in ["kept", "edited"] {
+        let doc = c.kmsecrets_env(
+            &[
+                "encrypt",
+                "--key",
+                &arn,
+                "--kms-endpoint",
+                &url,
+                "--from-literal",
+                "pw=v1",
+                "--name",
+                name,
+                "--namespace",
+                "default",
+            ],
+            &env,
+        );
+        c.apply(&doc).await;
+        c.wait_ready_within("default", name, "True", "Synced", 30 * SECOND)
+            .await;
+    }
+    sdk.disable_key().key_id(&key_id).send().await.unwrap();
+    let disabled = Instant::now();
+    let keys_reason = async |name: &str| {
+        c.esec("default", name)
+            .await
+            .and_then(|es| es.status)
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "KeysHealthy"))
+            .map(|c| c.reason)
+    };
+    eventually(
+        c.patience(),
+        "both show KeysHealthy=False KeyDisabled",
+        async || {
+            keys_reason("kept").await.as_deref() == Some("KeyDisabled")
+                && keys_reason("edited").await.as_deref() == Some("KeyDisabled")
+        },
+    )
+    .await;
+    let flagged = disabled.elapsed();
+    assert!(
+        ctl.metric(
+            "kmsecrets_dek_cache_evictions_total",
+            &[("reason", "revoked")]
+        ) >= 2.0,
+        "the cached data keys were revoked"
+    );
+    // an edit that keeps the data key (a new template) needs it again
+    c.kubectl(&[
+        "patch",
+        "esec",
+        "edited",
+        "-n",
+        "default",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"template":{"data":{"url":"x={{ pw }}"}}}}"#,
+    ])
+    .await;
+    c.wait_ready_within("default", "edited", "False", "KmsKeyDisabled", 30 * SECOND)
+        .await;
+    let refused = disabled.elapsed();
+    assert_eq!(
+        c.secret_data("default", "edited").await.unwrap()["pw"],
+        "v1"
+    );
+    assert!(
+        c.secret_data("default", "edited")
+            .await
+            .unwrap()
+            .get("url")
+            .is_none()
+    );
+    c.wait_ready_within("default", "kept", "True", "Synced", 5 * SECOND)
+        .await;
+    assert_eq!(c.secret_data("default", "kept").await.unwrap()["pw"], "v1");
+    eprintln!(
+        "revocation (local-kms): KeysHealthy=False {flagged:?} after DisableKey, the edited resource refused {refused:?} after it (interval 2 s, DEK cache TTL 1 h)"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Faults on the real control plane
 
