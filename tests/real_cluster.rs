@@ -733,11 +733,10 @@ async fn a_disabled_key_revokes_cached_data_keys_within_one_check() {
         "v1"
     );
     assert!(
-        c.secret_data("default", "edited")
+        !c.secret_data("default", "edited")
             .await
             .unwrap()
-            .get("url")
-            .is_none()
+            .contains_key("url")
     );
     c.wait_ready_within("default", "kept", "True", "Synced", 5 * SECOND)
         .await;
