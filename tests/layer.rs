@@ -626,3 +626,53 @@ async fn mixed_copies_share_one_dek_and_fall_back_across_kinds() {
     let err = wrap::fetch_sealing_key(&kms, KEY).await.err().unwrap();
     assert!(err.to_string().contains("symmetric"), "{err}");
 }
+
+/// A local key has no remote quota: its unwraps take no rate-limiter permit
+/// (200 distinct data keys at --kms-qps 1 take no limiter time), while the
+/// same unwraps through a KMS provider are paced by the limiter.
+#[tokio::test(start_paused = true)]
+async fn local_keys_run_at_full_speed_kms_keys_are_paced() {
+    use kmsecrets::kms::local::{LocalKey, LocalProvider};
+    let key = LocalKey::generate();
+    let id = key.id().to_string();
+    let local = Arc::new(LocalProvider::new([key]));
+    let slow = LayerConfig {
+        qps: 1.0,
+        burst: 1,
+        ..LayerConfig::default()
+    };
+    let kms = Kms::new(
+        Providers::new(Default::default()).with(local.clone()),
+        slow.clone(),
+        Arc::new(Metrics::new()),
+    );
+    let mut copies = Vec::new();
+    for i in 0..200 {
+        let c = ctx(i);
+        let (_, w) = local.generate_data_key(&id, &c).await.unwrap();
+        copies.push((w, c));
+    }
+    let t = tokio::time::Instant::now();
+    for (w, c) in &copies {
+        kms.unwrap(w, c).await.unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_millis(10), "{:?}", t.elapsed());
+    assert_eq!(
+        metric(&kms, "kmsecrets_kms_rate_limit_wait_seconds_count"),
+        0.0,
+        "no permit taken"
+    );
+
+    let fake = Arc::new(FakeKms::new(Provider::AwsKms, &[KEY]));
+    let ks = wrapped(&fake, 20).await;
+    let paced = layer(fake, slow);
+    let t = tokio::time::Instant::now();
+    for (w, c) in &ks {
+        paced.unwrap(w, c).await.unwrap();
+    }
+    assert!(t.elapsed() >= Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(
+        metric(&paced, "kmsecrets_kms_rate_limit_wait_seconds_count"),
+        20.0
+    );
+}

@@ -12,7 +12,8 @@
 //! # Guarantees
 //! - A failed unwrap is never cached.
 //! - Concurrent misses for one cache key make ONE provider call.
-//! - Every provider attempt passes the rate limiter and is counted in
+//! - Every provider attempt with a remote quota passes the rate limiter
+//!   (a local key has none: it runs at full speed), and every attempt is counted in
 //!   `kmsecrets_kms_requests_total`; throttled ones also in
 //!   `kmsecrets_kms_throttled_total`.
 //! - Permanent errors are never retried.
@@ -389,16 +390,17 @@ impl Kms {
         attempts: u32,
     ) -> Result<Dek, KmsError> {
         let provider = self.provider(w.provider).await?;
+        let limited = provider.has_quota();
         match w.algorithm {
             Algorithm::SymmetricDefault => {
-                self.call_with(Operation::Decrypt, attempts, || {
+                self.call_with(Operation::Decrypt, limited, attempts, || {
                     provider.decrypt(&w.key_id, &w.ciphertext, ctx)
                 })
                 .await
             }
             Algorithm::RsaesOaepSha256 => {
                 let raw = self
-                    .call_with(Operation::Decrypt, attempts, || {
+                    .call_with(Operation::Decrypt, limited, attempts, || {
                         provider.decrypt_asymmetric(&w.key_id, &w.ciphertext)
                     })
                     .await?;
@@ -433,18 +435,26 @@ impl Kms {
 
     /// One logical KMS operation: rate limit, attempt, classify, count,
     /// retry transient failures with exponential backoff and full jitter.
-    pub async fn call<T, F, Fut>(&self, op: Operation, attempt_fn: F) -> Result<T, KmsError>
+    /// `p` is the provider the attempts go to: one without a quota
+    /// ([`KmsProvider::has_quota`]) takes no rate-limiter permit.
+    pub async fn call<T, F, Fut>(
+        &self,
+        op: Operation,
+        p: &dyn KmsProvider,
+        attempt_fn: F,
+    ) -> Result<T, KmsError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, KmsError>>,
     {
-        self.call_with(op, self.inner.cfg.max_attempts, attempt_fn)
+        self.call_with(op, p.has_quota(), self.inner.cfg.max_attempts, attempt_fn)
             .await
     }
 
     async fn call_with<T, F, Fut>(
         &self,
         op: Operation,
+        limited: bool,
         max_attempts: u32,
         mut attempt_fn: F,
     ) -> Result<T, KmsError>
@@ -456,8 +466,13 @@ impl Kms {
         let cfg = &self.inner.cfg;
         let mut attempt = 0u32;
         loop {
-            let permit = self.inner.limiter.acquire().await;
-            m.rate_limit_wait.observe(permit.waited.as_secs_f64());
+            let permit = if limited {
+                let permit = self.inner.limiter.acquire().await;
+                m.rate_limit_wait.observe(permit.waited.as_secs_f64());
+                Some(permit)
+            } else {
+                None
+            };
             let start = Instant::now();
             let res = attempt_fn().await;
             m.kms_duration
@@ -468,14 +483,16 @@ impl Kms {
                     m.kms_requests
                         .with_label_values(&[op.as_str(), "success"])
                         .inc();
-                    self.inner.limiter.on_success();
+                    if limited {
+                        self.inner.limiter.on_success();
+                    }
                     return Ok(v);
                 }
                 Err(e) => {
                     m.kms_requests
                         .with_label_values(&[op.as_str(), e.metric_result()])
                         .inc();
-                    if matches!(e, KmsError::Throttled(_)) {
+                    if let (KmsError::Throttled(_), Some(permit)) = (&e, permit) {
                         m.kms_throttled.with_label_values(&[op.as_str()]).inc();
                         self.inner.limiter.on_throttle(permit);
                     }
@@ -506,8 +523,10 @@ impl Kms {
         ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::Encrypt, || p.encrypt(key_id, plaintext, ctx))
-            .await
+        self.call(Operation::Encrypt, p.as_ref(), || {
+            p.encrypt(key_id, plaintext, ctx)
+        })
+        .await
     }
 
     pub async fn generate_data_key(
@@ -517,7 +536,7 @@ impl Kms {
         ctx: &EncryptionContext,
     ) -> Result<(Dek, WrappedKey), KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::GenerateDataKey, || {
+        self.call(Operation::GenerateDataKey, p.as_ref(), || {
             p.generate_data_key(key_id, ctx)
         })
         .await
@@ -530,9 +549,11 @@ impl Kms {
         ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::GenerateDataKeyWithoutPlaintext, || {
-            p.generate_data_key_without_plaintext(key_id, ctx)
-        })
+        self.call(
+            Operation::GenerateDataKeyWithoutPlaintext,
+            p.as_ref(),
+            || p.generate_data_key_without_plaintext(key_id, ctx),
+        )
         .await
     }
 
@@ -544,8 +565,10 @@ impl Kms {
         ctx: &EncryptionContext,
     ) -> Result<WrappedKey, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::ReEncrypt, || p.re_encrypt(src, dest_key_id, ctx))
-            .await
+        self.call(Operation::ReEncrypt, p.as_ref(), || {
+            p.re_encrypt(src, dest_key_id, ctx)
+        })
+        .await
     }
 
     pub async fn generate_random(
@@ -554,8 +577,10 @@ impl Kms {
         len: usize,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::GenerateRandom, || p.generate_random(len))
-            .await
+        self.call(Operation::GenerateRandom, p.as_ref(), || {
+            p.generate_random(len)
+        })
+        .await
     }
 
     pub async fn get_public_key(
@@ -564,13 +589,17 @@ impl Kms {
         key_id: &str,
     ) -> Result<PublicKeyInfo, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::GetPublicKey, || p.get_public_key(key_id))
-            .await
+        self.call(Operation::GetPublicKey, p.as_ref(), || {
+            p.get_public_key(key_id)
+        })
+        .await
     }
 
     pub async fn describe_key(&self, kind: Provider, key_id: &str) -> Result<KeyInfo, KmsError> {
         let p = self.provider(kind).await?;
-        self.call(Operation::DescribeKey, || p.describe_key(key_id))
-            .await
+        self.call(Operation::DescribeKey, p.as_ref(), || {
+            p.describe_key(key_id)
+        })
+        .await
     }
 }

@@ -158,6 +158,11 @@ impl KmsProvider for LocalProvider {
         Provider::Local
     }
 
+    /// An in-process AES key: no remote quota to protect.
+    fn has_quota(&self) -> bool {
+        false
+    }
+
     async fn decrypt(
         &self,
         key_id: &str,

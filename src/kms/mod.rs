@@ -238,6 +238,13 @@ impl KmsError {
 pub trait KmsProvider: Send + Sync {
     fn provider(&self) -> Provider;
 
+    /// Whether calls draw on a remote request quota (the layer's rate
+    /// limiter guards it). A provider without one (a local key) runs at
+    /// full speed: no permit, no throttling.
+    fn has_quota(&self) -> bool {
+        true
+    }
+
     /// Refuse a key before any request is made (the AWS provider's region
     /// allow-list) for a resource of namespace `tenant` ("": not for a
     /// resource). Every key is admitted by default.
