@@ -18,6 +18,7 @@ mod key_report;
 mod keys;
 mod merge;
 mod pubkey;
+mod review;
 mod rotate;
 mod trust;
 mod verify;
@@ -55,6 +56,12 @@ pub enum CliError {
     /// Whoever read stdout stopped reading (`| head`): end quietly.
     #[error("stdout closed by its reader")]
     ReaderGone,
+    /// `diff` found differences: exit 1, as diff(1), with nothing on stderr.
+    #[error("the files differ")]
+    Differ,
+    /// `diff` could not compare: exit 2, as diff(1).
+    #[error("{0}")]
+    Trouble(String),
 }
 
 impl CliError {
@@ -63,6 +70,7 @@ impl CliError {
             CliError::Signalled(signo, _) => 128 + signo,
             // `kmsecrets decrypt | head` is a success, as for `cat | head`
             CliError::ReaderGone => 0,
+            CliError::Trouble(_) => 2,
             _ => 1,
         }
     }
@@ -207,6 +215,10 @@ pub enum Command {
     Init(init::InitArgs),
     /// Check EncryptedSecret files offline (--decrypt also proves they decrypt)
     Verify(verify::VerifyArgs),
+    /// Print a redacted, canonical view of EncryptedSecrets (a git diff driver: no KMS call, no plaintext)
+    Textconv(review::TextconvArgs),
+    /// Say what changed between two EncryptedSecret files, without decrypting (exit 0 same, 1 different, 2 trouble)
+    Diff(review::DiffArgs),
     /// List the KMS keys files depend on, their state, and the resources at risk (exit 1 if any)
     Keys(key_report::KeysArgs),
     /// Write the SealingKey file of an asymmetric KMS key, for offline sealing (encrypt --key pub:FILE)
@@ -300,6 +312,7 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(CliError::ReaderGone) => 0,
+        Err(CliError::Differ) => 1,
         Err(e) => {
             let text = e.to_string().replace('\n', " ");
             eprintln!("error: {text}");
@@ -318,6 +331,11 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Init(a) => init::run(&g, a).await,
         Command::Verify(a) => verify::run(&g, a).await,
         Command::Keys(a) => key_report::run(&g, a).await,
+        Command::Textconv(a) => review::textconv(a),
+        Command::Diff(a) => review::diff(a).map_err(|e| match e {
+            CliError::Differ | CliError::ReaderGone => e,
+            other => CliError::Trouble(other.to_string()),
+        }),
         Command::Pubkey(a) => pubkey::run(&g, a).await,
         Command::Keygen { path } => {
             let key = LocalKey::write_new(&path)?;

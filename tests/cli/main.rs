@@ -25,6 +25,7 @@ mod misc;
 mod output;
 mod papercuts;
 mod properties;
+mod review;
 mod rotate;
 mod sealing_files;
 mod templates;
