@@ -1,6 +1,6 @@
 //! `kmsecrets encrypt`: Secret manifests or literals → EncryptedSecret.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -8,6 +8,7 @@ use kube::api::ObjectMeta;
 use zeroize::Zeroizing;
 
 pub use super::input::{SecretInput, TEMPLATE_ANNOTATION_PREFIX, parse_secret};
+use super::rules::{self, Lookup, Rule, RulesCache};
 use super::{CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, msg, parse_key_arg, split_kv};
 use crate::api::{EncryptedSecret, EncryptedSecretSpec, Scope, SecretTemplate, TemplateMetadata};
 use crate::envelope::{self, Binding};
@@ -56,6 +57,9 @@ pub struct EncryptArgs {
     /// Add/replace values in this EncryptedSecret FILE in place, reusing its data key (unchanged values keep their ciphertext)
     #[arg(long = "merge-into", value_name = "FILE")]
     pub merge_into: Option<PathBuf>,
+    /// Apply the .kmsecrets.yaml creation rule of PATH, where the output will be committed (default: the -f file)
+    #[arg(long = "rules-path", value_name = "PATH")]
+    pub rules_path: Option<PathBuf>,
     #[command(flatten)]
     pub trust: super::trust::TrustArgs,
     /// A Secret key rendered from the values in the cluster: KEY=TEMPLATE (minijinja; see docs/templates.md) (repeatable)
@@ -193,17 +197,127 @@ pub async fn run(g: &GlobalArgs, mut a: EncryptArgs) -> CliResult {
             .map_err(|e| super::name_file(path, e));
     }
 
+    let lookup = creation_rule(&mut a)?;
+    let rule = lookup.rule();
+    let mut key_args = key_args;
+    if let Some(rule) = rule {
+        apply_rule(rule, &mut a, &mut key_args)?;
+    }
     if key_args.is_empty() {
         return Err(msg(
-            "no --key given: pass a KMS key (ARN, alias/NAME, key id) or a local key file (--key file:PATH)",
+            "no --key given: pass a KMS key (ARN, alias/NAME, key id) or a local key file (--key file:PATH), or add a creation rule to .kmsecrets.yaml",
         ));
     }
     let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
     let mut out = Vec::new();
     for input in inputs {
-        out.push(encrypt_one(&setup.kms, &refs, &a, &generate, input).await?);
+        let es = encrypt_one(&setup.kms, &refs, &a, &generate, input).await?;
+        if let Some(rule) = rule
+            && let Some(v) = rule.violations(&es).into_iter().next()
+        {
+            return Err(msg(format!(
+                "{}: {v}",
+                es.metadata.name.as_deref().unwrap_or("")
+            )));
+        }
+        out.push(es);
     }
     super::write_output(&out, a.output)?;
+    Ok(())
+}
+
+/// The creation rule for this run: of `--rules-path`, else of the `-f`
+/// file. A rules file that governs the path but has no rule for it is an
+/// error without `--key`, a warning with one (guard will report it).
+fn creation_rule(a: &mut EncryptArgs) -> CliResult<Lookup> {
+    let path = a
+        .rules_path
+        .clone()
+        .or_else(|| a.file.as_deref().filter(|f| *f != "-").map(PathBuf::from));
+    let Some(path) = path else {
+        return Ok(Lookup::NoRules);
+    };
+    let lookup = Lookup::find(&mut RulesCache::default(), &path)?;
+    if let Lookup::Unmatched(rules) = &lookup {
+        let why = rules::unmatched(&path, rules);
+        if a.keys.is_empty() {
+            return Err(msg(why));
+        }
+        eprintln!("warning: {why}; `kmsecrets guard` will report the result");
+    }
+    Ok(lookup)
+}
+
+/// Fill keys, scope and context from the rule; a flag that contradicts it
+/// is an error naming both.
+fn apply_rule(rule: &Rule, a: &mut EncryptArgs, key_args: &mut Vec<KeyArg>) -> CliResult {
+    let rule_keys: Vec<KeyArg> = rule.keys.iter().map(|k| k.arg.clone()).collect();
+    if key_args.is_empty() {
+        *key_args = rule_keys;
+    } else {
+        // a KMS alias or bare id is compared after encryption, by the ARN
+        // KMS returns (the final rule check)
+        let comparable = key_args
+            .iter()
+            .all(|k| !matches!(k, KeyArg::Kms(id) if !id.starts_with("arn:")));
+        let ids = |args: &[KeyArg]| -> CliResult<BTreeSet<String>> {
+            args.iter()
+                .map(|k| {
+                    rules::RuleKey {
+                        text: String::new(),
+                        arg: k.clone(),
+                    }
+                    .key_id()
+                })
+                .collect()
+        };
+        if comparable && ids(key_args)? != ids(&rule_keys)? {
+            return Err(msg(format!(
+                "--key {} contradicts {}, which wraps with {}; drop --key to use the rule's keys, or change the rule",
+                a.keys.join(" --key "),
+                rule.describe(),
+                rule.keys
+                    .iter()
+                    .map(|k| k.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    match a.scope {
+        Some(s) if rules::scope_rank(s) > rules::scope_rank(rule.scope) => {
+            return Err(msg(format!(
+                "--scope {} contradicts {}, which allows at most {}",
+                s.as_str(),
+                rule.describe(),
+                rule.scope.as_str()
+            )));
+        }
+        Some(_) => {}
+        None => a.scope = Some(rule.scope),
+    }
+    let given = user_context(a)?;
+    for (k, v) in &rule.context {
+        match given.get(k) {
+            Some(w) if w != v => {
+                return Err(msg(format!(
+                    "--context {k}={w} contradicts {}, which requires {k}={v}",
+                    rule.describe()
+                )));
+            }
+            Some(_) => {}
+            None => a.context.push(format!("{k}={v}")),
+        }
+    }
+    if let Some(t) = &a.type_
+        && !rule.type_allowed(t)
+    {
+        return Err(msg(format!(
+            "--type {t} contradicts {}, which allows {}",
+            rule.describe(),
+            rule.allowed_types.join(", ")
+        )));
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use crate::wrap::KeyRef;
 
 /// A `--key` value: `file:PATH` (local key), `pub:PATH` (a SealingKey
 /// file: offline sealing) or a KMS key ARN / alias / id.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyArg {
     Kms(String),
     Local(PathBuf),

@@ -12,6 +12,8 @@ pub mod dev;
 mod edit;
 mod encrypt;
 mod fleet;
+mod guard;
+mod history;
 mod init;
 mod input;
 mod key_report;
@@ -20,6 +22,7 @@ mod merge;
 mod pubkey;
 mod review;
 mod rotate;
+mod rules;
 mod trust;
 mod verify;
 
@@ -56,7 +59,8 @@ pub enum CliError {
     /// Whoever read stdout stopped reading (`| head`): end quietly.
     #[error("stdout closed by its reader")]
     ReaderGone,
-    /// `diff` found differences: exit 1, as diff(1), with nothing on stderr.
+    /// `diff` found differences, or `guard` findings: exit 1, as diff(1),
+    /// with nothing more on stderr.
     #[error("the files differ")]
     Differ,
     /// `diff` could not compare: exit 2, as diff(1).
@@ -219,6 +223,8 @@ pub enum Command {
     Textconv(review::TextconvArgs),
     /// Say what changed between two EncryptedSecret files, without decrypting (exit 0 same, 1 different, 2 trouble)
     Diff(review::DiffArgs),
+    /// Check files before they are committed: plaintext Secrets, last-applied data, EncryptedSecrets breaking .kmsecrets.yaml, reverted values (exit 1 on findings)
+    Guard(guard::GuardArgs),
     /// List the KMS keys files depend on, their state, and the resources at risk (exit 1 if any)
     Keys(key_report::KeysArgs),
     /// Write the SealingKey file of an asymmetric KMS key, for offline sealing (encrypt --key pub:FILE)
@@ -332,7 +338,11 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Verify(a) => verify::run(&g, a).await,
         Command::Keys(a) => key_report::run(&g, a).await,
         Command::Textconv(a) => review::textconv(a),
-        Command::Diff(a) => review::diff(a).map_err(|e| match e {
+        Command::Diff(a) => review::diff(&g, a).await.map_err(|e| match e {
+            CliError::Differ | CliError::ReaderGone => e,
+            other => CliError::Trouble(other.to_string()),
+        }),
+        Command::Guard(a) => guard::run(a).map_err(|e| match e {
             CliError::Differ | CliError::ReaderGone => e,
             other => CliError::Trouble(other.to_string()),
         }),

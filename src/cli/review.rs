@@ -13,12 +13,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::path::PathBuf;
+
 use clap::Args;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use super::{CliError, CliResult, to_encrypted};
-use crate::api::{EncryptedSecret, Scope};
+use super::history;
+use super::rules::scope_rank;
+use super::{CliError, CliResult, GlobalArgs, LayerArgs, msg, to_encrypted};
+use crate::api::EncryptedSecret;
 use crate::manifest;
+use crate::resource::Plaintext;
 
 #[derive(Args, Debug)]
 pub struct TextconvArgs {
@@ -29,9 +35,19 @@ pub struct TextconvArgs {
 #[derive(Args, Debug)]
 pub struct DiffArgs {
     /// The old manifest (- for stdin)
-    pub old: String,
+    #[arg(required_unless_present = "history")]
+    pub old: Option<String>,
     /// The new manifest (- for stdin)
-    pub new: String,
+    #[arg(required_unless_present = "history")]
+    pub new: Option<String>,
+    /// Instead of OLD NEW: report the values of FILE (as in the work tree) put back to a ciphertext an earlier commit held and a later one replaced (reads git history; no KMS call)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["old", "new", "decrypt"])]
+    pub history: Option<PathBuf>,
+    /// Also say, per changed value, its old and new length and whether the plaintext really changed (needs kms:Decrypt / --local-key; never prints a value)
+    #[arg(long)]
+    pub decrypt: bool,
+    #[command(flatten)]
+    pub layer: LayerArgs,
 }
 
 /// A fingerprint of ciphertext (12 hex digits of SHA-256).
@@ -43,12 +59,18 @@ fn fp(ciphertext: &str) -> String {
 fn resources(path: &str) -> CliResult<BTreeMap<String, EncryptedSecret>> {
     let source = manifest::source_name(path);
     let bytes = manifest::read_source(path)?;
+    resources_from(&bytes, &source)
+}
+
+/// The EncryptedSecrets of a manifest stream, by `namespace/name`
+/// (documents of other kinds left out).
+pub fn resources_from(bytes: &[u8], source: &str) -> CliResult<BTreeMap<String, EncryptedSecret>> {
     let mut out = BTreeMap::new();
-    for doc in manifest::parse_stream(&bytes, &source)? {
+    for doc in manifest::parse_stream(bytes, source)? {
         if doc.kind() != crate::api::KIND || doc.api_version() != crate::api::API_VERSION {
             continue;
         }
-        let es = to_encrypted(&doc, &source)?;
+        let es = to_encrypted(&doc, source)?;
         let id = format!(
             "{}/{}",
             es.metadata.namespace.as_deref().unwrap_or("-"),
@@ -99,12 +121,40 @@ pub fn textconv(a: TextconvArgs) -> CliResult {
     super::out(out)
 }
 
-fn scope_rank(s: Scope) -> u8 {
-    match s {
-        Scope::Strict => 0,
-        Scope::Namespace => 1,
-        Scope::Cluster => 2,
+/// Every value's ciphertext, by resource and key (for history checks).
+pub fn values_of(resources: &BTreeMap<String, EncryptedSecret>) -> history::Values {
+    let mut out = history::Values::new();
+    for (id, es) in resources {
+        for (k, v) in &es.spec.encrypted_data {
+            out.insert((id.clone(), k.clone()), v.clone());
+        }
     }
+    out
+}
+
+/// The plaintexts of both sides, for `--decrypt`.
+type Opened<'a> = Option<(&'a Plaintext, &'a Plaintext)>;
+
+/// "12 bytes"
+fn len_of(p: &Plaintext, k: &str) -> String {
+    p.get(k)
+        .map(|v| super::count(v.len(), "byte"))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `--decrypt`'s note on one value present on both sides.
+fn plain_change(plain: Opened<'_>, k: &str) -> Option<(bool, String)> {
+    let (o, n) = plain?;
+    let (a, b) = (o.get(k)?, n.get(k)?);
+    let same = a.len() == b.len() && bool::from(a.as_slice().ct_eq(b.as_slice()));
+    Some(if same {
+        (false, format!("plaintext unchanged, {}", len_of(o, k)))
+    } else {
+        (
+            true,
+            format!("plaintext changed, {} → {}", len_of(o, k), len_of(n, k)),
+        )
+    })
 }
 
 /// The value names a template text mentions (identifiers and
@@ -127,7 +177,11 @@ fn reads(templates: &BTreeMap<String, String>, names: &BTreeSet<String>) -> BTre
 }
 
 /// What changed in one resource: (loud security findings, other lines).
-fn compare(old: &EncryptedSecret, new: &EncryptedSecret) -> (Vec<String>, Vec<String>) {
+fn compare(
+    old: &EncryptedSecret,
+    new: &EncryptedSecret,
+    plain: Opened<'_>,
+) -> (Vec<String>, Vec<String>) {
     let (o, n) = (&old.spec, &new.spec);
     let mut loud = Vec::new();
     let mut lines = Vec::new();
@@ -186,6 +240,22 @@ fn compare(old: &EncryptedSecret, new: &EncryptedSecret) -> (Vec<String>, Vec<St
             "rotated: a new data key, every value re-encrypted ({})",
             super::count(nv.len(), "value")
         ));
+        if plain.is_some() {
+            let mut same = 0;
+            for k in &changed {
+                match plain_change(plain, k) {
+                    Some((true, note)) => lines.push(format!("{k}: {note}")),
+                    Some((false, _)) => same += 1,
+                    None => {}
+                }
+            }
+            if same > 0 {
+                lines.push(format!(
+                    "plaintext unchanged for {}",
+                    super::count(same, "value")
+                ));
+            }
+        }
     } else {
         if copies_changed && changed.is_empty() {
             lines.push(
@@ -195,14 +265,23 @@ fn compare(old: &EncryptedSecret, new: &EncryptedSecret) -> (Vec<String>, Vec<St
             lines.push("data key copies changed".into());
         }
         for k in &changed {
-            lines.push(format!("{k}: changed"));
+            match plain_change(plain, k) {
+                Some((_, note)) => lines.push(format!("{k}: changed ({note})")),
+                None => lines.push(format!("{k}: changed")),
+            }
         }
     }
     for k in nv.keys().filter(|k| !ov.contains_key(*k)) {
-        lines.push(format!("{k}: added"));
+        match plain {
+            Some((_, n)) => lines.push(format!("{k}: added ({})", len_of(n, k))),
+            None => lines.push(format!("{k}: added")),
+        }
     }
     for k in ov.keys().filter(|k| !nv.contains_key(*k)) {
-        lines.push(format!("{k}: removed"));
+        match plain {
+            Some((o, _)) => lines.push(format!("{k}: removed ({})", len_of(o, k))),
+            None => lines.push(format!("{k}: removed")),
+        }
     }
     let names: BTreeSet<String> = ov.keys().chain(nv.keys()).cloned().collect();
     let empty = BTreeMap::new();
@@ -233,10 +312,34 @@ fn compare(old: &EncryptedSecret, new: &EncryptedSecret) -> (Vec<String>, Vec<St
     (loud, lines)
 }
 
+/// Open a resource for `--decrypt` (both sides go through one layer: a
+/// data key shared by OLD and NEW is unwrapped once).
+async fn open(
+    kms: &crate::kms::layer::Kms,
+    id: &str,
+    es: &EncryptedSecret,
+) -> CliResult<Plaintext> {
+    crate::resource::open_resource(kms, es)
+        .await
+        .map(|o| o.values)
+        .map_err(|e| msg(format!("--decrypt: {id}: {e}")))
+}
+
 /// Exit status as diff(1): 0 same, 1 different (as [`CliError::Differ`]),
 /// other errors 2.
-pub fn diff(a: DiffArgs) -> CliResult {
-    let (mut old, mut new) = (resources(&a.old)?, resources(&a.new)?);
+pub async fn diff(g: &GlobalArgs, a: DiffArgs) -> CliResult {
+    if let Some(file) = &a.history {
+        return history_report(file);
+    }
+    let (Some(old_path), Some(new_path)) = (&a.old, &a.new) else {
+        return Err(msg("diff needs OLD and NEW, or --history FILE"));
+    };
+    let (mut old, mut new) = (resources(old_path)?, resources(new_path)?);
+    let kms = if a.decrypt {
+        Some(super::build_kms(g, &[], &a.layer)?.0.kms)
+    } else {
+        None
+    };
     let mut out = String::new();
     let mut differ = false;
     // one resource on each side under another namespace/name: a move
@@ -245,7 +348,11 @@ pub fn diff(a: DiffArgs) -> CliResult {
         && old.keys().ne(new.keys())
         && let (Some((oid, o)), Some((nid, n))) = (old.pop_first(), new.pop_first())
     {
-        let (loud, lines) = compare(&o, &n);
+        let plain = match &kms {
+            Some(kms) => Some((open(kms, &oid, &o).await?, open(kms, &nid, &n).await?)),
+            None => None,
+        };
+        let (loud, lines) = compare(&o, &n, plain.as_ref().map(|(a, b)| (a, b)));
         out.push_str(&format!(
             "EncryptedSecret {nid}:\n  !! namespace/name changed: {oid} → {nid}\n"
         ));
@@ -270,10 +377,17 @@ pub fn diff(a: DiffArgs) -> CliResult {
                 out.push_str(&format!("EncryptedSecret {id}: added\n"));
             }
             (Some(o), Some(n)) => {
-                let (loud, lines) = compare(o, n);
+                let (loud, lines) = compare(o, n, None);
                 if loud.is_empty() && lines.is_empty() {
                     continue;
                 }
+                let (loud, lines) = match &kms {
+                    Some(kms) => {
+                        let plain = (open(kms, id, o).await?, open(kms, id, n).await?);
+                        compare(o, n, Some((&plain.0, &plain.1)))
+                    }
+                    None => (loud, lines),
+                };
                 differ = true;
                 out.push_str(&format!("EncryptedSecret {id}:\n"));
                 for l in loud {
@@ -291,4 +405,55 @@ pub fn diff(a: DiffArgs) -> CliResult {
         return Err(CliError::Differ);
     }
     Ok(())
+}
+
+/// The parsed versions of a file's history (unparseable ones left out).
+pub fn parsed_history(
+    file: &std::path::Path,
+    rev: &str,
+) -> CliResult<Vec<(history::Commit, history::Values)>> {
+    let mut out = Vec::new();
+    for v in history::versions(file, rev)? {
+        let values = match &v.content {
+            Some(bytes) => match resources_from(bytes, &file.display().to_string()) {
+                Ok(r) => values_of(&r),
+                Err(_) => continue,
+            },
+            None => history::Values::new(),
+        };
+        out.push((v.commit, values));
+    }
+    Ok(out)
+}
+
+/// `diff --history FILE`: exit 1 when a value was reverted.
+fn history_report(file: &std::path::Path) -> CliResult {
+    if history::toplevel(file).is_none() {
+        return Err(msg(format!(
+            "--history: {} is not in a git work tree (or git is not installed)",
+            file.display()
+        )));
+    }
+    let current = values_of(&resources(&file.display().to_string())?);
+    let versions = parsed_history(file, "HEAD")?;
+    let reverts = history::reverts(&versions, &current, true);
+    let mut out = String::new();
+    let mut last = None;
+    for r in &reverts {
+        if last != Some(&r.resource) {
+            out.push_str(&format!("EncryptedSecret {}:\n", r.resource));
+            last = Some(&r.resource);
+        }
+        out.push_str(&format!(
+            "  !! {}: reverted to its value of {}\n",
+            r.key,
+            r.to.describe()
+        ));
+    }
+    super::out(out)?;
+    if reverts.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Differ)
+    }
 }

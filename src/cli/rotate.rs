@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::fleet::{self, FileOutcome, Summary};
+use super::rules::{self, Lookup, RulesCache};
 use super::trust::{self, TrustArgs, Trusted};
 use super::{
     CliError, CliResult, GlobalArgs, KeyArg, LayerArgs, build_kms, file_format, msg, parse_key_arg,
@@ -44,7 +45,7 @@ pub struct RotateArgs {
     /// Files processed at once
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
-    /// Keep the data key and values; re-wrap the data key under --key (ReEncrypt within KMS). Files already under exactly those keys are left unchanged
+    /// Keep the data key and values; re-wrap the data key under --key (ReEncrypt within KMS), or without --key under each file's .kmsecrets.yaml rule keys. Files already under exactly those keys are left unchanged
     #[arg(long)]
     pub rewrap: bool,
     /// The keys to wrap the new data key under, as for encrypt (pub:PATH seals to a SealingKey) (repeatable). Without --rewrap every KMS copy in a file must be under one of them: a file holding a copy under another KMS key is refused, since anyone who can write the file can plant one. Default: the file's keys, when they are all local keys
@@ -126,10 +127,11 @@ async fn rotate_one(
     kms: &Kms,
     es: &mut EncryptedSecret,
     trusted: &Trusted<'_>,
+    dest: &[KeyRef],
     a: &RotateArgs,
     path: &Path,
 ) -> CliResult<bool> {
-    let refs = trusted.keys;
+    let refs = dest;
     if !a.rewrap {
         resource::validate(es)?;
         // before any request that creates or wraps key material
@@ -175,6 +177,7 @@ async fn rotate_one(
 async fn rotate_file(
     kms: &Kms,
     trusted: &Trusted<'_>,
+    dest: &[KeyRef],
     a: &RotateArgs,
     path: &Path,
     strict: bool,
@@ -194,7 +197,7 @@ async fn rotate_file(
         }
         let mut es = to_encrypted(doc, &name)?;
         resources += 1;
-        if rotate_one(kms, &mut es, trusted, a, path)
+        if rotate_one(kms, &mut es, trusted, dest, a, path)
             .await
             .map_err(|e| super::name_file(path, e))?
         {
@@ -241,6 +244,55 @@ async fn rotate_file(
     ))
 }
 
+/// Per file, the indices of its rule's keys in the run's key list (the
+/// union of the rules' keys), or why it has none. Says on stderr, before
+/// any KMS request, which rule's keys each group of files moves to: the
+/// keys come from a file in the repository, not the command line.
+#[allow(clippy::type_complexity)]
+fn rule_plan(files: &[PathBuf]) -> CliResult<(Vec<KeyArg>, Vec<Result<Vec<usize>, String>>)> {
+    let mut cache = RulesCache::default();
+    let mut union: Vec<KeyArg> = Vec::new();
+    let mut plan = Vec::new();
+    let mut said = std::collections::BTreeSet::new();
+    for f in files {
+        match Lookup::find(&mut cache, f)? {
+            Lookup::Matched(rules, i) => {
+                let rule = &rules.rules[i];
+                let ix = rule
+                    .keys
+                    .iter()
+                    .map(|k| match union.iter().position(|u| *u == k.arg) {
+                        Some(j) => j,
+                        None => {
+                            union.push(k.arg.clone());
+                            union.len() - 1
+                        }
+                    })
+                    .collect();
+                if said.insert(rule.describe()) {
+                    eprintln!(
+                        "--rewrap without --key: files under {} move to {}",
+                        rule.describe(),
+                        rule.keys
+                            .iter()
+                            .map(|k| k.text.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                plan.push(Ok(ix));
+            }
+            Lookup::Unmatched(rules) => plan.push(Err(rules::unmatched(f, &rules))),
+            Lookup::NoRules => plan.push(Err(format!(
+                "--rewrap needs --key NEW (the key(s) to move the data key under), or a {} creation rule for {}",
+                rules::FILE_NAME,
+                f.display()
+            ))),
+        }
+    }
+    Ok((union, plan))
+}
+
 pub async fn run(g: &GlobalArgs, mut a: RotateArgs) -> CliResult {
     a.paths.append(&mut a.filename);
     let key_args = a
@@ -248,19 +300,31 @@ pub async fn run(g: &GlobalArgs, mut a: RotateArgs) -> CliResult {
         .iter()
         .map(|k| parse_key_arg(k).map_err(msg))
         .collect::<CliResult<Vec<KeyArg>>>()?;
-    if a.rewrap && key_args.is_empty() {
-        return Err(msg(
-            "--rewrap needs --key NEW (the key(s) to move the data key under)",
-        ));
-    }
     let files = fleet::expand(&a.paths, a.recursive, fleet::Links::Skip)?;
     let single = files.len() == 1 && a.paths.len() == 1 && !a.paths[0].is_dir();
+    // `--rewrap` without `--key`: every file to its creation rule's keys
+    let by_rule = a.rewrap && key_args.is_empty();
+    let (key_args, plan) = if by_rule {
+        rule_plan(&files)?
+    } else {
+        (key_args, Vec::new())
+    };
     let (setup, refs) = build_kms(g, &key_args, &a.layer)?;
+    let dest_of = |i: usize| -> Result<Vec<KeyRef>, String> {
+        if !by_rule {
+            return Ok(refs.clone());
+        }
+        plan[i]
+            .as_ref()
+            .map(|ix| ix.iter().map(|&j| refs[j].clone()).collect())
+            .map_err(Clone::clone)
+    };
     let trusted = Trusted::new(&refs, &a.trust);
     let kms = &setup.kms;
     if single {
         // one file: its error is the command's error, as for every command
-        let (o, _) = rotate_file(kms, &trusted, &a, &files[0], true)
+        let dest = dest_of(0).map_err(msg)?;
+        let (o, _) = rotate_file(kms, &trusted, &dest, &a, &files[0], true)
             .await
             .map_err(|e| super::name_file(&files[0], e))?;
         match o {
@@ -277,11 +341,15 @@ pub async fn run(g: &GlobalArgs, mut a: RotateArgs) -> CliResult {
     }
     let pb = fleet::progress(files.len(), if a.rewrap { "rewrap" } else { "rotate" });
     let mut summary = Summary::default();
-    let mut results = futures::stream::iter(files.iter())
-        .map(|path| {
+    let mut results = futures::stream::iter(files.iter().enumerate())
+        .map(|(i, path)| {
             let (trusted, a) = (&trusted, &a);
+            let dest = dest_of(i);
             async move {
-                let r = rotate_file(kms, trusted, a, path, false).await;
+                let r = match dest {
+                    Ok(dest) => rotate_file(kms, trusted, &dest, a, path, false).await,
+                    Err(e) => Err(msg(e)),
+                };
                 (path, r)
             }
         })
