@@ -609,3 +609,137 @@ async fn keys_gate_fails_on_a_key_pending_deletion() {
     assert!(out.contains(&doomed) && out.contains(&other), "{out}");
     assert_eq!(proxy.requests().len(), before, "--offline made a request");
 }
+
+/// Review makes no KMS request (textconv, diff, guard) and `diff --decrypt`
+/// only Decrypts; a creation-rule change moves a repository with one
+/// command: `rotate --rewrap -R` with no `--key`, one ReEncrypt per file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_calls_no_kms_and_a_rule_change_moves_every_file_to_the_new_key() {
+    let moto = Moto::start();
+    let proxy = KmsProxy::start(moto.port);
+    let raw = sdk_client(&moto.url()).await;
+    let old = create_key(&raw, "alias/old").await;
+    let new = create_key(&raw, "alias/new").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join(".git")).unwrap(); // the repository root
+    std::fs::create_dir_all(d.join("secrets/prod/deep")).unwrap();
+    let rules = |key: &str| {
+        format!(
+            "rules:\n  - path: secrets/**\n    keys: [{key}]\n    context: {{team: payments}}\n"
+        )
+    };
+    std::fs::write(d.join(".kmsecrets.yaml"), rules(&old)).unwrap();
+    let ks = || kmsecrets(&proxy.url(), d);
+    let files = [
+        "secrets/prod/a.yaml",
+        "secrets/prod/b.yaml",
+        "secrets/prod/deep/c.yaml",
+    ];
+    for (i, f) in files.iter().enumerate() {
+        let es = run_ok(ks().args([
+            "encrypt",
+            "--rules-path",
+            f,
+            "--name",
+            &format!("s{i}"),
+            "-n",
+            "payments",
+            "--from-literal",
+            &format!("password=pw-{i}"),
+        ]));
+        assert!(es.contains(&old) && es.contains("team: payments"), "{es}");
+        std::fs::write(d.join(f), es).unwrap();
+    }
+    std::fs::copy(d.join(files[0]), d.join("a-v1.yaml")).unwrap();
+    run_ok(ks().args([
+        "encrypt",
+        "--merge-into",
+        files[0],
+        "--key",
+        &old,
+        "--from-literal",
+        "password=a-longer-password",
+    ]));
+
+    // no KMS request to review
+    let before = proxy.requests().len();
+    for args in [
+        vec!["textconv", files[0]],
+        vec!["diff", "a-v1.yaml", files[0]],
+        vec!["guard", "-R", "secrets"],
+    ] {
+        let out = ks().args(&args).output().unwrap();
+        assert!(
+            out.status.code().is_some_and(|c| c < 2),
+            "{args:?}: {out:?}"
+        );
+    }
+    assert_eq!(proxy.requests()[before..].to_vec(), vec![]);
+    // --decrypt: Decrypt only, and it says what changed without the value
+    let out = ks()
+        .args(["diff", "--decrypt", "a-v1.yaml", files[0]])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("password: changed (plaintext changed, 4 bytes → 17 bytes)"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("a-longer-password") && !text.contains("pw-0"));
+    let ops: Vec<String> = proxy.requests()[before..]
+        .iter()
+        .map(|(op, _)| op.clone())
+        .collect();
+    assert!(
+        !ops.is_empty() && ops.iter().all(|op| op == "Decrypt"),
+        "{ops:?}"
+    );
+
+    // the team moves to the new key: edit the rule, run one command
+    std::fs::write(d.join(".kmsecrets.yaml"), rules(&new)).unwrap();
+    let out = ks().args(["guard", "-R", "secrets"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let before = proxy.requests().len();
+    let out = ks()
+        .args(["rotate", "--rewrap", "-R", "secrets"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("move to {new}")), "{err}");
+    let reqs = proxy.requests()[before..].to_vec();
+    let re: Vec<_> = reqs.iter().filter(|(op, _)| op == "ReEncrypt").collect();
+    assert_eq!(re.len(), files.len(), "one ReEncrypt per file: {reqs:?}");
+    assert!(
+        !reqs
+            .iter()
+            .any(|(op, _)| op.starts_with("GenerateDataKey") || op == "Encrypt"),
+        "{reqs:?}"
+    );
+    for (i, f) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(d.join(f)).unwrap();
+        assert!(text.contains(&new) && !text.contains(&old), "{text}");
+        let plain = run_ok(ks().args(["decrypt", "-f", f]));
+        let want = if i == 0 {
+            "a-longer-password".to_string()
+        } else {
+            format!("pw-{i}")
+        };
+        assert!(plain.contains(&STANDARD.encode(want)), "{plain}");
+    }
+    let out = ks().args(["guard", "-R", "secrets"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // once more: every file already under the rule's key, nothing re-wrapped
+    let before = proxy.requests().len();
+    run_ok(ks().args(["rotate", "--rewrap", "-R", "secrets"]));
+    assert!(
+        !proxy.requests()[before..]
+            .iter()
+            .any(|(op, _)| op == "ReEncrypt"),
+        "{:?}",
+        proxy.requests()
+    );
+}
