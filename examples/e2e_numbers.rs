@@ -148,6 +148,7 @@ async fn main() {
         .args([
             "--http-addr",
             "127.0.0.1:0",
+            "--metrics-secure=false",
             "--log-format",
             "json",
             "--local-key",

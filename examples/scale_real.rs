@@ -449,7 +449,13 @@ async fn run_backend(
         .arg("controller")
         .arg("--kubeconfig")
         .arg(kubeconfig)
-        .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-secure=false",
+            "--log-format",
+            "json",
+        ])
         .args(["--kms-endpoint", &proxy.url()])
         // extra controller flags for experiments (the table is for defaults)
         .args(

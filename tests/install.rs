@@ -97,6 +97,14 @@ async fn chart_and_manifests_pass_install_checks_and_drive_the_controller() {
     ok(Command::new(BIN).arg("keygen").arg(&key));
     let mut args = rendered_chart_args(&py);
     assert_eq!(args[0], "controller");
+    // the in-memory API server has no TokenReview: /metrics in plain HTTP
+    // here (the HTTPS path is proven on the real apiserver, real_cluster.rs)
+    assert!(
+        args.iter().any(|a| a.starts_with("--metrics-addr=")),
+        "the chart serves /metrics over HTTPS by default: {args:?}"
+    );
+    args.retain(|a| !a.starts_with("--metrics-"));
+    args.push("--metrics-secure=false".into());
     let port = free_port();
     args.extend([
         format!("--kubeconfig={}", kubeconfig.display()),

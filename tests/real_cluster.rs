@@ -98,6 +98,8 @@ fn assert_matrix(got: &BTreeSet<String>, name: &str) {
 struct SaController {
     child: std::process::Child,
     log: PathBuf,
+    /// The HTTPS /metrics port, when the Deployment serves one.
+    metrics_port: Option<u16>,
 }
 
 impl SaController {
@@ -129,10 +131,19 @@ impl SaController {
             .unwrap();
         // In-pod paths and addresses are replaced; every other flag is the
         // Deployment's own.
+        let secure_metrics = args.iter().any(|a| a.starts_with("--metrics-addr"));
         let mut argv: Vec<String> = args
             .into_iter()
-            .filter(|a| !a.starts_with("--http-addr") && !a.starts_with("--local-key"))
+            .filter(|a| {
+                !a.starts_with("--http-addr")
+                    && !a.starts_with("--local-key")
+                    && !a.starts_with("--metrics-addr")
+            })
             .collect();
+        let metrics_port = secure_metrics.then(free_port);
+        if let Some(p) = metrics_port {
+            argv.push(format!("--metrics-addr=127.0.0.1:{p}"));
+        }
         let port = free_port();
         argv.push(format!("--kubeconfig={}", kubeconfig.display()));
         argv.push(format!("--http-addr=127.0.0.1:{port}"));
@@ -150,7 +161,11 @@ impl SaController {
             .stderr(file)
             .spawn()
             .unwrap();
-        let ctl = SaController { child, log };
+        let ctl = SaController {
+            child,
+            log,
+            metrics_port,
+        };
         assert!(
             wait_for_port(port, 30 * SECOND),
             "controller did not serve: {}",
@@ -161,6 +176,26 @@ impl SaController {
 
     fn logs(&self) -> String {
         common::cluster::strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// GET https://…/metrics (the self-signed certificate is not verified,
+    /// as the shipped ServiceMonitor does); (status code, body).
+    fn metrics(&self, token: Option<&str>) -> (u16, String) {
+        let port = self
+            .metrics_port
+            .expect("the Deployment serves HTTPS metrics");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "--max-time", "20", "-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        let out = cmd
+            .arg(format!("https://127.0.0.1:{port}/metrics"))
+            .output()
+            .expect("curl is needed for the HTTPS metrics test (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
     }
 }
 
@@ -419,6 +454,58 @@ async fn kustomize_deploy_rbac_is_exactly_enough() {
         .to_string();
     let ctl = SaController::start(&c, RELEASE_NS, &name, &["--log-format=text"]).await;
     sync_one(&c, "apps", "web", "v1", false).await;
+
+    // /metrics over HTTPS: no token 401, a ServiceAccount without the
+    // metrics-reader role 403, with it 200 and the families there
+    let (code, _) = ctl.metrics(None);
+    assert_eq!(code, 401);
+    let (code, _) = ctl.metrics(Some("not-a-token"));
+    assert_eq!(code, 401);
+    create_ns(&c, "monitoring").await;
+    for sa in ["nosy", "prometheus"] {
+        c.kubectl(&["create", "serviceaccount", sa, "-n", "monitoring"])
+            .await;
+    }
+    let token = |sa: &'static str| {
+        let c = &c;
+        async move {
+            c.kubectl(&["create", "token", sa, "-n", "monitoring"])
+                .await
+                .trim()
+                .to_string()
+        }
+    };
+    let nosy = token("nosy").await;
+    let (code, body) = ctl.metrics(Some(&nosy));
+    assert_eq!(code, 403, "{body}");
+    c.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "prometheus-kmsecrets-metrics",
+        "--clusterrole=kmsecrets-metrics-reader",
+        "--serviceaccount=monitoring:prometheus",
+    ])
+    .await;
+    let prom = token("prometheus").await;
+    let (code, body) = ctl.metrics(Some(&prom));
+    assert_eq!(code, 200, "{body}");
+    for family in [
+        "kmsecrets_reconcile_total",
+        "kmsecrets_dek_cache_entries",
+        "kmsecrets_build_info",
+    ] {
+        assert!(body.contains(family), "{family} missing:\n{body}");
+    }
+    // a refusal is not cached past its short life, an allowance is reused
+    let (code, _) = ctl.metrics(Some(&nosy));
+    assert_eq!(code, 403);
+    // the probes stay plain HTTP and open, for the kubelet
+    let logs = ctl.logs();
+    assert!(logs.contains("serving /metrics over HTTPS"), "{logs}");
+    assert!(
+        !logs.contains(&prom) && !logs.contains(&nosy),
+        "a token in the log"
+    );
     // drift repair and immutable replacement use get/patch/delete
     c.kubectl(&["delete", "secret", "web", "-n", "apps"]).await;
     c.wait_secret_data("apps", "web", &[("k", "v1")]).await;

@@ -67,6 +67,7 @@ fn controller_config() -> Config {
         slow_retry: Duration::from_secs(300),
         leader_election: None,
         http_addr: None,
+        secure_metrics: None,
         allowed_secret_types: Vec::new(),
         regions: None,
         max_workers_per_namespace: None,

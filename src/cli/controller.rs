@@ -104,7 +104,7 @@ pub struct ControllerArgs {
     /// How long a leader's Lease is valid without renewal (failover time)
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION", env = "KMSECRETS_LEADER_ELECTION_LEASE_DURATION")]
     pub leader_election_lease_duration: Duration,
-    /// Address for /healthz, /readyz and /metrics ("" disables)
+    /// Address for /healthz and /readyz in plain HTTP, and /metrics too with --metrics-secure=false ("" disables)
     #[arg(
         long,
         default_value = "0.0.0.0:8080",
@@ -112,6 +112,23 @@ pub struct ControllerArgs {
         value_name = "ADDR"
     )]
     pub http_addr: String,
+    /// Address for /metrics over HTTPS, each request authenticated (TokenReview) and authorized (SubjectAccessReview: get on /metrics) ("" disables)
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8443",
+        env = "KMSECRETS_METRICS_ADDR",
+        value_name = "ADDR"
+    )]
+    pub metrics_addr: String,
+    /// Serve /metrics over HTTPS with authentication and authorization (false: plain HTTP on --http-addr, for local use)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KMSECRETS_METRICS_SECURE", value_name = "BOOL")]
+    pub metrics_secure: bool,
+    /// Directory with the metrics serving certificate, tls.crt and tls.key (re-read when they change); default: self-signed at start
+    #[arg(long, env = "KMSECRETS_METRICS_CERT_DIR", value_name = "DIR")]
+    pub metrics_cert_dir: Option<PathBuf>,
+    /// How long an allowed /metrics review is cached (refusals: a tenth; 0 reviews every request)
+    #[arg(long, default_value = "1m", value_parser = parse_duration, env = "KMSECRETS_METRICS_AUTH_CACHE_TTL", value_name = "DURATION")]
+    pub metrics_auth_cache_ttl: Duration,
     /// Log format
     #[arg(long, value_enum, default_value = "text", env = "KMSECRETS_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -210,6 +227,26 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
                 .map_err(|e| msg(format!("invalid --http-addr {:?}: {e}", a.http_addr)))?,
         )
     };
+    let secure_metrics = if !a.metrics_secure || a.metrics_addr.is_empty() {
+        None
+    } else {
+        if let Some(d) = &a.metrics_cert_dir
+            && !(d.join("tls.crt").is_file() && d.join("tls.key").is_file())
+        {
+            return Err(msg(format!(
+                "--metrics-cert-dir {}: needs tls.crt and tls.key",
+                d.display()
+            )));
+        }
+        Some(crate::http::SecureMetrics {
+            addr: a
+                .metrics_addr
+                .parse::<SocketAddr>()
+                .map_err(|e| msg(format!("invalid --metrics-addr {:?}: {e}", a.metrics_addr)))?,
+            cert_dir: a.metrics_cert_dir.clone(),
+            auth_cache_ttl: a.metrics_auth_cache_ttl,
+        })
+    };
     let leader_election = a.leader_elect.then(|| LeaderElection {
         namespace: a
             .leader_election_namespace
@@ -238,6 +275,7 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
         slow_retry: a.permanent_error_retry,
         leader_election,
         http_addr,
+        secure_metrics,
         allowed_secret_types: a.allow_secret_types.clone(),
         regions: Some(Arc::new(RegionPolicy::new(a.kms_regions.iter().cloned()))),
         shutdown_timeout: a.shutdown_timeout,

@@ -92,6 +92,8 @@ pub async fn run(g: &GlobalArgs, a: DevArgs) -> CliResult {
         resync_interval: a.resync_interval,
         slow_retry: Duration::from_secs(60),
         leader_election: None,
+        // a laptop: /metrics in plain HTTP beside the probes
+        secure_metrics: None,
         http_addr: Some(
             a.http_addr
                 .parse()

@@ -311,8 +311,15 @@ fn check_file(path: &Path, rules: &mut RulesCache, found: &mut Vec<Finding>) -> 
 fn check_history(sealed: &[Sealed], since: &str, found: &mut Vec<Finding>) -> CliResult {
     let mut by_top: BTreeMap<PathBuf, Vec<&Sealed>> = BTreeMap::new();
     let mut outside = 0;
+    // one `git rev-parse` per directory, not per file
+    let mut tops: BTreeMap<PathBuf, Option<PathBuf>> = BTreeMap::new();
     for s in sealed {
-        match history::toplevel(&s.file) {
+        let dir = s.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let top = tops
+            .entry(dir)
+            .or_insert_with(|| history::toplevel(&s.file))
+            .clone();
+        match top {
             Some(top) => by_top.entry(top).or_default().push(s),
             None => outside += 1,
         }

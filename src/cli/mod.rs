@@ -302,6 +302,11 @@ pub fn main_with_args(args: Vec<std::ffi::OsString>) -> i32 {
             b.worker_threads(usize::from(a.worker_threads));
             b
         }
+        // git runs textconv once per file per revision: no worker threads
+        // to start for commands that wait on nothing
+        Command::Textconv(_) | Command::Diff(_) | Command::Guard(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = match builder.enable_all().build() {

@@ -65,6 +65,9 @@ pub struct Config {
     pub slow_retry: Duration,
     pub leader_election: Option<LeaderElection>,
     pub http_addr: Option<SocketAddr>,
+    /// `/metrics` over HTTPS with TokenReview + SubjectAccessReview; `None`:
+    /// in plain HTTP on `http_addr` (`--metrics-secure=false`).
+    pub secure_metrics: Option<crate::http::SecureMetrics>,
     /// Secret types allowed although the cluster would fill them with a
     /// credential (see [`crate::secret::CREDENTIAL_TYPES`]).
     pub allowed_secret_types: Vec<String>,
@@ -257,20 +260,48 @@ pub fn housekeeping(stores: &[Store<Watched>], state: &State) {
 /// (if configured), then the controllers while leading.
 pub async fn run(state: Arc<State>, shutdown: channel::Receiver<bool>) -> Result<(), String> {
     let cfg = state.cfg.clone();
+    let plain_metrics = cfg.secure_metrics.is_none();
     let http = match cfg.http_addr {
         Some(addr) => Some(
-            crate::http::serve(addr, state.probes.clone(), state.metrics.clone(), {
-                let mut shutdown = shutdown.clone();
-                async move { stopped(&mut shutdown).await }
-            })
+            crate::http::serve(
+                addr,
+                state.probes.clone(),
+                state.metrics.clone(),
+                plain_metrics,
+                {
+                    let mut shutdown = shutdown.clone();
+                    async move { stopped(&mut shutdown).await }
+                },
+            )
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
         ),
         None => None,
     };
     if let Some(h) = &http {
-        info!(addr = %h.local_addr, "serving /healthz /readyz /metrics");
+        let what = if plain_metrics {
+            "/healthz /readyz /metrics"
+        } else {
+            "/healthz /readyz"
+        };
+        info!(addr = %h.local_addr, "serving {what}");
     }
+    let secure = match &cfg.secure_metrics {
+        Some(m) => {
+            let auth = Arc::new(crate::http::auth::Authorizer::new(
+                state.client.clone(),
+                m.auth_cache_ttl,
+            ));
+            let h = crate::http::serve_metrics(m, state.metrics.clone(), auth, {
+                let mut shutdown = shutdown.clone();
+                async move { stopped(&mut shutdown).await }
+            })
+            .await?;
+            info!(addr = %h.local_addr, "serving /metrics over HTTPS (TokenReview + SubjectAccessReview: get /metrics)");
+            Some(h)
+        }
+        None => None,
+    };
     state.probes.ready.store(true, Ordering::SeqCst);
     tokio::spawn({
         let (state, mut shutdown) = (state.clone(), shutdown.clone());
@@ -304,6 +335,9 @@ pub async fn run(state: Arc<State>, shutdown: channel::Receiver<bool>) -> Result
             // real control plane with etcd stopped).
             h.task.abort();
         }
+    }
+    if let Some(h) = secure {
+        h.task.abort();
     }
     result
 }

@@ -9,6 +9,13 @@ use crate::api::EncryptedSecretStatus;
 pub use crate::api::Reason;
 
 pub const READY: &str = "Ready";
+/// kstatus' "abnormal-true" conditions (sigs.k8s.io/cli-utils kstatus,
+/// read by Flux, `kubectl wait`-alikes and Argo CD's generic health): a
+/// resource not yet `Synced` carries `Reconciling=True` while the failure
+/// is retried with backoff (kstatus: InProgress) and `Stalled=True` when
+/// it waits for a change (kstatus: Failed). Neither is present once Ready.
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
 
 /// What one reconcile concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +73,37 @@ pub fn next_condition(
         observed_generation: generation,
         last_transition_time,
     }
+}
+
+/// `Reconciling` or `Stalled` after `outcome` (`None` when Synced); the
+/// reason and message are Ready's. lastTransitionTime is kept while the
+/// same condition stays.
+pub fn progress_condition(
+    prev: &[Condition],
+    outcome: &Outcome,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<Condition> {
+    if outcome.ready() {
+        return None;
+    }
+    let type_ = if outcome.reason.is_transient() {
+        RECONCILING
+    } else {
+        STALLED
+    };
+    let last_transition_time = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map_or(now, |c| c.last_transition_time.clone());
+    Some(Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: outcome.reason.as_str().into(),
+        message: outcome.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
+    })
 }
 
 /// The condition changed status or reason (not on every resync).
@@ -157,6 +195,24 @@ mod tests {
         assert!(!event_due(Some(&healed), &healed.clone()), "resync: none");
         let new_bad = next_condition(None, &bad, Some(1), t(1));
         assert!(event_due(None, &new_bad), "a new resource failing: event");
+    }
+
+    #[test]
+    fn kstatus_conditions_follow_the_outcome() {
+        let ok = Outcome::synced("s");
+        assert!(progress_condition(&[], &ok, Some(1), t(1)).is_none());
+        let slow = Outcome::failed(Reason::KmsThrottled, "slow down");
+        let r = progress_condition(&[], &slow, Some(1), t(1)).unwrap();
+        assert_eq!(
+            (r.type_.as_str(), r.reason.as_str()),
+            (RECONCILING, "KmsThrottled")
+        );
+        let r2 = progress_condition(std::slice::from_ref(&r), &slow, Some(1), t(5)).unwrap();
+        assert_eq!(r2.last_transition_time, t(1));
+        let bad = Outcome::failed(Reason::DecryptFailed, "x");
+        let s = progress_condition(&[r], &bad, Some(2), t(9)).unwrap();
+        assert_eq!((s.type_.as_str(), s.status.as_str()), (STALLED, "True"));
+        assert_eq!(s.last_transition_time, t(9));
     }
 
     #[test]

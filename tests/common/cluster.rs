@@ -530,6 +530,8 @@ impl Controller {
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--http-addr", "127.0.0.1:0"])
+            // plain /metrics beside the probes (the HTTPS path: real_cluster.rs)
+            .arg("--metrics-secure=false")
             .arg("--local-key")
             .arg(key)
             .args(extra)

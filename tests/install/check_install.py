@@ -85,6 +85,9 @@ CONTROLLER_FLAGS = {
     "--worker-threads": True,
     # KMS key health (issue 28).
     "--key-check-interval": True, "--max-tracked-keys": True,
+    # Metrics behind TokenReview + SubjectAccessReview (issue 30).
+    "--metrics-addr": True, "--metrics-secure": True, "--metrics-cert-dir": True,
+    "--metrics-auth-cache-ttl": True,
 }
 REPEATABLE_FLAGS = {"--namespace", "--local-key", "--allow-secret-type", "--kms-region"}
 
@@ -97,6 +100,13 @@ CONTROLLER_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 SECRET_VERBS = CONTROLLER_RULES[("", "secrets")]
+# /metrics over HTTPS: the controller reviews each request's token.
+METRICS_AUTH_RULES = {
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+}
+# What a scraper is granted (bound to whoever the operator names).
+METRICS_READER_RULES = [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
 # rolloutRestartTargets (opt-in): patch only, on the three workload kinds.
 RESTART_RULES = {("apps", res): {"patch"} for res in ("deployments", "statefulsets", "daemonsets")}
@@ -529,8 +539,14 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
     controller_scopes = []
     lease_roles = []
     restart_roles = []
+    metrics_auth_roles = []
+    reader_roles = []
     for r in roles:
         w = obj_id(r)
+        if r.get("rules") == METRICS_READER_RULES:
+            need(r["kind"] == "ClusterRole", f"{w}: the metrics reader role must be a ClusterRole (non-resource URL)")
+            reader_roles.append(r)
+            continue
         grants: dict[tuple[str, str], set[str]] = {}
         for rule in r.get("rules", []):
             need("nonResourceURLs" not in rule, f"{w}: nonResourceURLs")
@@ -545,6 +561,9 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
             controller_scopes.append(r)
         elif grants == RESTART_RULES:
             restart_roles.append(r)
+        elif grants == METRICS_AUTH_RULES:
+            need(r["kind"] == "ClusterRole", f"{w}: token and access reviews are cluster-scoped")
+            metrics_auth_roles.append(r)
         elif grants == LEASE_RULES:
             need(r["kind"] == "Role" and r["metadata"]["namespace"] == dep_ns,
                  f"{w}: the Lease Role must be namespaced in the controller namespace {dep_ns}")
@@ -562,8 +581,20 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
         need([r["kind"] for r in controller_scopes] == ["ClusterRole"], f"{label}: expected exactly one controller ClusterRole")
     leader = any(a == "--leader-elect" for a in controller_container(dep).get("args", []))
     need(bool(lease_roles) == leader, f"{label}: Lease Role present={bool(lease_roles)} but --leader-elect={leader}")
+    cargs = controller_container(dep).get("args", [])
+    secure = "--metrics-secure=false" not in cargs
+    need(secure == any(a.startswith("--metrics-addr=") for a in cargs),
+         f"{label}: --metrics-addr is given exactly when /metrics is secure")
+    need(len(metrics_auth_roles) == int(secure) and len(reader_roles) == int(secure),
+         f"{label}: secure metrics={secure} needs the review ClusterRole and the reader ClusterRole exactly then "
+         f"(got {len(metrics_auth_roles)} and {len(reader_roles)})")
+    reader_bindings = [b for b in bindings if b["roleRef"]["name"] in {r["metadata"]["name"] for r in reader_roles}]
+    for b in reader_bindings:
+        need(b["kind"] == "ClusterRoleBinding" and not any(
+            s_.get("kind") == "ServiceAccount" and s_.get("name") == sa and s_.get("namespace") == dep_ns
+            for s_ in b.get("subjects", [])), f"{obj_id(b)}: the controller itself does not read /metrics")
     # Every role is bound to the controller's ServiceAccount, and nothing else is bound.
-    for r in controller_scopes + lease_roles + restart_roles:
+    for r in controller_scopes + lease_roles + restart_roles + metrics_auth_roles:
         bk = "ClusterRoleBinding" if r["kind"] == "ClusterRole" else "RoleBinding"
         matches = [b for b in bindings if b["kind"] == bk and b["roleRef"]["name"] == r["metadata"]["name"]
                    and b["roleRef"]["kind"] == r["kind"] and b["metadata"].get("namespace") == r["metadata"].get("namespace")]
@@ -571,7 +602,8 @@ def check_rbac(objs: list[dict], label: str, expect_namespaced: list[str] | None
         subj = matches[0]["subjects"]
         need(subj == [{"kind": "ServiceAccount", "name": sa, "namespace": dep_ns}],
              f"{obj_id(matches[0])}: subjects should be exactly ServiceAccount {dep_ns}/{sa}, got {subj}")
-    need(len(bindings) == len(controller_scopes) + len(lease_roles) + len(restart_roles), f"{label}: unexpected extra bindings")
+    need(len(bindings) == len(controller_scopes) + len(lease_roles) + len(restart_roles) + len(metrics_auth_roles)
+         + len(reader_bindings), f"{label}: unexpected extra bindings")
     return f"{len(roles)} roles, Secret verbs {sorted(SECRET_VERBS)}"
 
 

@@ -57,7 +57,9 @@ use tracing::{debug, info, warn};
 use super::State;
 use super::fairness::{self, Parked};
 use super::keys::{KEYS_HEALTHY, keys_condition};
-use super::status::{Outcome, Reason, event_due, next_condition, ready_condition};
+use super::status::{
+    Outcome, Reason, event_due, next_condition, progress_condition, ready_condition,
+};
 use crate::api::{
     ADOPT_ANNOTATION, DeletionPolicy, EncryptedSecret, EncryptedSecretStatus, FIELD_MANAGER,
     FINALIZER, WorkloadKind,

@@ -69,6 +69,12 @@ pub(super) async fn write_status(
         last_rollout_restart: prev.last_rollout_restart.clone(),
         conditions: std::iter::once(cond.clone())
             .chain(keys_cond.clone())
+            .chain(progress_condition(
+                &prev.conditions,
+                outcome,
+                es.meta().generation,
+                now.clone(),
+            ))
             .collect(),
     };
     if let Some(s) = sync {
@@ -178,8 +184,11 @@ pub(super) async fn malformed(obj: &Watched, why: Malformed, ctx: &Context) -> R
         return Ok((Some(outcome), Action::await_change()));
     }
     warn!(%name, namespace = %ns, error = %outcome.message, "malformed EncryptedSecret");
-    let cond = next_condition(None, &outcome, generation, Time(jiff::Timestamp::now()));
-    let patch = json!({"status": {"observedGeneration": generation, "conditions": [cond]}});
+    let now = Time(jiff::Timestamp::now());
+    let cond = next_condition(None, &outcome, generation, now.clone());
+    let stalled = progress_condition(&[], &outcome, generation, now);
+    let conditions: Vec<Condition> = [Some(cond), stalled].into_iter().flatten().collect();
+    let patch = json!({"status": {"observedGeneration": generation, "conditions": conditions}});
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
