@@ -366,6 +366,18 @@ pub fn crd() -> CustomResourceDefinition {
         else {
             continue;
         };
+        // A resource the controller has not seen yet reads as
+        // `status: {observedGeneration: 0}` (defaulted when read, never
+        // stored): generation ≥ 1 ≠ 0, so kstatus (Flux, kpt) and the Argo
+        // CD health check say InProgress / Progressing instead of Current
+        // before the first reconcile.
+        if let Some(status) = schema.properties.as_mut().and_then(|p| p.get_mut("status")) {
+            status.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({"observedGeneration": 0}),
+                ),
+            );
+        }
         let Some(spec) = schema
             .properties
             .as_mut()

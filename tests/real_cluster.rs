@@ -1414,3 +1414,224 @@ async fn offline_sealing_through_local_kms() {
     drop(ctl);
     drop(kms.proc);
 }
+
+// ---------------------------------------------------------------------------
+// GitOps health: Argo CD's Lua, kstatus, kubectl wait
+
+/// Runs tools/helpers/gitops-checks (gopher-lua set up as Argo CD does, and
+/// sigs.k8s.io/cli-utils kstatus) on an object; its JSON answer.
+fn gitops_check(obj: &Value, args: &[&str]) -> Value {
+    use std::io::Write as _;
+    let mut child = Command::new(kmsecrets_envtest::go_helper("gitops-checks"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gitops-checks");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(obj.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "gitops-checks {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn argo_file(name: &str) -> String {
+    repo_root()
+        .join("charts/kmsecrets/files/argocd")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// (Argo CD health status, message), kstatus status.
+fn health_of(obj: &Value) -> (String, String, String) {
+    let h = gitops_check(obj, &["argocd-health", &argo_file("health.lua")]);
+    let k = gitops_check(obj, &["kstatus"]);
+    (
+        h["status"].as_str().unwrap_or_default().to_string(),
+        h["message"].as_str().unwrap_or_default().to_string(),
+        k["status"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// The shipped Argo CD health check and resync action, kstatus and `kubectl
+/// wait`, each on status objects the real controller wrote on the real
+/// apiserver: not yet observed, Synced, a permanent error, and a synced
+/// Secret whose KMS key is pending deletion (local-kms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_cd_health_kstatus_and_kubectl_wait_read_what_the_controller_wrote() {
+    let c = Cluster::start_on(Backend::Real).await;
+    let kms = LocalKms::start();
+    let sdk = common::sdk_client(&kms.url()).await;
+    let key = sdk
+        .create_key()
+        .send()
+        .await
+        .expect("CreateKey on local-kms")
+        .key_metadata
+        .unwrap();
+    let (key_id, arn) = (key.key_id.clone(), key.arn.clone().unwrap());
+    let env = aws_test_env();
+    let url = kms.url();
+    let get = async |name: &str| json_of(&c, &["get", "esec", name, "-n", "default"]).await;
+
+    // three resources before any controller runs
+    let web = c.encrypt(&[
+        "--from-literal",
+        "k=v",
+        "--name",
+        "web",
+        "--namespace",
+        "default",
+    ]);
+    c.apply(&web).await;
+    // sealed for another namespace, applied here: the binding refuses it
+    let mut broken: Value = serde_json::from_str(&c.encrypt(&[
+        "--from-literal",
+        "k=v",
+        "--name",
+        "broken",
+        "--namespace",
+        "elsewhere",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    broken["metadata"]["namespace"] = json!("default");
+    c.apply(&broken.to_string()).await;
+    let kept = c.kmsecrets_env(
+        &[
+            "encrypt",
+            "--key",
+            &arn,
+            "--kms-endpoint",
+            &url,
+            "--from-literal",
+            "k=v",
+            "--name",
+            "kept",
+            "--namespace",
+            "default",
+        ],
+        &env,
+    );
+    c.apply(&kept).await;
+
+    // not yet observed: the CRD defaults status.observedGeneration to 0
+    let obj = get("web").await;
+    assert_eq!(obj["status"]["observedGeneration"], json!(0), "{obj}");
+    let (h, msg, k) = health_of(&obj);
+    assert_eq!(
+        (h.as_str(), k.as_str()),
+        ("Progressing", "InProgress"),
+        "{msg}"
+    );
+    let early = c
+        .kubectl_raw(&[
+            "wait",
+            "--for=condition=Ready",
+            "esec/web",
+            "-n",
+            "default",
+            "--timeout=2s",
+        ])
+        .await;
+    assert!(
+        !early.status.success(),
+        "kubectl wait passed before any controller"
+    );
+
+    let ctl = c.controller_env(
+        &["--kms-endpoint", &url, "--key-check-interval", "2s"],
+        &env,
+    );
+    let waited = c
+        .kubectl_raw(&[
+            "wait",
+            "--for=condition=Ready",
+            "esec/web",
+            "esec/kept",
+            "-n",
+            "default",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(
+        waited.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let (h, msg, k) = health_of(&get("web").await);
+    assert_eq!((h.as_str(), k.as_str()), ("Healthy", "Current"));
+    assert!(msg.contains("up to date"), "{msg}");
+
+    // a permanent error: Degraded with reason and message; kstatus Failed
+    c.wait_ready_within("default", "broken", "False", "DecryptFailed", 60 * SECOND)
+        .await;
+    let obj = get("broken").await;
+    let (h, msg, k) = health_of(&obj);
+    assert_eq!((h.as_str(), k.as_str()), ("Degraded", "Failed"), "{obj}");
+    assert!(msg.starts_with("DecryptFailed: "), "{msg}");
+
+    // the resync action: an annotation, nothing else; applied, it makes the
+    // controller reconcile at once (not after --permanent-error-retry)
+    let acted = gitops_check(&obj, &["argocd-action", &argo_file("resync-action.lua")]);
+    let stamp = acted["metadata"]["annotations"]["kmsecrets.dev/resync-requested-at"]
+        .as_str()
+        .expect("the action stamps its annotation");
+    assert!(stamp.ends_with('Z') && stamp.len() == 20, "{stamp}");
+    assert_eq!(acted["spec"], obj["spec"], "the action changed the spec");
+    let actions = gitops_check(&obj, &["argocd-action", &argo_file("resync-discovery.lua")]);
+    assert_eq!(actions["resync"]["disabled"], json!(false), "{actions}");
+    let reconciles = || ctl.metric("kmsecrets_reconcile_total", &[]);
+    // quiet first: no reconcile runs on its own in 3 s (the failed one
+    // waits --permanent-error-retry, 5 min), so the next one is the action's
+    let before = reconciles();
+    tokio::time::sleep(3 * SECOND).await;
+    assert_eq!(reconciles(), before, "reconciles without a change");
+    let file = c.path("acted.json");
+    let mut acted = acted;
+    acted.as_object_mut().unwrap().remove("status");
+    std::fs::write(&file, acted.to_string()).unwrap();
+    c.kubectl(&["replace", "-f", file.to_str().unwrap()]).await;
+    eventually(
+        20 * SECOND,
+        "a reconcile after the resync action",
+        async || reconciles() > before,
+    )
+    .await;
+
+    // the key of a synced resource scheduled for deletion: still Ready,
+    // Degraded in Argo CD with the KeysHealthy reason
+    put_in_state(&sdk, &key_id, "pending deletion").await;
+    let obj = eventually(30 * SECOND, "KeysHealthy=False on kept", async || {
+        let obj = get("kept").await;
+        let conds = obj["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conds
+            .iter()
+            .any(|c| c["type"] == "KeysHealthy" && c["status"] == "False")
+            .then_some(obj)
+    })
+    .await;
+    let (h, msg, k) = health_of(&obj);
+    assert_eq!(h, "Degraded", "{obj}");
+    assert!(
+        msg.contains("KeysHealthy=False (KeyPendingDeletion"),
+        "{msg}"
+    );
+    assert_eq!(k, "Current", "Ready=True: kstatus knows no KeysHealthy");
+    reenable(&sdk, &key_id, "pending deletion").await;
+    assert_no_forbidden(&ctl.logs());
+}

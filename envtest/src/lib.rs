@@ -126,6 +126,29 @@ pub fn tool(name: &str) -> PathBuf {
     tools_dir().join(name)
 }
 
+/// A Go helper of `tools/helpers/` (built once by
+/// scripts/ensure-go-helpers.sh, cached outside the repository).
+pub fn go_helper(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = repo_root().join("scripts/ensure-go-helpers.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} (needs bash): {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: it builds the Go helpers of tools/helpers/ from the Go module proxy with Go 1.26+ \
+             (/usr/local/go/bin/go); fix the error above and rerun",
+            script.display()
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .join(name)
+}
+
 /// A free TCP port on 127.0.0.1 (the OS picks; we release it at once).
 fn port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

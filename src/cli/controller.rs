@@ -230,14 +230,6 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
     let secure_metrics = if !a.metrics_secure || a.metrics_addr.is_empty() {
         None
     } else {
-        if let Some(d) = &a.metrics_cert_dir
-            && !(d.join("tls.crt").is_file() && d.join("tls.key").is_file())
-        {
-            return Err(msg(format!(
-                "--metrics-cert-dir {}: needs tls.crt and tls.key",
-                d.display()
-            )));
-        }
         Some(crate::http::SecureMetrics {
             addr: a
                 .metrics_addr

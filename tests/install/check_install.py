@@ -639,7 +639,18 @@ def check_features(objs: list[dict], values: dict, maximal: bool) -> str:
     sk = [o for o in cms if o["metadata"]["name"].endswith("-sealing-keys")]
     need(len(sk) == 1 and sk[0]["data"] == {k: v.rstrip("\n") for k, v in values["sealingKeys"].items()},
          "sealingKeys must render one ConfigMap <fullname>-sealing-keys with the files as given")
-    cms = [o for o in cms if o not in sk]
+    argo = [o for o in cms if o["metadata"]["name"] == values["argocd"]["resourceCustomizations"]["configMapName"]]
+    need(len(argo) == 1 and argo[0]["metadata"]["namespace"] == values["argocd"]["resourceCustomizations"]["namespace"],
+         "argocd.resourceCustomizations must render one ConfigMap in its namespace")
+    files = CHART / "files" / "argocd"
+    health = argo[0]["data"]["resource.customizations.health.kmsecrets.dev_EncryptedSecret"]
+    need(health == (files / "health.lua").read_text(), "the Argo CD health check differs from files/argocd/health.lua")
+    acts = yaml.safe_load(argo[0]["data"]["resource.customizations.actions.kmsecrets.dev_EncryptedSecret"])
+    need(acts["discovery.lua"] == (files / "resync-discovery.lua").read_text()
+         and [d["name"] for d in acts["definitions"]] == ["resync"]
+         and acts["definitions"][0]["action.lua"] == (files / "resync-action.lua").read_text(),
+         "the Argo CD resync action differs from files/argocd/")
+    cms = [o for o in cms if o not in sk and o not in argo]
     need(len(cms) == 1 and cms[0]["metadata"]["labels"].get("grafana_dashboard") == "1"
          and cms[0]["metadata"]["namespace"] == values["dashboard"]["namespace"],
          "dashboard ConfigMap with label grafana_dashboard: \"1\" in dashboard.namespace")
@@ -649,6 +660,16 @@ def check_features(objs: list[dict], values: dict, maximal: bool) -> str:
     need(rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text()), "PrometheusRule differs from files/")
     sm = next(o for o in objs if o["kind"] == "ServiceMonitor")
     need(sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "serviceMonitor.labels not applied")
+    ep = sm["spec"]["endpoints"][0]
+    need(ep["port"] == "metrics" and ep["scheme"] == "https" and "bearerTokenFile" in ep,
+         "the ServiceMonitor scrapes the HTTPS metrics port with a bearer token")
+    m = values["metrics"]
+    need(f"--metrics-addr=0.0.0.0:{m['port']}" in args and "--metrics-cert-dir=/etc/kmsecrets/metrics-tls" in args
+         and f"--metrics-auth-cache-ttl={m['authCacheTtl']}" in args, "metrics.* must reach the controller's flags")
+    tls = next((v for v in pod["volumes"] if v["name"] == "metrics-tls"), None)
+    need(tls is not None and tls["secret"]["secretName"] == m["certSecret"], "metrics.certSecret must be mounted")
+    readers = [o for o in objs if o["kind"] == "ClusterRoleBinding" and o["roleRef"]["name"].endswith("-metrics-reader")]
+    need(len(readers) == 1 and readers[0]["subjects"] == m["readers"], "metrics.readers must be bound to the metrics-reader ClusterRole")
     lk = values["localKey"]
     mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == lk["mountPath"]), None)
     need(mount and mount.get("readOnly") is True, "local key must be mounted read-only at localKey.mountPath")
@@ -894,6 +915,16 @@ def check_chart_readme() -> str:
 LINK_RE = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 
 
+def check_argocd_docs() -> str:
+    """docs/install.md quotes the shipped Argo CD scripts exactly."""
+    doc = (ROOT / "docs" / "install.md").read_text()
+    for name, indent in (("health.lua", 4), ("resync-discovery.lua", 6), ("resync-action.lua", 10)):
+        text = (CHART / "files" / "argocd" / name).read_text()
+        quoted = "".join((" " * indent + l) if l.strip() else l for l in text.splitlines(True))
+        need(quoted in doc, f"docs/install.md does not quote files/argocd/{name} as shipped")
+    return "health check and resync action quoted as shipped"
+
+
 def check_docs() -> str:
     files = sorted((ROOT / "docs").glob("*.md")) + [CHART / "README.md"]
     need(len(files) > 1, "docs/ has no markdown")
@@ -1022,6 +1053,7 @@ def main() -> int:
     r.check("dashboard and alerts use DESIGN.md label values", check_label_values)
     r.check("chart README documents every value", check_chart_readme)
     r.check("docs: required pages, reasons, links", check_docs)
+    r.check("docs: Argo CD scripts", check_argocd_docs)
     r.check("Dockerfile contract", check_dockerfile)
 
     if r.not_run:
