@@ -503,6 +503,52 @@ users:
         Ok(())
     }
 
+    /// Freezes etcd (SIGSTOP): requests hang instead of failing, as with a
+    /// stalled disk or a network partition; [`Self::resume_etcd`] thaws it.
+    pub fn pause_etcd(&self) {
+        if let Some(pid) = self.pid("etcd") {
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+        }
+    }
+
+    pub fn resume_etcd(&self) {
+        if let Some(pid) = self.pid("etcd") {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Completed writes to Secrets from the audit log, across restarts:
+    /// (verb, namespace, name, HTTP code), in order.
+    pub fn secret_writes(&self) -> Vec<(String, String, String, u16)> {
+        self.secret_writes_at()
+            .into_iter()
+            .map(|(v, ns, n, c, _)| (v, ns, n, c))
+            .collect()
+    }
+
+    /// [`Self::secret_writes`] with each request's receive time (RFC 3339).
+    pub fn secret_writes_at(&self) -> Vec<(String, String, String, u16, String)> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .map(|e| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    s(&e["verb"]),
+                    s(&e["objectRef"]["namespace"]),
+                    s(&e["objectRef"]["name"]),
+                    e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+                    s(&e["requestReceivedTimestamp"]),
+                )
+            })
+            .collect()
+    }
+
     /// Stops etcd (SIGTERM); the apiserver keeps running and fails requests.
     pub fn stop_etcd(&self) {
         let p = lock(&self.etcd).take();
@@ -515,7 +561,20 @@ users:
 
     fn apiserver_args(&self) -> Vec<String> {
         let d = self.dir.path();
+        // every write to a Secret, at Metadata level (no values), survives
+        // apiserver restarts: what fault tests count writes and deletes with
+        let policy = d.join("audit-policy.yaml");
+        let _ = std::fs::write(
+            &policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n\
+             - level: Metadata\n  resources: [{group: \"\", resources: [secrets]}]\n  verbs: [create, update, patch, delete, deletecollection]\n\
+             - level: None\n",
+        );
         vec![
+            format!("--audit-policy-file={}", policy.display()),
+            format!("--audit-log-path={}", d.join("audit.log").display()),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=blocking".into(),
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
             format!("--secure-port={}", self.apiserver_port),
             "--bind-address=127.0.0.1".into(),

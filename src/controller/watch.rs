@@ -83,7 +83,9 @@ impl Backoff for WatchBackoff {
 }
 
 /// The Secret metadata the owned-Secret store keeps: identity, version,
-/// owner references and the adopt annotation. Labels, other annotations and
+/// owner references, the adopt annotation and the source-hash annotation
+/// (which source a Secret was written from: a new leader recognises its
+/// predecessor's last writes by it). Labels, other annotations and
 /// managedFields are dropped (memory: at 10,000 Secrets the managedFields
 /// alone are several MiB).
 pub fn trim_secret_meta(m: &mut SecretMeta) {
@@ -92,7 +94,7 @@ pub fn trim_secret_meta(m: &mut SecretMeta) {
     md.managed_fields = None;
     md.labels = None;
     if let Some(a) = md.annotations.as_mut() {
-        a.retain(|k, _| k == ADOPT_ANNOTATION);
+        a.retain(|k, _| k == ADOPT_ANNOTATION || k == crate::secret::SOURCE_HASH_ANNOTATION);
     }
 }
 

@@ -25,8 +25,32 @@ use serde_json::Value;
 
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
+/// The `kmsecrets` binary cargo built for this test, or, for an example
+/// that includes this harness, `KMSECRETS_BIN` or the binary beside it in
+/// `target/<profile>/`.
 pub fn kmsecrets_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kmsecrets")
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_kmsecrets") {
+        return bin;
+    }
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(b) = std::env::var("KMSECRETS_BIN") {
+            return b;
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/examples/NAME → target/<profile>/kmsecrets
+        let bin = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("kmsecrets"))
+            .expect("target dir");
+        assert!(
+            bin.exists(),
+            "{} missing: cargo build --bin kmsecrets (same profile) first, or set KMSECRETS_BIN",
+            bin.display()
+        );
+        bin.display().to_string()
+    })
 }
 
 /// Fails (never skips) when kubectl is missing.
@@ -620,6 +644,24 @@ impl Controller {
         let (code, body) = self.http_get("/metrics");
         assert_eq!(code, 200, "/metrics: {body}");
         body
+    }
+
+    /// Like [`Self::metric`], `None` when the process does not answer (it
+    /// exited, or is being killed).
+    pub fn try_metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let addr = self.http?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let (head, body) = buf.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200")
+            .then(|| metric_sum(body, name, labels))
     }
 
     /// Sum of every sample of `name` whose labels include all of `labels`.

@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod cluster;
+pub mod faults;
 
 use std::path::PathBuf;
 

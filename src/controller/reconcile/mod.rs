@@ -10,7 +10,9 @@
 //!    owned-Secret store; a GET only before its first list, while it lags
 //!    our own write, or while a conflict is polled) [`ownership`]
 //! 3. `in_sync` — source hash + Secret resourceVersion unchanged since our
-//!    last write → nothing to do [`ownership`]
+//!    last write → nothing to do; `written_before` — the Secret was written
+//!    from this source (its annotation) and nobody else wrote its data
+//!    since → record it, no decrypt, no write (a failover) [`ownership`]
 //! 4. `unwrap_and_decrypt` — the DEK through the KMS layer, then every
 //!    value (async edge; [`resource::open_resource`]) [`decrypt`]
 //! 5. `build` — the Secret object; templates rendered off the runtime
@@ -307,6 +309,7 @@ async fn pipeline(t: &Target<'_>, ctx: &Context) -> Done {
     stage!(admit(t, ctx));
     let current = stage!(ownership(t, ctx).await);
     let hash = stage!(in_sync(t, ctx, current.as_ref()));
+    let hash = stage!(written_before(t, current.as_ref(), hash).await);
     let opened = stage!(unwrap_and_decrypt(t, ctx).await);
     let secret = stage!(build(t.es, &opened, &hash, &ctx.state).await);
     let key_id = opened.key_id.clone();

@@ -171,6 +171,64 @@ pub(super) fn in_sync(
     ControlFlow::Continue(hash)
 }
 
+/// 3b. The status may not record the last write (the leader that made it
+///    died before its status write, or that write failed): the Secret's own
+///    `kmsecrets.dev/source-hash` annotation says which source it was
+///    written from. When that is this source and no other field manager has
+///    written its `data`, `stringData` or `type` since (managedFields, one
+///    metadata GET), the Secret holds what this reconcile would write:
+///    record it in status instead of decrypting and applying again — after
+///    a failover the new leader neither unwraps nor rewrites what its
+///    predecessor finished. Not taken with rolloutRestartTargets (a restart
+///    may still be owed for that write).
+pub(super) async fn written_before(
+    t: &Target<'_>,
+    current: Option<&SecretMeta>,
+    hash: String,
+) -> Stage<String> {
+    let from_this_source = |m: &ObjectMeta| {
+        m.annotations
+            .as_ref()
+            .and_then(|a| a.get(secret::SOURCE_HASH_ANNOTATION))
+            == Some(&hash)
+    };
+    let Some(meta) = current else {
+        return ControlFlow::Continue(hash);
+    };
+    if !from_this_source(&meta.metadata) || !t.es.spec.rollout_restart_targets.is_empty() {
+        return ControlFlow::Continue(hash);
+    }
+    // the store keeps no managedFields: read them (any failure: the normal path)
+    let Ok(Some(full)) = t.secrets.get_metadata_opt(&t.name).await else {
+        return ControlFlow::Continue(hash);
+    };
+    let m = &full.metadata;
+    let foreign = m.managed_fields.iter().flatten().any(|f| {
+        f.manager.as_deref() != Some(FIELD_MANAGER)
+            && f.fields_v1.as_ref().is_some_and(|v| {
+                ["f:data", "f:stringData", "f:type"]
+                    .iter()
+                    .any(|k| v.0.get(k).is_some())
+            })
+    });
+    if foreign || !from_this_source(m) || m.resource_version != meta.metadata.resource_version {
+        return ControlFlow::Continue(hash);
+    }
+    debug!(name = %t.name, namespace = %t.ns, "Secret already written from this source; recording it");
+    let sync = SyncInfo {
+        hash,
+        secret_rv: m.resource_version.clone(),
+        key_id: t.es.status.as_ref().and_then(|s| s.key_id.clone()),
+        content_changed_at: None,
+        restarted: None,
+    };
+    stop(
+        Outcome::synced(&t.name),
+        Report::Status(Some(sync)),
+        Next::Resync,
+    )
+}
+
 pub(super) async fn set_finalizer<K>(
     api: &Api<K>,
     meta: &ObjectMeta,
