@@ -236,6 +236,28 @@ impl Drop for SaController {
     }
 }
 
+/// The release namespace with the local key's Secret; the values every
+/// chart install here sets to use it.
+async fn release_prereqs(c: &Cluster) -> [&'static str; 4] {
+    create_ns(c, RELEASE_NS).await;
+    c.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "kmsecrets-local-key",
+        "-n",
+        RELEASE_NS,
+        &format!("--from-file=local.key={}", c.key.display()),
+    ])
+    .await;
+    [
+        "--set",
+        "localKey.enabled=true",
+        "--set",
+        "localKey.existingSecret=kmsecrets-local-key",
+    ]
+}
+
 async fn create_ns(c: &Cluster, ns: &str) {
     c.kubectl(&["create", "namespace", ns]).await;
 }
@@ -288,23 +310,7 @@ async fn helm_install_rbac_upgrade_uninstall_on_the_real_apiserver() {
         "{lint}"
     );
 
-    create_ns(&c, RELEASE_NS).await;
-    c.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "kmsecrets-local-key",
-        "-n",
-        RELEASE_NS,
-        &format!("--from-file=local.key={}", c.key.display()),
-    ])
-    .await;
-    let base = [
-        "--set",
-        "localKey.enabled=true",
-        "--set",
-        "localKey.existingSecret=kmsecrets-local-key",
-    ];
+    let base = release_prereqs(&c).await;
     let mut install = vec!["install", "kmsecrets", "charts/kmsecrets", "-n", RELEASE_NS];
     install.extend(base);
     let out = helm_ok(&c, &install);
@@ -1699,23 +1705,7 @@ async fn helm_upgrade_and_rollback_with_live_resources_rewrite_no_secret() {
         .to_string();
     assert!(old_tgz.ends_with(".tgz"), "{out}");
 
-    create_ns(&c, RELEASE_NS).await;
-    c.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "kmsecrets-local-key",
-        "-n",
-        RELEASE_NS,
-        &format!("--from-file=local.key={}", c.key.display()),
-    ])
-    .await;
-    let base = [
-        "--set",
-        "localKey.enabled=true",
-        "--set",
-        "localKey.existingSecret=kmsecrets-local-key",
-    ];
+    let base = release_prereqs(&c).await;
     let mut install = vec!["install", "kmsecrets", old_tgz.as_str(), "-n", RELEASE_NS];
     install.extend(base);
     helm_ok(&c, &install);

@@ -276,11 +276,7 @@ fn apply_rule(rule: &Rule, a: &mut EncryptArgs, key_args: &mut Vec<KeyArg>) -> C
                 "--key {} contradicts {}, which wraps with {}; drop --key to use the rule's keys, or change the rule",
                 a.keys.join(" --key "),
                 rule.describe(),
-                rule.keys
-                    .iter()
-                    .map(|k| k.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                rule.key_list()
             )));
         }
     }

@@ -273,11 +273,7 @@ fn rule_plan(files: &[PathBuf]) -> CliResult<(Vec<KeyArg>, Vec<Result<Vec<usize>
                     eprintln!(
                         "--rewrap without --key: files under {} move to {}",
                         rule.describe(),
-                        rule.keys
-                            .iter()
-                            .map(|k| k.text.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        rule.key_list()
                     );
                 }
                 plan.push(Ok(ix));

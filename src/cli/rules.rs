@@ -181,6 +181,15 @@ impl Rule {
         out
     }
 
+    /// The keys as written: "K1, K2".
+    pub fn key_list(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| k.text.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn type_allowed(&self, ty: &str) -> bool {
         self.allowed_types.is_empty() || self.allowed_types.iter().any(|t| t == ty)
     }
