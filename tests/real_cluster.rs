@@ -635,16 +635,7 @@ async fn crd_validation_is_enforced_by_the_apiserver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_key_states_through_local_kms() {
     let c = Cluster::start_on(Backend::Real).await;
-    let kms = LocalKms::start();
-    let sdk = common::sdk_client(&kms.url()).await;
-    let key = sdk
-        .create_key()
-        .send()
-        .await
-        .expect("CreateKey on local-kms")
-        .key_metadata
-        .unwrap();
-    let (key_id, arn) = (key.key_id.clone(), key.arn.clone().unwrap());
+    let (kms, sdk, key_id, arn) = local_kms_key().await;
     let env = aws_test_env();
     let url = kms.url();
     // A disabled key is a permanent error, retried every
@@ -742,6 +733,21 @@ async fn kms_key_states_through_local_kms() {
 }
 
 /// Disable the key, or schedule its deletion (7 days, the minimum).
+/// local-kms with one symmetric key: (server, SDK client, key id, ARN).
+async fn local_kms_key() -> (LocalKms, aws_sdk_kms::Client, String, String) {
+    let kms = LocalKms::start();
+    let sdk = common::sdk_client(&kms.url()).await;
+    let key = sdk
+        .create_key()
+        .send()
+        .await
+        .expect("CreateKey on local-kms")
+        .key_metadata
+        .unwrap();
+    let (key_id, arn) = (key.key_id.clone(), key.arn.clone().unwrap());
+    (kms, sdk, key_id, arn)
+}
+
 async fn put_in_state(sdk: &aws_sdk_kms::Client, key_id: &str, state: &str) {
     if state == "disabled" {
         sdk.disable_key().key_id(key_id).send().await.unwrap();
@@ -1432,16 +1438,7 @@ fn health_of(obj: &Value) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argo_cd_health_kstatus_and_kubectl_wait_read_what_the_controller_wrote() {
     let c = Cluster::start_on(Backend::Real).await;
-    let kms = LocalKms::start();
-    let sdk = common::sdk_client(&kms.url()).await;
-    let key = sdk
-        .create_key()
-        .send()
-        .await
-        .expect("CreateKey on local-kms")
-        .key_metadata
-        .unwrap();
-    let (key_id, arn) = (key.key_id.clone(), key.arn.clone().unwrap());
+    let (kms, sdk, key_id, arn) = local_kms_key().await;
     let env = aws_test_env();
     let url = kms.url();
     let get = async |name: &str| json_of(&c, &["get", "esec", name, "-n", "default"]).await;

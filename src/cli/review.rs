@@ -28,8 +28,12 @@ use crate::resource::Plaintext;
 
 #[derive(Args, Debug)]
 pub struct TextconvArgs {
-    /// An EncryptedSecret manifest (multi-document; - for stdin)
-    pub file: String,
+    /// An EncryptedSecret manifest (multi-document; - for stdin); git passes the path here
+    #[arg(required_unless_present = "filename", conflicts_with = "filename")]
+    pub file: Option<String>,
+    /// The same as FILE
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub filename: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -114,8 +118,12 @@ pub fn redacted(id: &str, es: &EncryptedSecret) -> String {
 }
 
 pub fn textconv(a: TextconvArgs) -> CliResult {
+    let file = a
+        .file
+        .or(a.filename)
+        .ok_or_else(|| msg("textconv needs FILE"))?;
     let mut out = String::new();
-    for (id, es) in resources(&a.file)? {
+    for (id, es) in resources(&file)? {
         out.push_str(&redacted(&id, &es));
     }
     super::out(out)
