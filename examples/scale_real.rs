@@ -7,7 +7,19 @@
 //! cargo run --release --example scale_real -- 2000 200 100 real   # one backend only (real | memory)
 //! SCALE_CONTROLLER_ARGS="--concurrency 16" cargo run --release --example scale_real  # non-default flags
 //! SCALE_PERF=/tmp/perf.data cargo run --release --example scale_real  # also `perf record` the controller
+//! cargo run --release --example scale_real -- 100000 100000 0 real local  # local key, no KMS
+//! SCALE_STEADY=200 SCALE_CONTROLLER_ARGS="--resync-interval 2m" \
+//!   cargo run --release --example scale_real -- 100000 10000 100 real  # + a steady-state window
 //! ```
+//!
+//! The fifth argument picks the key: `aws` (default: moto behind the quota
+//! proxy) or `local` (`--local-key`; DEKS templates sealed to a local key,
+//! no KMS, no quota: the bound is the write bound alone). SCALE_STEADY=S
+//! keeps watching S seconds after convergence and prints what the
+//! controller did meanwhile (with a short `--resync-interval`, a full
+//! resync of everything): reconciles, API writes (from the real apiserver's
+//! `apiserver_request_total`), KMS requests, controller CPU. For 100,000
+//! resources raise etcd's quota: KMSECRETS_ETCD_QUOTA_BYTES=8589934592.
 //!
 //! Workload: RESOURCES EncryptedSecrets over DEKS data keys (AWS provider,
 //! moto as KMS, `--scope namespace` templates copied under many names)
@@ -55,6 +67,7 @@ struct Params {
     resources: usize,
     deks: usize,
     quota: f64,
+    local: bool,
 }
 
 struct Row {
@@ -84,7 +97,7 @@ async fn moto_key(url: &str) -> String {
 
 /// DEKS templates: one `kmsecrets encrypt` of a DEKS-document stream (each
 /// document gets its own data key).
-fn templates(bin: &Path, dir: &Path, moto: &str, key: &str, deks: usize) -> Vec<EncryptedSecret> {
+fn templates(bin: &Path, dir: &Path, kms: &[&str], deks: usize) -> Vec<EncryptedSecret> {
     let mut src = String::new();
     for i in 0..deks {
         src.push_str(&format!(
@@ -94,15 +107,9 @@ fn templates(bin: &Path, dir: &Path, moto: &str, key: &str, deks: usize) -> Vec<
     let file = dir.join("templates.yaml");
     std::fs::write(&file, src).unwrap();
     let out = Command::new(bin)
-        .args([
-            "encrypt",
-            "--key",
-            key,
-            "--kms-endpoint",
-            moto,
-            "--scope",
-            "namespace",
-        ])
+        .arg("encrypt")
+        .args(kms)
+        .args(["--scope", "namespace"])
         .args(["-o", "json", "-f"])
         .arg(&file)
         .envs(aws::aws_test_env())
@@ -366,16 +373,52 @@ impl Counts {
     }
 }
 
+/// API write requests (create, update, patch, apply, delete) so far.
+async fn api_writes(cp: Option<&ControlPlane>) -> Option<u64> {
+    let counts = cp?.request_counts().await.ok()?;
+    Some(
+        counts
+            .iter()
+            .filter(|((verb, _), _)| {
+                matches!(
+                    verb.as_str(),
+                    "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
+                )
+            })
+            .map(|(_, n)| n)
+            .sum(),
+    )
+}
+
 async fn run_backend(
     backend: &'static str,
     kubeconfig: &Path,
+    cp: Option<&ControlPlane>,
     bin: &Path,
     dir: &Path,
     p: &Params,
 ) -> Row {
-    let moto = Moto::start();
-    let key = moto_key(&moto.url()).await;
-    let proxy = KmsProxy::start(moto.port);
+    // AWS: moto behind the quota proxy; local: a key file, no KMS
+    let (_moto, proxy, key) = if p.local {
+        let key = dir.join("local.key");
+        if !key.exists() {
+            let st = Command::new(bin).arg("keygen").arg(&key).status().unwrap();
+            assert!(st.success(), "kmsecrets keygen");
+        }
+        (None, None, format!("file:{}", key.display()))
+    } else {
+        let moto = Moto::start();
+        let key = moto_key(&moto.url()).await;
+        let proxy = KmsProxy::start(moto.port);
+        (Some(moto), Some(proxy), key)
+    };
+    let kms_args: Vec<String> = match &proxy {
+        Some(proxy) => vec!["--kms-endpoint".into(), proxy.url()],
+        None => vec![
+            "--local-key".into(),
+            key.trim_start_matches("file:").to_string(),
+        ],
+    };
     let client = kmsecrets_envtest::client_for(kubeconfig).await.unwrap();
 
     let crd = Command::new(bin).arg("crd").output().unwrap();
@@ -403,7 +446,13 @@ async fn run_backend(
         .await;
 
     let t = Instant::now();
-    let tpl = templates(bin, dir, &moto.url(), &key, p.deks);
+    // encrypt straight at the KMS peer (no quota)
+    let mut enc_args = vec!["--key", key.as_str()];
+    let moto_url = _moto.as_ref().map(|m| m.url());
+    if let Some(u) = &moto_url {
+        enc_args.extend(["--kms-endpoint", u.as_str()]);
+    }
+    let tpl = templates(bin, dir, &enc_args, p.deks);
     eprintln!(
         "[{backend}] encrypted {} templates in {:.1?}",
         tpl.len(),
@@ -436,11 +485,18 @@ async fn run_backend(
         "[{backend}] plain-client controller write mix (create Secret + merge-patch status): {rate:.0} writes/s over {n_writes} pairs"
     );
 
-    let peer_rate = kms_rate(&proxy.url(), &key, 300).await;
-    eprintln!("[{backend}] KMS peer alone: {peer_rate:.0} Decrypts/s (concurrency 16, no quota)");
-
-    proxy.set_quota(Some(p.quota));
-    let (dec0, thr0) = (proxy.decrypts(), proxy.injected());
+    let peer_rate = match &proxy {
+        Some(proxy) => {
+            let r = kms_rate(&proxy.url(), &key, 300).await;
+            eprintln!("[{backend}] KMS peer alone: {r:.0} Decrypts/s (concurrency 16, no quota)");
+            proxy.set_quota(Some(p.quota));
+            r
+        }
+        None => f64::INFINITY,
+    };
+    let decrypts_now = || proxy.as_ref().map_or(0, |p| p.decrypts());
+    let throttled_now = || proxy.as_ref().map_or(0, |p| p.injected());
+    let (dec0, thr0) = (decrypts_now(), throttled_now());
     let counts = Counts::watch(&client).await;
     let log = dir.join(format!("controller-{backend}.log"));
     let file = std::fs::File::create(&log).unwrap();
@@ -456,7 +512,7 @@ async fn run_backend(
             "--log-format",
             "json",
         ])
-        .args(["--kms-endpoint", &proxy.url()])
+        .args(&kms_args)
         // extra controller flags for experiments (the table is for defaults)
         .args(
             std::env::var("SCALE_CONTROLLER_ARGS")
@@ -498,7 +554,7 @@ async fn run_backend(
             eprintln!(
                 "[{backend}] {:>5.1} s: {n} Secrets, {ready} Ready, {} Decrypts, controller RSS {} MiB (anon {}, file {})",
                 started.elapsed().as_secs_f64(),
-                proxy.decrypts() - dec0,
+                decrypts_now() - dec0,
                 support::proc_status_kib(ctl.child.id(), "VmRSS:") / 1024,
                 support::proc_status_kib(ctl.child.id(), "RssAnon:") / 1024,
                 support::proc_status_kib(ctl.child.id(), "RssFile:") / 1024,
@@ -518,8 +574,8 @@ async fn run_backend(
     let m = metrics(addr);
     let cpu = ctl.cpu_seconds();
     let rss = ctl.peak_rss_kib() as f64 / 1024.0;
-    let decrypts = proxy.decrypts() - dec0;
-    let throttled = proxy.injected() - thr0;
+    let decrypts = decrypts_now() - dec0;
+    let throttled = throttled_now() - thr0;
     let ctl_decrypts = metric(
         &m,
         "kmsecrets_kms_requests_total",
@@ -544,6 +600,30 @@ async fn run_backend(
     eprintln!(
         "[{backend}] converged: Secrets {present:.1?}, Ready {all_ready:.1?}; proxy Decrypts {decrypts}, throttled {throttled}; controller counted {ctl_decrypts} successful decrypts"
     );
+    // SCALE_STEADY=S: what a quiet controller does for S seconds
+    if let Some(secs) = std::env::var("SCALE_STEADY")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let (cpu0, rec0) = (ctl.cpu_seconds(), reconciles);
+        let (w0, d0) = (api_writes(cp).await, decrypts_now());
+        let kms0 = metric(&metrics(addr), "kmsecrets_kms_requests_total", &[]);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let m = metrics(addr);
+        let writes = match (w0, api_writes(cp).await) {
+            (Some(a), Some(b)) => format!("{}", b - a),
+            _ => "n/a (in-memory server)".into(),
+        };
+        eprintln!(
+            "[{backend}] steady state over {secs} s: {} reconciles, {writes} API writes, {} KMS requests \
+             (controller's count; {} Decrypts at the proxy), controller CPU {:.2} s, RSS {} MiB",
+            metric(&m, "kmsecrets_reconcile_total", &[]) - rec0,
+            metric(&m, "kmsecrets_kms_requests_total", &[]) - kms0,
+            decrypts_now() - d0,
+            ctl.cpu_seconds() - cpu0,
+            support::proc_status_kib(ctl.child.id(), "VmRSS:") / 1024,
+        );
+    }
     if let Some(mut perf) = perf {
         // SIGINT lets perf write its data file
         let _ = Command::new("kill")
@@ -553,7 +633,12 @@ async fn run_backend(
     }
     drop(ctl);
     let writes_needed = 2.0 * p.resources as f64;
-    let bound = (p.deks as f64 / p.quota.min(peer_rate)).max(writes_needed / rate);
+    let kms_bound = if p.local {
+        0.0
+    } else {
+        p.deks as f64 / p.quota.min(peer_rate)
+    };
+    let bound = kms_bound.max(writes_needed / rate);
     Row {
         backend,
         write_rate: rate,
@@ -588,6 +673,11 @@ async fn main() {
         resources: num(0, 10_000.0) as usize,
         deks: num(1, 1_000.0) as usize,
         quota: num(2, 100.0),
+        local: match args.get(4).map(String::as_str) {
+            None | Some("aws") => false,
+            Some("local") => true,
+            Some(o) => panic!("fifth argument: aws | local, not {o}"),
+        },
     };
     let only = args.get(3).cloned();
     let bin = kmsecrets_bin();
@@ -599,7 +689,7 @@ async fn main() {
         eprintln!("[real] control plane ready in {:.1?}", cp.start_time);
         let kc = kubeconfig_of(dir.path(), "real");
         std::fs::copy(cp.kubeconfig(), &kc).unwrap();
-        rows.push(run_backend("real", &kc, &bin, dir.path(), &p).await);
+        rows.push(run_backend("real", &kc, Some(&cp), &bin, dir.path(), &p).await);
         let apiserver_cpu = cp
             .pid("kube-apiserver")
             .map(support::cpu_seconds)
@@ -613,7 +703,7 @@ async fn main() {
         let server = TestServer::start("127.0.0.1:0").await.unwrap();
         let kc = kubeconfig_of(dir.path(), "memory");
         server.write_kubeconfig(&kc).unwrap();
-        rows.push(run_backend("memory", &kc, &bin, dir.path(), &p).await);
+        rows.push(run_backend("memory", &kc, None, &bin, dir.path(), &p).await);
         server.shutdown().await;
     }
 
@@ -622,9 +712,14 @@ async fn main() {
     } else {
         "release"
     };
+    let kms = if p.local {
+        "local key (no KMS)".to_string()
+    } else {
+        format!("KMS quota {}/s (moto behind a throttling proxy)", p.quota)
+    };
     println!(
-        "== scale: {} EncryptedSecrets over {} DEKs, KMS quota {}/s (moto behind a throttling proxy), {profile} controller, default flags, cold start ==",
-        p.resources, p.deks, p.quota
+        "== scale: {} EncryptedSecrets over {} DEKs, {kms}, {profile} controller, default flags, cold start ==",
+        p.resources, p.deks
     );
     println!(
         "| backend | SSA writes/s (plain client) | write mix/s (plain client) | KMS peer Decrypts/s | bound s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"

@@ -481,6 +481,12 @@ users:
             "--log-level=warn".to_string(),
         ]
         .into();
+        // large benchmarks (100,000 resources and their Secrets) outgrow
+        // etcd's default 2 GiB backend quota
+        let mut args = args;
+        if let Ok(q) = std::env::var("KMSECRETS_ETCD_QUOTA_BYTES") {
+            args.push(format!("--quota-backend-bytes={q}"));
+        }
         let log = self.dir.path().join("etcd.log");
         let mut p = Proc::spawn("etcd", &tool("etcd"), &args, &[], &log)?;
         let start = Instant::now();

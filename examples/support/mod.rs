@@ -32,6 +32,47 @@ pub fn kmsecrets_bin() -> PathBuf {
     bin
 }
 
+/// The binary the container image ships (Dockerfile: release,
+/// `--no-default-features --features jemalloc`), built into target/image;
+/// `KMSECRETS_BIN` overrides it.
+pub fn image_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KMSECRETS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/image");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!(
+        "building the image's kmsecrets (release, --no-default-features --features jemalloc) into {}",
+        target.display()
+    );
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--locked",
+            "--no-default-features",
+        ])
+        .args([
+            "--features",
+            "jemalloc",
+            "--bin",
+            "kmsecrets",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("run cargo build --bin kmsecrets");
+    assert!(
+        status.success(),
+        "cargo build of the image's kmsecrets failed"
+    );
+    target.join("release/kmsecrets")
+}
+
 pub fn run(bin: &Path, args: &[&str]) -> String {
     let out = Command::new(bin)
         .args(args)
