@@ -63,7 +63,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kmsecrets_envtest::ControlPlane;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::core::{GroupVersionKind, PartialObjectMeta};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::Controller;
@@ -316,28 +316,34 @@ impl Inputs {
                 .status()
                 .unwrap();
             assert!(st.success(), "kmsecrets keygen");
-            // JSON is YAML: one flow document per Secret
-            let yaml: String = std::fs::read_to_string(self.secrets_jsonl())
+            // JSON is YAML: one flow document per Secret, 1,000 per file
+            // (encrypt reads at most 1,024 documents from one file)
+            let lines: Vec<String> = std::fs::read_to_string(self.secrets_jsonl())
                 .unwrap()
                 .lines()
                 .map(|l| format!("---\n{l}\n"))
                 .collect();
-            let src = self.dir.join("secrets.yaml");
-            std::fs::write(&src, yaml).unwrap();
             let t = Instant::now();
-            let o = Command::new(bin)
-                .args(["encrypt", "--key"])
-                .arg(format!("file:{}", key.display()))
-                .args(["-o", "json", "-f"])
-                .arg(&src)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "kmsecrets encrypt: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            std::fs::write(&out, &o.stdout).unwrap();
+            let mut all = Vec::new();
+            for (c, chunk) in lines.chunks(1000).enumerate() {
+                let src = self.dir.join(format!("secrets-{c}.yaml"));
+                std::fs::write(&src, chunk.concat()).unwrap();
+                let o = Command::new(bin)
+                    .args(["encrypt", "--key"])
+                    .arg(format!("file:{}", key.display()))
+                    .args(["-o", "json", "-f"])
+                    .arg(&src)
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "kmsecrets encrypt: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                all.extend_from_slice(&o.stdout);
+                all.push(b'\n');
+            }
+            std::fs::write(&out, &all).unwrap();
             eprintln!(
                 "[inputs] kmsecrets encrypt of {} Secrets: {:.1?}",
                 self.n,
@@ -415,10 +421,20 @@ impl Inputs {
 
 /// Secrets present in the bench namespaces and resources Ready, kept by
 /// two watches started before the controller.
-#[derive(Clone, Default)]
+/// Both watches stop when this is dropped.
+#[derive(Default)]
 struct Counts {
     secrets: Arc<AtomicUsize>,
     ready: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Counts {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 fn condition_true(o: &DynamicObject, cond: &str) -> bool {
@@ -430,18 +446,19 @@ fn condition_true(o: &DynamicObject, cond: &str) -> bool {
 
 impl Counts {
     async fn watch(client: &Client, ar: &ApiResource, cond: &'static str) -> Counts {
-        let c = Counts::default();
+        let mut c = Counts::default();
         let (tx, mut listed) = tokio::sync::mpsc::channel::<()>(2);
         let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
         let (n, t) = (c.secrets.clone(), tx.clone());
-        tokio::spawn(async move {
+        c.tasks.push(tokio::spawn(async move {
             let mut seen = HashSet::new();
             let key = |o: &PartialObjectMeta<Secret>| {
                 let ns = o.metadata.namespace.clone().unwrap_or_default();
                 ns.starts_with("bench-")
                     .then(|| (ns, o.metadata.name.clone().unwrap_or_default()))
             };
-            let mut w = std::pin::pin!(watcher(secrets, watcher::Config::default()));
+            let mut w =
+                std::pin::pin!(watcher(secrets, watcher::Config::default()).default_backoff());
             while let Some(ev) = w.next().await {
                 match ev {
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -461,12 +478,12 @@ impl Counts {
                 }
                 n.store(seen.len(), Ordering::SeqCst);
             }
-        });
+        }));
         let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
         let (n, t) = (c.ready.clone(), tx);
-        tokio::spawn(async move {
+        c.tasks.push(tokio::spawn(async move {
             let mut ready = HashSet::new();
-            let mut w = std::pin::pin!(watcher(api, watcher::Config::default()));
+            let mut w = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
             while let Some(ev) = w.next().await {
                 match ev {
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -487,7 +504,7 @@ impl Counts {
                 }
                 n.store(ready.len(), Ordering::SeqCst);
             }
-        });
+        }));
         for _ in 0..2 {
             listed.recv().await.expect("count watches listed");
         }
@@ -749,10 +766,30 @@ async fn run(c: &Contender, inputs: &Inputs, peers: Option<&Peers>, bin: &Path) 
     }
     let cpu = ctl.cpu_seconds();
     let rss_mib = ctl.peak_rss_kib() as f64 / 1024.0;
+    let pid = ctl.child.id();
+    eprintln!(
+        "[{label}] at the end: RSS {} KiB = anonymous {} + file {} KiB; peak {} KiB; {} threads",
+        support::proc_status_kib(pid, "VmRSS:"),
+        support::proc_status_kib(pid, "RssAnon:"),
+        support::proc_status_kib(pid, "RssFile:"),
+        support::proc_status_kib(pid, "VmHWM:"),
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .unwrap_or("?")
+            .trim(),
+    );
+    if let Ok(hold) = std::env::var("PEERS_HOLD") {
+        // diagnostics: keep the converged controller running (pid printed)
+        eprintln!("[{label}] holding pid {pid} for {hold} s");
+        tokio::time::sleep(Duration::from_secs(hold.parse().unwrap())).await;
+    }
     let apiserver_cpu = support::cpu_seconds(cp.pid("kube-apiserver").unwrap()) - api0;
     let etcd_cpu = support::cpu_seconds(cp.pid("etcd").unwrap()) - etcd0;
     let requests = sum_requests(&cp.request_counts().await.unwrap()) - req0;
     drop(ctl);
+    drop(counts);
     let content = content_check(&client, n).await;
     eprintln!(
         "[{label}] Secrets {present:?} s, ready {ready:?} s, CPU {cpu:.1} s, peak RSS {rss_mib:.1} MiB, \

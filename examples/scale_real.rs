@@ -98,40 +98,46 @@ async fn moto_key(url: &str) -> String {
 /// DEKS templates: one `kmsecrets encrypt` of a DEKS-document stream (each
 /// document gets its own data key).
 fn templates(bin: &Path, dir: &Path, kms: &[&str], deks: usize) -> Vec<EncryptedSecret> {
-    let mut src = String::new();
-    for i in 0..deks {
-        src.push_str(&format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: t{i}, namespace: {NS}}}\nstringData: {{password: value-{i}, username: bench}}\n"
-        ));
+    // encrypt reads at most 1,024 documents from one file: 1,000 per run
+    let mut all = Vec::with_capacity(deks);
+    for first in (0..deks).step_by(1000) {
+        let mut src = String::new();
+        for i in first..deks.min(first + 1000) {
+            src.push_str(&format!(
+                "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: t{i}, namespace: {NS}}}\nstringData: {{password: value-{i}, username: bench}}\n"
+            ));
+        }
+        let file = dir.join("templates.yaml");
+        std::fs::write(&file, src).unwrap();
+        let out = Command::new(bin)
+            .arg("encrypt")
+            .args(kms)
+            .args(["--scope", "namespace"])
+            .args(["-o", "json", "-f"])
+            .arg(&file)
+            .envs(aws::aws_test_env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "encrypt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        // JSON output of several documents: a List, or one object per line
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .or_else(|_| {
+                let items: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
+                    .into_iter::<serde_json::Value>()
+                    .collect::<Result<_, _>>()?;
+                Ok::<_, serde_json::Error>(serde_json::json!({"items": items}))
+            })
+            .unwrap();
+        let items = v.get("items").cloned().unwrap_or(serde_json::json!([v]));
+        let chunk: Vec<EncryptedSecret> = serde_json::from_value(items).unwrap();
+        all.extend(chunk);
     }
-    let file = dir.join("templates.yaml");
-    std::fs::write(&file, src).unwrap();
-    let out = Command::new(bin)
-        .arg("encrypt")
-        .args(kms)
-        .args(["--scope", "namespace"])
-        .args(["-o", "json", "-f"])
-        .arg(&file)
-        .envs(aws::aws_test_env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "encrypt: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    // JSON output of several documents: a List, or one object per line
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .or_else(|_| {
-            let items: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text)
-                .into_iter::<serde_json::Value>()
-                .collect::<Result<_, _>>()?;
-            Ok::<_, serde_json::Error>(serde_json::json!({"items": items}))
-        })
-        .unwrap();
-    let items = v.get("items").cloned().unwrap_or(serde_json::json!([v]));
-    serde_json::from_value(items).unwrap()
+    all
 }
 
 /// Server-side applies `n` Secrets at concurrency 8 into a scratch
