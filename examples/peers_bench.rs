@@ -519,6 +519,8 @@ struct Row {
     ready: Option<f64>,
     /// (Secrets present, resources Ready) when the run timed out.
     timed_out: Option<(usize, usize)>,
+    /// Why each crash of the controller happened (it was restarted).
+    restarts: Vec<String>,
     cpu: f64,
     rss_mib: f64,
     apiserver_cpu: f64,
@@ -724,6 +726,8 @@ async fn run(c: &Contender, inputs: &Inputs, peers: Option<&Peers>, bin: &Path) 
     let (mut present, mut ready, mut timed_out) = (None, None, None);
     let mut last = Instant::now();
     let mut ctl = ctl;
+    let (mut prior_cpu, mut prior_hwm, mut last_cpu, mut last_hwm) = (0.0, 0u64, 0.0, 0u64);
+    let mut restarts: Vec<String> = Vec::new();
     loop {
         let (s, r) = (
             counts.secrets.load(Ordering::SeqCst),
@@ -739,17 +743,31 @@ async fn run(c: &Contender, inputs: &Inputs, peers: Option<&Peers>, bin: &Path) 
         if present.is_some() && ready.is_some() {
             break;
         }
+        // what the process used so far (read before a crash reaps it)
+        let (c, h) = (ctl.cpu_seconds(), ctl.peak_rss_kib());
+        if c > 0.0 {
+            (last_cpu, last_hwm) = (c, h);
+        }
         if let Ok(Some(st)) = ctl.child.try_wait() {
-            panic!(
-                "[{label}] controller exited ({st}); log {}:\n{}",
-                ctl.log.display(),
-                ctl.logs()
-                    .lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            // restarted as a Deployment would restart it; the crash is
+            // reported in the row
+            let tail: Vec<String> = ctl.logs().lines().map(str::to_string).collect();
+            let why = tail
+                .iter()
+                .find(|l| l.starts_with("fatal error:") || l.starts_with("panic:"))
+                .cloned()
+                .unwrap_or_else(|| format!("{st}"));
+            eprintln!("[{label}] controller exited ({st}: {why}) at {el:.1} s; restarting it");
+            restarts.push(why);
+            prior_cpu += last_cpu;
+            prior_hwm = prior_hwm.max(last_hwm);
+            (last_cpu, last_hwm) = (0.0, 0);
+            let file = std::fs::OpenOptions::new().append(true).open(&ctl.log).unwrap();
+            ctl.child = cmd
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap();
         }
         if started.elapsed() > timeout {
             timed_out = Some((s, r));
@@ -764,8 +782,8 @@ async fn run(c: &Contender, inputs: &Inputs, peers: Option<&Peers>, bin: &Path) 
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let cpu = ctl.cpu_seconds();
-    let rss_mib = ctl.peak_rss_kib() as f64 / 1024.0;
+    let cpu = prior_cpu + ctl.cpu_seconds();
+    let rss_mib = prior_hwm.max(ctl.peak_rss_kib()) as f64 / 1024.0;
     let pid = ctl.child.id();
     eprintln!(
         "[{label}] at the end: RSS {} KiB = anonymous {} + file {} KiB; peak {} KiB; {} threads",
@@ -801,6 +819,7 @@ async fn run(c: &Contender, inputs: &Inputs, peers: Option<&Peers>, bin: &Path) 
         present,
         ready,
         timed_out,
+        restarts,
         cpu,
         rss_mib,
         apiserver_cpu,
@@ -864,6 +883,15 @@ async fn main() {
         let label = match r.timed_out {
             Some((s, rd)) => format!("{} (timed out: {s}/{} present, {rd} ready)", r.label, r.n),
             None => r.label.clone(),
+        };
+        let label = if r.restarts.is_empty() {
+            label
+        } else {
+            format!(
+                "{label} (crashed and restarted {}×: {})",
+                r.restarts.len(),
+                r.restarts[0]
+            )
         };
         println!(
             "| {label} | {} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} |",

@@ -379,21 +379,38 @@ impl Counts {
     }
 }
 
-/// API write requests (create, update, patch, apply, delete) so far.
-async fn api_writes(cp: Option<&ControlPlane>) -> Option<u64> {
+/// API write requests (create, update, patch, apply, delete) so far, by
+/// (verb, resource), summed over every client of the real apiserver.
+async fn api_writes(cp: Option<&ControlPlane>) -> Option<Vec<((String, String), u64)>> {
     let counts = cp?.request_counts().await.ok()?;
     Some(
         counts
-            .iter()
+            .into_iter()
             .filter(|((verb, _), _)| {
                 matches!(
                     verb.as_str(),
                     "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
                 )
             })
-            .map(|(_, n)| n)
-            .sum(),
+            .collect(),
     )
+}
+
+/// The writes between two [`api_writes`] snapshots: "N (verb resource: n, …)".
+fn writes_between(
+    a: &[((String, String), u64)],
+    b: &[((String, String), u64)],
+) -> String {
+    let before: std::collections::HashMap<_, _> = a.iter().cloned().collect();
+    let parts: Vec<String> = b
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| format!("{} {}: {d}", k.0, k.1))
+        })
+        .collect();
+    let total: u64 = b.iter().map(|(_, n)| n).sum::<u64>() - a.iter().map(|(_, n)| n).sum::<u64>();
+    format!("{total} ({})", parts.join(", "))
 }
 
 async fn run_backend(
@@ -617,7 +634,7 @@ async fn run_backend(
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let m = metrics(addr);
         let writes = match (w0, api_writes(cp).await) {
-            (Some(a), Some(b)) => format!("{}", b - a),
+            (Some(a), Some(b)) => writes_between(&a, &b),
             _ => "n/a (in-memory server)".into(),
         };
         eprintln!(
