@@ -762,7 +762,10 @@ async fn run(c: &Contender, inputs: &Inputs, peers: Option<&Peers>, bin: &Path) 
             prior_cpu += last_cpu;
             prior_hwm = prior_hwm.max(last_hwm);
             (last_cpu, last_hwm) = (0.0, 0);
-            let file = std::fs::OpenOptions::new().append(true).open(&ctl.log).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&ctl.log)
+                .unwrap();
             ctl.child = cmd
                 .stdout(file.try_clone().unwrap())
                 .stderr(file)

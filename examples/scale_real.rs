@@ -397,10 +397,7 @@ async fn api_writes(cp: Option<&ControlPlane>) -> Option<Vec<((String, String), 
 }
 
 /// The writes between two [`api_writes`] snapshots: "N (verb resource: n, …)".
-fn writes_between(
-    a: &[((String, String), u64)],
-    b: &[((String, String), u64)],
-) -> String {
+fn writes_between(a: &[((String, String), u64)], b: &[((String, String), u64)]) -> String {
     let before: std::collections::HashMap<_, _> = a.iter().cloned().collect();
     let parts: Vec<String> = b
         .iter()
