@@ -8,6 +8,7 @@
 //! - [`fairness`]: namespace slots and parked reconciles;
 //! - [`watch`]: the watches, the relist repair, trims, backoff;
 //! - [`leader`]: leader election;
+//! - [`resync`]: the periodic resync, one sweep instead of a timer per object;
 //! - [`reconcile`]: the pipeline, one file per stage group;
 //! - [`status`]: the conditions (pure); the Secret itself is built by
 //!   [`crate::secret`] (pure, shared with the CLI);
@@ -23,6 +24,7 @@ pub mod fairness;
 pub mod keys;
 pub mod leader;
 pub mod reconcile;
+pub mod resync;
 pub mod state;
 pub mod status;
 pub mod watch;
@@ -46,7 +48,7 @@ use crate::sync::stopped;
 
 pub use leader::LeaderElection;
 pub use state::State;
-pub use watch::{SecretMeta, owned_secrets, trim_secret_meta, trim_watched};
+pub use watch::{SecretMeta, owned_secrets, trim_watched};
 
 use crate::kms::regions::RegionPolicy;
 use reconcile::Context;
@@ -366,6 +368,12 @@ async fn run_controllers(state: Arc<State>, shutdown: channel::Receiver<bool>) {
             shutdown.clone(),
         );
     }
+    resync::spawn(
+        stores.clone(),
+        ctxs.clone(),
+        state.cfg.resync_interval,
+        shutdown.clone(),
+    );
     spawn_housekeeping(stores, ctxs, state.clone(), shutdown);
     futures::future::join_all(runs).await;
 }

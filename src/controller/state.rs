@@ -136,10 +136,6 @@ impl State {
         jittered(self.cfg.slow_retry.min(Duration::from_secs(30)))
     }
 
-    pub fn resync(&self) -> Duration {
-        jittered(self.cfg.resync_interval)
-    }
-
     pub fn remember_write(&self, uid: &str, hash: &str, rv: &str) {
         let w = Written {
             hash: hash.into(),

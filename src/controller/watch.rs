@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
@@ -21,9 +22,83 @@ use crate::api::ADOPT_ANNOTATION;
 use crate::backoff::backoff_delay;
 use crate::secret;
 
-/// A materialised Secret as the owned-Secret store holds it: metadata only
-/// (no values), trimmed to what reconcile reads (see [`trim_secret_meta`]).
-pub type SecretMeta = PartialObjectMeta<Secret>;
+/// A materialised Secret as the owned-Secret store holds it: from a
+/// metadata-only watch (no values), trimmed to what reconcile reads —
+/// identity, version, the controller owner reference — with the two
+/// annotations reconcile reads kept as fields of their own
+/// ([`SecretMeta::from_meta`]).
+///
+/// Why not the annotations map: a `BTreeMap` allocates a whole node for
+/// even one entry (eleven key/value slots, over 500 bytes), so at 100,000
+/// Secrets the one source-hash annotation cost ~50 MiB of map nodes.
+#[derive(Clone, Debug, Default)]
+pub struct SecretMeta {
+    /// Name, namespace, uid, resourceVersion and the controller owner
+    /// reference only: no labels, annotations or managedFields.
+    pub metadata: ObjectMeta,
+    /// The `kmsecrets.dev/source-hash` annotation: which source the Secret
+    /// was written from (a new leader recognises its predecessor's last
+    /// writes by it).
+    pub source_hash: Option<Box<str>>,
+    /// The `kmsecrets.dev/adopt: "true"` annotation.
+    pub adopt: bool,
+}
+
+impl SecretMeta {
+    /// The trimmed record of a Secret's metadata (see the type's docs).
+    pub fn from_meta(m: PartialObjectMeta<Secret>) -> SecretMeta {
+        let md = m.metadata;
+        let annotation = |k: &str| md.annotations.as_ref().and_then(|a| a.get(k));
+        let source_hash = annotation(secret::SOURCE_HASH_ANNOTATION).map(|v| Box::from(v.as_str()));
+        let adopt = annotation(ADOPT_ANNOTATION).is_some_and(|v| v == "true");
+        let controller = md
+            .owner_references
+            .into_iter()
+            .flatten()
+            .find(|o| o.controller == Some(true));
+        SecretMeta {
+            metadata: ObjectMeta {
+                name: md.name,
+                namespace: md.namespace,
+                uid: md.uid,
+                resource_version: md.resource_version,
+                owner_references: controller.map(|o| vec![o]),
+                ..ObjectMeta::default()
+            },
+            source_hash,
+            adopt,
+        }
+    }
+
+    /// Whether the Secret was written from the source with hash `hash`.
+    pub fn from_source(&self, hash: &str) -> bool {
+        self.source_hash.as_deref() == Some(hash)
+    }
+}
+
+impl Resource for SecretMeta {
+    type DynamicType = ();
+    type Scope = <Secret as Resource>::Scope;
+
+    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+        Secret::kind(dt)
+    }
+    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+        Secret::group(dt)
+    }
+    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+        Secret::version(dt)
+    }
+    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+        Secret::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// Lists use the default (most recent, consistent) semantic, not
 /// `any_semantic()` (resourceVersion=0): an RV=0 list may be served from a
@@ -82,22 +157,6 @@ impl Backoff for WatchBackoff {
     }
 }
 
-/// The Secret metadata the owned-Secret store keeps: identity, version,
-/// owner references, the adopt annotation and the source-hash annotation
-/// (which source a Secret was written from: a new leader recognises its
-/// predecessor's last writes by it). Labels, other annotations and
-/// managedFields are dropped (memory: at 10,000 Secrets the managedFields
-/// alone are several MiB).
-pub fn trim_secret_meta(m: &mut SecretMeta) {
-    m.types = None;
-    let md = &mut m.metadata;
-    md.managed_fields = None;
-    md.labels = None;
-    if let Some(a) = md.annotations.as_mut() {
-        a.retain(|k, _| k == ADOPT_ANNOTATION || k == crate::secret::SOURCE_HASH_ANNOTATION);
-    }
-}
-
 /// What reconcile never reads from an EncryptedSecret: managedFields and
 /// kubectl's last-applied copy (a second copy of every ciphertext).
 pub fn trim_watched(w: &mut Watched) {
@@ -121,7 +180,7 @@ pub fn owned_secrets(
     Store<SecretMeta>,
     impl futures::Stream<Item = Result<SecretMeta, watcher::Error>> + Send + 'static,
 ) {
-    let api: Api<SecretMeta> = match ns {
+    let api: Api<PartialObjectMeta<Secret>> = match ns {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
@@ -131,9 +190,24 @@ pub fn owned_secrets(
         secret::MANAGED_BY_VALUE
     ));
     let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg).modify(trim_secret_meta).reflect(writer);
+    // `Api<PartialObjectMeta<_>>` lists and watches metadata only
+    let stream = watcher(api, cfg)
+        .map(|ev| ev.map(|ev| map_event(ev, SecretMeta::from_meta)))
+        .reflect(writer);
     let stream = stream.touched_and_vanished(store.clone(), echo);
     (store, stream)
+}
+
+/// A watch event with its object(s) converted by `f`.
+pub fn map_event<A, B>(ev: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+    use watcher::Event::*;
+    match ev {
+        Apply(o) => Apply(f(o)),
+        Delete(o) => Delete(f(o)),
+        Init => Init,
+        InitApply(o) => InitApply(f(o)),
+        InitDone => InitDone,
+    }
 }
 
 /// Relist repair for a reflected watch stream (kube-runtime's

@@ -66,7 +66,7 @@ pub(super) async fn apply(
             Ok(created) => created,
             Err(e) if is_already_exists(&e) => {
                 let meta = match t.secrets.get_metadata_opt(&t.name).await {
-                    Ok(Some(meta)) => meta,
+                    Ok(Some(meta)) => SecretMeta::from_meta(meta),
                     // created and deleted between the two requests: again soon
                     Ok(None) => {
                         return request_failed(format_args!("creating Secret {}", t.name), &e);

@@ -356,9 +356,11 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<Ending> {
     }
     let action = match next {
         Next::AwaitChange => Action::await_change(),
+        // the periodic resync is one sweep over the store, not a timer per
+        // object (see `super::resync`)
         Next::Resync => {
             state.succeeded(&t.uid);
-            Action::requeue(state.resync())
+            Action::await_change()
         }
         Next::Backoff => Action::requeue(state.backoff(&t.uid)),
         Next::SlowRetry => Action::requeue(state.slow_retry()),

@@ -69,7 +69,8 @@ pub(super) async fn ownership(t: &Target<'_>, ctx: &Context) -> Stage<Option<Sec
         None => api!(
             format_args!("reading Secret {}", t.name),
             t.secrets.get_metadata_opt(&t.name).await
-        ),
+        )
+        .map(SecretMeta::from_meta),
     };
     match current {
         None => ControlFlow::Continue(None),
@@ -96,11 +97,7 @@ pub(super) fn controlled(t: &Target<'_>, meta: SecretMeta) -> Stage<SecretMeta> 
         .flatten()
         .find(|o| o.controller == Some(true));
     let ours = controller.is_some_and(|o| o.uid == t.uid);
-    let adopt = meta
-        .annotations()
-        .get(ADOPT_ANNOTATION)
-        .is_some_and(|v| v == "true");
-    if ours || adopt {
+    if ours || meta.adopt {
         return ControlFlow::Continue(meta);
     }
     let who = controller.map_or("no controller".to_string(), |o| {
@@ -186,16 +183,10 @@ pub(super) async fn written_before(
     current: Option<&SecretMeta>,
     hash: String,
 ) -> Stage<String> {
-    let from_this_source = |m: &ObjectMeta| {
-        m.annotations
-            .as_ref()
-            .and_then(|a| a.get(secret::SOURCE_HASH_ANNOTATION))
-            == Some(&hash)
-    };
     let Some(meta) = current else {
         return ControlFlow::Continue(hash);
     };
-    if !from_this_source(&meta.metadata) || !t.es.spec.rollout_restart_targets.is_empty() {
+    if !meta.from_source(&hash) || !t.es.spec.rollout_restart_targets.is_empty() {
         return ControlFlow::Continue(hash);
     }
     // the store keeps no managedFields: read them (any failure: the normal path)
@@ -211,7 +202,12 @@ pub(super) async fn written_before(
                     .any(|k| v.0.get(k).is_some())
             })
     });
-    if foreign || !from_this_source(m) || m.resource_version != meta.metadata.resource_version {
+    let still_from_this_source = m
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(secret::SOURCE_HASH_ANNOTATION))
+        == Some(&hash);
+    if foreign || !still_from_this_source || m.resource_version != meta.metadata.resource_version {
         return ControlFlow::Continue(hash);
     }
     debug!(name = %t.name, namespace = %t.ns, "Secret already written from this source; recording it");
