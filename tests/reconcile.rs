@@ -19,7 +19,7 @@ use kmsecrets::api::{
     DataKey, EncryptedSecret, EncryptedSecretSpec, Provider, Scope, SecretTemplate,
 };
 use kmsecrets::controller::fairness::Parked;
-use kmsecrets::controller::reconcile::{Context, Watched, reconcile};
+use kmsecrets::controller::reconcile::{Context, Facts, Watched, reconcile};
 use kmsecrets::controller::status::ready_condition;
 use kmsecrets::controller::{Config, State, housekeeping, owned_secrets};
 use kmsecrets::kms::Operation;
@@ -631,6 +631,70 @@ async fn edited_secret_is_repaired_and_deleted_objects_are_forgotten() {
     .await;
     housekeeping(std::slice::from_ref(&rig.es_store), state);
     assert_eq!(state.tracked_objects(), 0);
+}
+
+/// A resource this process synced keeps only its facts in the store (its
+/// spec text is released): a resync of it costs no request at all, and a
+/// reconcile that needs the spec reads the resource once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_spec_costs_nothing_when_settled_and_one_read_when_not() {
+    let rig = Rig::start().await;
+    let es = rig.sealed("db", &[("password", "right")]).await;
+    rig.create(&es).await;
+    let obj = Arc::new(Watched::new(&rig.get("db").await));
+    let held = obj.text_len();
+    reconcile(obj.clone(), rig.ctx.clone()).await.unwrap();
+    assert_eq!(reason(&rig.get("db").await), "True/Synced");
+    assert_eq!(
+        obj.released(),
+        Some(Facts {
+            retain: false,
+            local: false,
+            kms_keys: vec![KEY.into()].into(),
+        }),
+        "released once synced"
+    );
+    assert!(obj.text_len() < held);
+    rig.store_caught_up("db").await;
+    let (before, kms_before) = (rig.counters(), rig.fake.total_calls());
+    for _ in 0..3 {
+        reconcile(obj.clone(), rig.ctx.clone()).await.unwrap();
+    }
+    assert_eq!(
+        cost(&rig.counters().since(&before)).total,
+        0,
+        "a settled resource costs no request"
+    );
+    assert_eq!(rig.fake.total_calls(), kms_before, "and no KMS call");
+
+    // its Secret is deleted: the resource is read once, the Secret restored
+    rig.secrets
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(PATIENCE, "Secret gone from the store", async || {
+        rig.ctx
+            .secrets
+            .get(&ObjectRef::new("db").within(NS))
+            .is_none()
+    })
+    .await;
+    let before = rig.counters();
+    reconcile(obj.clone(), rig.ctx.clone()).await.unwrap();
+    let d = rig.counters().since(&before);
+    assert_eq!(d.get("get", "encryptedsecrets"), 1, "one read: {d:?}");
+    assert_eq!(d.writes("secrets"), 1);
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "right")]));
+
+    // deleted meanwhile: the read finds nothing, and nothing is written
+    rig.es.delete("db", &DeleteParams::default()).await.unwrap();
+    let stale = Arc::new(Watched::new(&es));
+    stale.release_spec(Facts::default());
+    let before = rig.counters();
+    reconcile(stale, rig.ctx.clone()).await.unwrap();
+    let d = rig.counters().since(&before);
+    assert_eq!(d.get("get", "encryptedsecrets"), 1, "{d:?}");
+    assert_eq!(cost(&d).total, 1, "nothing but the read: {d:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

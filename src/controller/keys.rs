@@ -30,7 +30,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
 use super::State;
-use super::watched::Watched;
+use super::watched::{Facts, Watched};
 use crate::api::{EncryptedSecret, Provider};
 use crate::kms::health::KeyHealth;
 use crate::sync::LockExt;
@@ -61,9 +61,9 @@ pub async fn check_keys(stores: &[Store<Watched>], state: &State) -> Vec<ObjectR
     let mut keys_of: Vec<(ObjectRef<Watched>, BTreeSet<String>)> = Vec::new();
     for store in stores {
         for obj in store.state() {
-            let Ok(es) = obj.parse() else { continue };
+            // from the released facts when the spec was released (no parse)
+            let mine: BTreeSet<String> = obj.kms_key_ids().into_iter().collect();
             let r = ObjectRef::from_obj(obj.as_ref());
-            let mine: BTreeSet<String> = kms_key_ids(&es).collect();
             for k in &mine {
                 dependents.entry(k.clone()).or_default().push(r.clone());
             }
@@ -170,15 +170,6 @@ pub async fn check_keys(stores: &[Store<Watched>], state: &State) -> Vec<ObjectR
     triggers
 }
 
-/// The KMS key ids of a resource's copies (local keys excluded).
-fn kms_key_ids(es: &EncryptedSecret) -> impl Iterator<Item = String> + '_ {
-    es.spec
-        .data_keys
-        .iter()
-        .filter(|d| d.provider == Provider::AwsKms)
-        .map(|d| d.key_id.clone())
-}
-
 /// The `KeysHealthy` condition `es` should carry, given `prev` (its current
 /// one): absent while every key is healthy and it never had one; `False`
 /// when no copy is under a usable key; `True` naming the unhealthy copies
@@ -190,14 +181,25 @@ pub fn keys_condition(
     generation: Option<i64>,
     now: Time,
 ) -> Option<Condition> {
-    let keys: BTreeSet<String> = kms_key_ids(es).collect();
-    let bad: Vec<(String, KeyHealth)> = keys
+    keys_condition_for(&Facts::of(&es.spec), table, prev, generation, now)
+}
+
+/// [`keys_condition`] from a spec's [`Facts`] (a released spec keeps them).
+pub fn keys_condition_for(
+    facts: &Facts,
+    table: &KeyHealthTable,
+    prev: Option<&Condition>,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<Condition> {
+    let keys = &facts.kms_keys;
+    let bad: Vec<(&str, KeyHealth)> = keys
         .iter()
         .filter_map(|k| {
             table
                 .health(k)
                 .filter(|h| !h.is_healthy())
-                .map(|h| (k.clone(), h))
+                .map(|h| (&**k, h))
         })
         .collect();
     let (status, reason, message) = if bad.is_empty() {
@@ -215,12 +217,7 @@ pub fn keys_condition(
                 None => format!("{k} is {}", h.as_str()),
             })
             .collect();
-        let local = es
-            .spec
-            .data_keys
-            .iter()
-            .any(|d| d.provider == Provider::Local);
-        if bad.len() == keys.len() && !local {
+        if bad.len() == keys.len() && !facts.local {
             (
                 "False",
                 bad[0].1.reason(),

@@ -106,8 +106,24 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
     // store), so the tasks that need "this store has listed" wait on a
     // channel set once the reflector has applied the first InitDone
     let (listed_tx, listed) = channel::channel(false);
+    // the echo of our own Synced status write is stored with its spec
+    // released: the reconcile that wrote it needed the text for the last
+    // time (see `watched`)
+    let released = state.clone();
     let es_stream = watcher(es_api, watcher_config(&state.cfg))
-        .modify(trim_watched)
+        .modify(move |w| {
+            trim_watched(w);
+            let md = w.meta();
+            if released.is_own_status_write(w)
+                && md.deletion_timestamp.is_none()
+                && md
+                    .uid
+                    .as_deref()
+                    .is_some_and(|uid| released.synced_at(uid, md.generation))
+            {
+                w.release_own_spec();
+            }
+        })
         .reflect(es_writer)
         .inspect(move |ev| {
             if matches!(ev, Ok(watcher::Event::InitDone)) {

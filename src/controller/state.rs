@@ -158,6 +158,17 @@ impl State {
         }
     }
 
+    /// True when this process reported the resource Synced at `generation`
+    /// (its spec may then be released, see [`super::watched`]).
+    pub fn synced_at(&self, uid: &str, generation: Option<i64>) -> bool {
+        generation.is_some()
+            && self
+                .written
+                .lock_or_recover()
+                .get(uid)
+                .is_some_and(|w| w.synced_generation == Some(generation))
+    }
+
     /// True when `rv` is the EncryptedSecret version our own Synced status
     /// write produced: its watch event carries nothing the reconcile that
     /// wrote it did not already act on (a resourceVersion names one state

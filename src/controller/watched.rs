@@ -16,9 +16,21 @@
 //! failing the list or watch, and [`Watched::parse`] says what is wrong —
 //! without buffering every object into a generic JSON tree first, as the
 //! guard does.
+//!
+//! # Released specs
+//! Once this process has reported a resource Synced for its current
+//! generation, the reconciles that follow (resyncs, its own writes'
+//! echoes) need none of the ciphertext: the generation stands for the
+//! spec. [`Watched::release_spec`] then drops the spec text and keeps only
+//! the [`Facts`] a reconcile of an unchanged resource reads (the deletion
+//! policy, the KMS keys for their health). A reconcile that finds more to
+//! do reads the object again (one GET; see `reconcile::settled`). A spec
+//! change raises the generation and arrives with its new text, so a
+//! released spec is never stale.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Mutex;
 
 use kube::Resource;
 use kube::core::ObjectMeta;
@@ -26,17 +38,71 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use super::status::READY;
-use crate::api::{EncryptedSecret, EncryptedSecretSpec, EncryptedSecretStatus};
+use crate::api::{
+    DeletionPolicy, EncryptedSecret, EncryptedSecretSpec, EncryptedSecretStatus, Provider,
+};
+use crate::sync::LockExt;
 
 /// One watched EncryptedSecret (see the module docs).
-#[derive(Clone)]
 pub struct Watched {
     metadata: ObjectMeta,
-    spec: Option<Box<str>>,
+    /// Behind a lock: the store's shared copy is released in place by the
+    /// reconcile that finds it synced ([`Watched::release_spec`]).
+    spec: Mutex<Spec>,
     status: Option<Box<str>>,
     /// The status's Ready condition is True (read once, when the object
     /// arrives: the `kmsecrets_encryptedsecrets{ready}` gauge counts it).
     ready: bool,
+}
+
+/// The spec as the store holds it.
+#[derive(Clone, Debug)]
+enum Spec {
+    /// Compact JSON text (`None`: the object has no spec).
+    Text(Option<Box<str>>),
+    /// Released after a sync: what a reconcile of the unchanged resource reads.
+    Released(Facts),
+}
+
+/// What a reconcile of a synced, unchanged resource needs of its spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `deletionPolicy: Retain` (the finalizer must be present).
+    pub retain: bool,
+    /// A copy of the data key is under a local key.
+    pub local: bool,
+    /// The KMS key ids of the copies under KMS keys, sorted, no duplicates.
+    pub kms_keys: Box<[Box<str>]>,
+}
+
+impl Facts {
+    /// The facts of a parsed spec.
+    pub fn of(spec: &EncryptedSecretSpec) -> Facts {
+        let mut keys: Vec<&str> = spec
+            .data_keys
+            .iter()
+            .filter(|d| d.provider == Provider::AwsKms)
+            .map(|d| d.key_id.as_str())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Facts {
+            retain: spec.deletion_policy == DeletionPolicy::Retain,
+            local: spec.data_keys.iter().any(|d| d.provider == Provider::Local),
+            kms_keys: keys.into_iter().map(Box::from).collect(),
+        }
+    }
+}
+
+impl Clone for Watched {
+    fn clone(&self) -> Self {
+        Watched {
+            metadata: self.metadata.clone(),
+            spec: Mutex::new(self.spec.lock_or_recover().clone()),
+            status: self.status.clone(),
+            ready: self.ready,
+        }
+    }
 }
 
 /// Why a watched object cannot be opened (never quotes a value: map keys
@@ -69,28 +135,83 @@ impl Watched {
         let ready = status.as_deref().is_some_and(ready_in);
         Watched {
             metadata,
-            spec,
+            spec: Mutex::new(Spec::Text(spec)),
             status,
             ready,
         }
     }
 
     /// The typed object: metadata, spec and status parsed. `Err` names the
-    /// first field that does not match the schema.
+    /// first field that does not match the schema; a released spec
+    /// ([`Watched::released`]) cannot be parsed (`Err` naming `spec`).
     pub fn parse(&self) -> Result<EncryptedSecret, Malformed> {
-        let spec = self.spec.as_deref().ok_or_else(|| Malformed {
-            path: "spec".into(),
-        })?;
-        let spec: EncryptedSecretSpec = parse(spec, "spec")?;
-        let status: Option<EncryptedSecretStatus> = match self.status.as_deref() {
-            None => None,
-            Some(s) => Some(parse(s, "status")?),
+        let spec = match &*self.spec.lock_or_recover() {
+            Spec::Text(Some(text)) => parse::<EncryptedSecretSpec>(text, "spec")?,
+            Spec::Text(None) | Spec::Released(_) => {
+                return Err(Malformed {
+                    path: "spec".into(),
+                });
+            }
         };
         Ok(EncryptedSecret {
             metadata: self.metadata.clone(),
             spec,
-            status,
+            status: self.parse_status()?,
         })
+    }
+
+    /// The status, parsed.
+    pub fn parse_status(&self) -> Result<Option<EncryptedSecretStatus>, Malformed> {
+        self.status
+            .as_deref()
+            .map(|s| parse(s, "status"))
+            .transpose()
+    }
+
+    /// The facts kept of a released spec; `None` while the text is held.
+    pub fn released(&self) -> Option<Facts> {
+        match &*self.spec.lock_or_recover() {
+            Spec::Released(f) => Some(f.clone()),
+            Spec::Text(_) => None,
+        }
+    }
+
+    /// Drop the spec text, keeping `facts` (see the module docs). Only for
+    /// a resource this process has reported Synced at this generation.
+    pub fn release_spec(&self, facts: Facts) {
+        *self.spec.lock_or_recover() = Spec::Released(facts);
+    }
+
+    /// [`Watched::release_spec`] from the held text (a watch event's copy,
+    /// before it is stored); false when there is none or it does not parse.
+    pub fn release_own_spec(&mut self) -> bool {
+        let spec = self.spec.get_mut().unwrap_or_else(|p| p.into_inner());
+        let facts = match &*spec {
+            Spec::Text(Some(text)) => match parse::<EncryptedSecretSpec>(text, "spec") {
+                Ok(s) => Facts::of(&s),
+                Err(_) => return false,
+            },
+            Spec::Text(None) => return false,
+            Spec::Released(_) => return true,
+        };
+        *spec = Spec::Released(facts);
+        true
+    }
+
+    /// The KMS key ids of the copies (sorted, no duplicates), from the
+    /// released facts or the spec text; empty when it does not parse.
+    pub fn kms_key_ids(&self) -> Vec<String> {
+        if let Some(f) = self.released() {
+            return f.kms_keys.iter().map(|k| k.to_string()).collect();
+        }
+        match self.parse() {
+            Ok(es) => Facts::of(&es.spec)
+                .kms_keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Whether the status's Ready condition is True.
@@ -100,7 +221,11 @@ impl Watched {
 
     /// Bytes held beyond the metadata (spec and status text).
     pub fn text_len(&self) -> usize {
-        self.spec.as_deref().map_or(0, str::len) + self.status.as_deref().map_or(0, str::len)
+        let spec = match &*self.spec.lock_or_recover() {
+            Spec::Text(t) => t.as_deref().map_or(0, str::len),
+            Spec::Released(_) => 0,
+        };
+        spec + self.status.as_deref().map_or(0, str::len)
     }
 }
 
@@ -192,6 +317,7 @@ impl fmt::Debug for Watched {
             .field("name", &self.metadata.name)
             .field("resourceVersion", &self.metadata.resource_version)
             .field("ready", &self.ready)
+            .field("released", &self.released().is_some())
             .field("bytes", &self.text_len())
             .finish()
     }
@@ -325,6 +451,52 @@ mod tests {
         let w = &both(&object(spec(), json!({"conditions": 5})))[0];
         assert_eq!(w.parse().unwrap_err().path, "status.conditions");
         assert!(!w.ready());
+    }
+
+    #[test]
+    fn a_released_spec_keeps_metadata_status_and_facts_only() {
+        let mut spec = spec();
+        spec["deletionPolicy"] = json!("Retain");
+        spec["dataKeys"] = json!([
+            {"provider": "aws-kms", "keyId": "arn:b", "ciphertext": "AAAA"},
+            {"provider": "local", "keyId": "local:0011", "ciphertext": "AAAA"},
+            {"provider": "aws-kms", "keyId": "arn:a", "ciphertext": "AAAA"},
+            {"provider": "aws-kms", "keyId": "arn:b", "ciphertext": "BBBB"},
+        ]);
+        let v = object(spec, ready_status("True"));
+        let want = Facts {
+            retain: true,
+            local: true,
+            kms_keys: vec!["arn:a".into(), "arn:b".into()].into(),
+        };
+        for mut w in both(&v) {
+            let held = w.text_len();
+            assert_eq!(w.released(), None);
+            assert_eq!(w.kms_key_ids(), ["arn:a", "arn:b"]);
+            let copy = w.clone();
+            assert!(w.release_own_spec());
+            assert_eq!(w.released().as_ref(), Some(&want));
+            assert_eq!(w.kms_key_ids(), ["arn:a", "arn:b"], "from the facts");
+            assert!(w.text_len() < held, "the spec text is gone");
+            assert_eq!(w.parse().unwrap_err().path, "spec");
+            assert!(w.ready());
+            assert_eq!(w.meta().uid.as_deref(), Some("u1"));
+            let status = w.parse_status().unwrap().unwrap();
+            assert_eq!(status.source_hash.as_deref(), Some("h"));
+            // a clone keeps the released state; the earlier copy its text
+            assert_eq!(w.clone().released().as_ref(), Some(&want));
+            assert!(copy.parse().is_ok());
+            // in place, through a shared reference (the store's copy)
+            copy.release_spec(want.clone());
+            assert_eq!(copy.released().as_ref(), Some(&want));
+            assert!(!format!("{copy:?}").contains("AAAA"));
+        }
+        // nothing to release: no spec, or one that does not parse
+        let mut none = both(&object(json!(null), json!(null)))[0].clone();
+        assert!(!none.release_own_spec());
+        let mut bad = both(&object(json!({"dataKeys": 5}), json!(null)))[0].clone();
+        assert!(!bad.release_own_spec());
+        assert_eq!(bad.released(), None);
     }
 
     #[test]

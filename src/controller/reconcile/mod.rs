@@ -58,7 +58,7 @@ use tracing::{debug, info, warn};
 
 use super::State;
 use super::fairness::{self, Parked};
-use super::keys::{KEYS_HEALTHY, keys_condition};
+use super::keys::{KEYS_HEALTHY, keys_condition, keys_condition_for};
 use super::status::{
     Outcome, Reason, event_due, next_condition, progress_condition, ready_condition,
 };
@@ -73,7 +73,7 @@ use crate::secret::{self, build_owned, source_hash};
 /// What the controller watches: metadata parsed, spec and status as compact
 /// text opened per reconcile; a malformed object still lands in the store
 /// instead of failing the whole list or watch (see [`super::watched`]).
-pub use super::watched::{Malformed, Watched};
+pub use super::watched::{Facts, Malformed, Watched};
 
 pub use super::watch::SecretMeta;
 
@@ -104,6 +104,9 @@ pub enum ReconcileError {
     /// Orphaning the Secret of a malformed, deleted `Retain` resource failed.
     #[error("releasing a deleted resource failed: {0}")]
     Release(#[source] kube::Error),
+    /// Reading a resource whose spec the store released failed.
+    #[error("reading the resource failed: {0}")]
+    Read(#[source] kube::Error),
 }
 
 impl ReconcileError {
@@ -264,14 +267,10 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     let start = std::time::Instant::now();
     // The object and the stages' state (~14 KB) are boxed once here
     // instead of being moved with the future through kube-runtime's queue
-    // on every reconcile. The spec is parsed here, from the store's text.
-    let res = match obj.parse() {
-        Ok(es) => {
-            let ctx = &ctx;
-            Box::pin(async move { reconcile_valid(&es, ctx).await }).await
-        }
-        // `Malformed` names the failing field, never a value.
-        Err(m) => malformed(&obj, m, &ctx).await,
+    // on every reconcile.
+    let res = match obj.released() {
+        Some(facts) => Box::pin(settled_or_read(&obj, &facts, &ctx)).await,
+        None => Box::pin(open_and_reconcile(&obj, &ctx)).await,
     };
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
@@ -286,6 +285,102 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     };
     m.reconcile.with_label_values(&[label]).inc();
     res.map(|(_, a)| a)
+}
+
+/// The spec parsed from the store's text, then the pipeline; a resource
+/// found synced at its generation has its spec released in the store.
+async fn open_and_reconcile(obj: &Watched, ctx: &Context) -> Result<Ending> {
+    let es = match obj.parse() {
+        Ok(es) => es,
+        // `Malformed` names the failing field, never a value.
+        Err(m) => return malformed(obj, m, ctx).await,
+    };
+    let res = reconcile_valid(&es, ctx).await;
+    let md = es.meta();
+    if matches!(&res, Ok((Some(o), _)) if o.ready())
+        && md.deletion_timestamp.is_none()
+        && md
+            .uid
+            .as_deref()
+            .is_some_and(|uid| ctx.state.synced_at(uid, md.generation))
+    {
+        obj.release_spec(Facts::of(&es.spec));
+    }
+    res
+}
+
+/// 0. A resource whose spec was released (see [`super::watched`]): done
+///    when [`settled`] says nothing can have changed; otherwise it is read
+///    again (one GET) and goes through the pipeline like any other.
+async fn settled_or_read(obj: &Watched, facts: &Facts, ctx: &Context) -> Result<Ending> {
+    let ns = obj
+        .namespace()
+        .ok_or(ReconcileError::Identity("namespace"))?;
+    let name = obj.name_any();
+    if settled(obj, facts, ctx) {
+        if let Some(uid) = obj.meta().uid.as_deref() {
+            ctx.state.succeeded(uid);
+        }
+        debug!(name = %name, namespace = %ns, "in sync (own last write); nothing to do");
+        return Ok((Some(Outcome::synced(&name)), Action::await_change()));
+    }
+    let api: Api<Watched> = Api::namespaced(ctx.state.client.clone(), &ns);
+    match api.get_opt(&name).await.map_err(ReconcileError::Read)? {
+        Some(mut fresh) => {
+            super::trim_watched(&mut fresh);
+            open_and_reconcile(&fresh, ctx).await
+        }
+        // deleted meanwhile: its deletion event follows
+        None => Ok((Some(Outcome::synced(&name)), Action::await_change())),
+    }
+}
+
+/// Whether a resource with a released spec needs no work: not being
+/// deleted, its finalizer as its deletion policy wants, its Secret (in the
+/// owned-Secret store) exactly the version this process wrote and reported
+/// Synced at this generation, and its `KeysHealthy` condition what the key
+/// table says now. The same checks as the pipeline's `finalize` and
+/// `in_sync`, without the spec text: the generation stands for it.
+pub fn settled(obj: &Watched, facts: &Facts, ctx: &Context) -> bool {
+    let md = obj.meta();
+    let (Some(uid), Some(name), Some(ns)) = (
+        md.uid.as_deref(),
+        md.name.as_deref(),
+        md.namespace.as_deref(),
+    ) else {
+        return false;
+    };
+    if md.deletion_timestamp.is_some()
+        || md.generation.is_none()
+        || obj.finalizers().iter().any(|f| f == FINALIZER) != facts.retain
+    {
+        return false;
+    }
+    let Some(secret) = ctx.secrets.get(&ObjectRef::new(name).within(ns)) else {
+        return false;
+    };
+    let Some(rv) = secret.metadata.resource_version.as_deref() else {
+        return false;
+    };
+    // with a generation the hash is never computed
+    if !ctx
+        .state
+        .synced_in_memory(uid, String::new, rv, md.generation)
+    {
+        return false;
+    }
+    let Ok(status) = obj.parse_status() else {
+        return false;
+    };
+    let prev = keys_condition_of(status.as_ref());
+    let next = keys_condition_for(
+        facts,
+        &ctx.state.keys,
+        prev,
+        md.generation,
+        Time(jiff::Timestamp::now()),
+    );
+    !keys_differ(prev, next.as_ref())
 }
 
 pub fn error_policy(es: Arc<Watched>, err: &ReconcileError, ctx: Arc<Context>) -> Action {

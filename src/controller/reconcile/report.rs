@@ -227,7 +227,12 @@ pub(super) fn keys_condition_stale(t: &Target<'_>, ctx: &Context) -> bool {
         t.es.meta().generation,
         Time(jiff::Timestamp::now()),
     );
-    match (prev, &next) {
+    keys_differ(prev, next.as_ref())
+}
+
+/// Whether a `KeysHealthy` condition must change from `prev` to `next`.
+pub(super) fn keys_differ(prev: Option<&Condition>, next: Option<&Condition>) -> bool {
+    match (prev, next) {
         (None, None) => false,
         (Some(p), Some(n)) => !same_condition(p, n),
         _ => true,
