@@ -166,6 +166,7 @@ impl Rig {
                 secrets,
                 parked,
                 listed: tokio::sync::watch::channel(true).1,
+                feed: kmsecrets::controller::feed::Feed::new(16),
             }),
             wakes: std::sync::Mutex::new(Some(wakes)),
             es_store,

@@ -6,6 +6,7 @@
 //! This file only wires the parts together, one concern a file:
 //! - [`state`]: the shared [`State`] and the memory of our own writes;
 //! - [`fairness`]: namespace slots and parked reconciles;
+//! - [`feed`]: a listed store reaches the workers paced, not all at once;
 //! - [`watch`]: the watches, the relist repair, trims, backoff;
 //! - [`leader`]: leader election;
 //! - [`resync`]: the periodic resync, one sweep instead of a timer per object;
@@ -21,6 +22,7 @@
 //! (`tests/e2e.rs`).
 
 pub mod fairness;
+pub mod feed;
 pub mod keys;
 pub mod leader;
 pub mod reconcile;
@@ -106,6 +108,10 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
     // store), so the tasks that need "this store has listed" wait on a
     // channel set once the reflector has applied the first InitDone
     let (listed_tx, listed) = channel::channel(false);
+    // every completed list (the first, and relists after a broken watch)
+    // is fed to the workers paced (see `feed`); the list's own objects
+    // trigger nothing
+    let (lists_tx, lists) = channel::channel(0u64);
     // the echo of our own Synced status write is stored with its spec
     // released: the reconcile that wrote it needed the text for the last
     // time (see `watched`)
@@ -128,10 +134,15 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         .inspect(move |ev| {
             if matches!(ev, Ok(watcher::Event::InitDone)) {
                 listed_tx.send_replace(true);
+                lists_tx.send_modify(|n| *n += 1);
             }
         })
-        .applied_objects()
-        .try_filter(move |w| futures::future::ready(!echoes.is_own_status_write(w)));
+        .try_filter_map(move |ev| {
+            futures::future::ready(Ok(match ev {
+                watcher::Event::Apply(w) if !echoes.is_own_status_write(&w) => Some(w),
+                _ => None,
+            }))
+        });
     // parked reconciles come back through the same trigger stream
     let (parked, wakes) = fairness::Parked::new();
     let store = es_store.clone();
@@ -148,8 +159,22 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         secrets,
         parked,
         listed,
+        feed: feed::Feed::new(2 * usize::from(state.cfg.concurrency)),
     });
+    spawn_feed(controller.store(), ctx.clone(), lists);
     (controller, ctx)
+}
+
+/// Feed the store to the workers after each completed list (see [`feed`]);
+/// ends with the scope (its list channel closes).
+fn spawn_feed(store: Store<Watched>, ctx: Arc<Context>, mut lists: channel::Receiver<u64>) {
+    tokio::spawn(async move {
+        while lists.changed().await.is_ok() {
+            lists.mark_unchanged();
+            let n = ctx.feed.feed(&store, &ctx.parked).await;
+            tracing::debug!(resources = n, "listed store fed to the workers");
+        }
+    });
 }
 
 /// Run one scope's controller until `shutdown` fires.

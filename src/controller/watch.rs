@@ -3,7 +3,7 @@
 //! as ours), the relist repair that turns objects gone during a broken
 //! watch into triggers ([`RelistExt`]), and the watches' backoff.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,16 +218,23 @@ where
     K: Resource + Clone + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    /// The objects a watch event touches, plus those a relist shows gone.
+    /// The objects a watch event touches, plus what a relist shows changed.
     ///
-    /// `touched_objects()` yields nothing for an object deleted while the watch
-    /// was broken: after a `410 Expired` or a dropped stream the watcher relists
-    /// (`Init` … `InitApply` … `InitDone`), and an object missing from the new
-    /// list simply never appears. For the owned Secrets that is a deletion the
-    /// controller would not repair until the next resync (10 min by default).
-    /// So at `Init` the store (the reflector fills a side buffer until
-    /// `InitDone`, so it still holds the pre-relist state) is snapshotted, and
-    /// at `InitDone` every snapshotted object the relist did not return is
+    /// A first list yields nothing: every owner is reconciled anyway when
+    /// its own store has listed (paced, see [`super::feed`]), and yielding
+    /// N listed objects at once would make the controller's scheduler hold
+    /// N entries. After it, each `Apply` and `Delete` is yielded.
+    ///
+    /// `touched_objects()` also yields nothing for an object deleted or
+    /// changed while the watch was broken: after a `410 Expired` or a
+    /// dropped stream the watcher relists (`Init` … `InitApply` …
+    /// `InitDone`), and an object missing from the new list simply never
+    /// appears. For the owned Secrets that is a deletion the controller
+    /// would not repair until the next resync. So at a relist's `Init` the
+    /// store (the reflector fills a side buffer until `InitDone`, so it
+    /// still holds the pre-relist state) is snapshotted; a relisted object
+    /// whose resourceVersion differs from the snapshot's is yielded, and at
+    /// `InitDone` every snapshotted object the relist did not return is
     /// yielded like a `Delete`, which triggers its owner.
     ///
     /// A listed or changed object for which `quiet` holds is not yielded
@@ -241,31 +248,48 @@ where
         Self: Send + 'static,
     {
         use kube::runtime::reflector::ObjectRef;
-        // (the pre-relist snapshot, the refs the relist has returned so far)
-        type Relist<K> = Option<(Vec<Arc<K>>, HashSet<ObjectRef<K>>)>;
+        /// (listed once, the pre-relist snapshot not yet relisted)
+        type Relist<K> = (bool, Option<HashMap<ObjectRef<K>, Arc<K>>>);
         self.scan(
-            None::<(Vec<Arc<K>>, HashSet<ObjectRef<K>>)>,
-            move |relist: &mut Relist<K>, ev| {
+            (false, None),
+            move |(listed, relist): &mut Relist<K>, ev| {
                 let out: Vec<Result<K, watcher::Error>> = match ev {
                     Err(e) => vec![Err(e)],
                     Ok(watcher::Event::Init) => {
-                        *relist = Some((store.state(), HashSet::new()));
+                        *relist = listed.then(|| {
+                            store
+                                .state()
+                                .into_iter()
+                                .map(|o| (ObjectRef::from_obj(o.as_ref()), o))
+                                .collect()
+                        });
                         Vec::new()
                     }
-                    Ok(watcher::Event::InitApply(o)) => {
-                        if let Some((_, seen)) = relist.as_mut() {
-                            seen.insert(ObjectRef::from_obj(&o));
-                        }
-                        if quiet(&o) { Vec::new() } else { vec![Ok(o)] }
-                    }
-                    Ok(watcher::Event::InitDone) => match relist.take() {
-                        Some((before, seen)) => before
-                            .into_iter()
-                            .filter(|o| !seen.contains(&ObjectRef::from_obj(o.as_ref())))
-                            .map(|o| Ok(o.as_ref().clone()))
-                            .collect(),
+                    Ok(watcher::Event::InitApply(o)) => match relist.as_mut() {
+                        // a first list
                         None => Vec::new(),
+                        Some(before) => {
+                            let prev = before.remove(&ObjectRef::from_obj(&o));
+                            let same = prev.is_some_and(|p| {
+                                p.meta().resource_version == o.meta().resource_version
+                            });
+                            if same || quiet(&o) {
+                                Vec::new()
+                            } else {
+                                vec![Ok(o)]
+                            }
+                        }
                     },
+                    Ok(watcher::Event::InitDone) => {
+                        *listed = true;
+                        match relist.take() {
+                            Some(before) => before
+                                .into_values()
+                                .map(|o| Ok(o.as_ref().clone()))
+                                .collect(),
+                            None => Vec::new(),
+                        }
+                    }
                     Ok(watcher::Event::Apply(o)) if quiet(&o) => Vec::new(),
                     Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => vec![Ok(o)],
                 };
@@ -312,23 +336,29 @@ mod tests {
 
     use kube::ResourceExt;
 
-    /// An object deleted while the watch was broken is absent from the
-    /// relist; it must still trigger its owner (as a Delete would have).
+    /// A first list triggers nothing (the owners are fed from their own
+    /// store); after it, watch events do, and a relist yields what changed
+    /// or vanished during the gap — as a Delete would have — and nothing
+    /// that stayed the same.
     #[tokio::test]
-    async fn a_relist_yields_objects_that_vanished_during_the_gap() {
+    async fn a_relist_yields_what_changed_or_vanished_during_the_gap() {
         use watcher::Event::*;
         let (store, writer) = reflector::store::<ConfigMap>();
         let events = vec![
             Ok(Init),
             Ok(InitApply(cm("a", "1"))),
             Ok(InitApply(cm("b", "2"))),
+            Ok(InitApply(cm("s", "3"))),
             Ok(InitDone),
-            Ok(Apply(cm("c", "3"))),
-            // the watch broke; b and c were deleted meanwhile, a changed
+            Ok(Apply(cm("c", "4"))),
+            // the watch broke; b and c were deleted meanwhile, a changed,
+            // s stayed, n is new
             Ok(Init),
-            Ok(InitApply(cm("a", "4"))),
+            Ok(InitApply(cm("a", "5"))),
+            Ok(InitApply(cm("s", "3"))),
+            Ok(InitApply(cm("n", "6"))),
             Ok(InitDone),
-            Ok(Delete(cm("a", "5"))),
+            Ok(Delete(cm("a", "7"))),
         ];
         let out: Vec<_> = stream::iter(events)
             .reflect(writer)
@@ -336,25 +366,18 @@ mod tests {
             .collect()
             .await;
         let got = names(&out);
-        assert_eq!(got[..4], ["a", "b", "c", "a"]);
-        // the vanished ones, in the store's (hash) order
-        let mut vanished = got[4..6].to_vec();
+        assert_eq!(got[..3], ["c", "a", "n"], "{got:?}");
+        // the vanished ones, in the snapshot's (hash) order
+        let mut vanished = got[3..5].to_vec();
         vanished.sort();
         assert_eq!(vanished, ["b", "c"]);
-        assert_eq!(got[6..], ["a"]);
+        assert_eq!(got[5..], ["a"]);
+        assert_eq!(got.len(), 6, "s never: it did not change");
         assert!(
             store
                 .get(&reflector::ObjectRef::new("b").within("ns"))
                 .is_none()
         );
-        // a first list (empty store) yields only what it lists
-        let (store, writer) = reflector::store::<ConfigMap>();
-        let out: Vec<_> = stream::iter(vec![Ok(Init), Ok(InitApply(cm("x", "1"))), Ok(InitDone)])
-            .reflect(writer)
-            .touched_and_vanished(store, |_| false)
-            .collect()
-            .await;
-        assert_eq!(names(&out), ["x"]);
     }
 
     /// Quiet objects (our own writes' echoes) update the store but are not
@@ -372,7 +395,9 @@ mod tests {
             Ok(Apply(cm("q", "4"))),
             Ok(Init),
             Ok(InitApply(cm("b", "5"))),
+            Ok(InitApply(cm("q", "8"))),
             Ok(InitDone),
+            Ok(Delete(cm("q", "9"))),
             Ok(Delete(cm("b", "6"))),
         ];
         let quiet = |c: &ConfigMap| c.metadata.name.as_deref() == Some("q");
@@ -381,13 +406,9 @@ mod tests {
             .touched_and_vanished(store.clone(), quiet)
             .collect()
             .await;
-        let got = names(&out);
-        // a, b; after the relist b is listed again; a and q vanished (the
-        // quiet q too: it was deleted); then b's deletion
-        assert_eq!(got[..3], ["a", "b", "b"]);
-        let mut vanished = got[3..5].to_vec();
-        vanished.sort();
-        assert_eq!(vanished, ["a", "q"]);
-        assert_eq!(got[5..], ["b"]);
+        // b (the first list yields nothing, q's change is quiet); after the
+        // relist b changed, q changed quietly, a vanished; then the
+        // deletions, the quiet q's too
+        assert_eq!(names(&out), ["b", "b", "a", "q", "b"]);
     }
 }

@@ -87,6 +87,8 @@ pub struct Context {
     pub parked: Parked,
     /// True once the scope's EncryptedSecret store has listed.
     pub listed: tokio::sync::watch::Receiver<bool>,
+    /// Paces the triggers of a listed store (see [`super::feed`]).
+    pub feed: super::feed::Feed,
 }
 
 /// What ends a reconcile in `error_policy` (per-object backoff) instead of
@@ -272,6 +274,7 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
         Some(facts) => Box::pin(settled_or_read(&obj, &facts, &ctx)).await,
         None => Box::pin(open_and_reconcile(&obj, &ctx)).await,
     };
+    ctx.feed.done();
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
     let label = match &res {
