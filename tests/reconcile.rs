@@ -652,6 +652,7 @@ async fn a_released_spec_costs_nothing_when_settled_and_one_read_when_not() {
             retain: false,
             local: false,
             kms_keys: vec![KEY.into()].into(),
+            keys_condition: None,
         }),
         "released once synced"
     );
@@ -690,7 +691,7 @@ async fn a_released_spec_costs_nothing_when_settled_and_one_read_when_not() {
     // deleted meanwhile: the read finds nothing, and nothing is written
     rig.es.delete("db", &DeleteParams::default()).await.unwrap();
     let stale = Arc::new(Watched::new(&es));
-    stale.release_spec(Facts::default());
+    stale.release(Facts::default());
     let before = rig.counters();
     reconcile(stale, rig.ctx.clone()).await.unwrap();
     let d = rig.counters().since(&before);

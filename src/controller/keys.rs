@@ -181,7 +181,7 @@ pub fn keys_condition(
     generation: Option<i64>,
     now: Time,
 ) -> Option<Condition> {
-    keys_condition_for(&Facts::of(&es.spec), table, prev, generation, now)
+    keys_condition_for(&Facts::of(&es.spec, None), table, prev, generation, now)
 }
 
 /// [`keys_condition`] from a spec's [`Facts`] (a released spec keeps them).

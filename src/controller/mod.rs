@@ -112,9 +112,9 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
     // is fed to the workers paced (see `feed`); the list's own objects
     // trigger nothing
     let (lists_tx, lists) = channel::channel(0u64);
-    // the echo of our own Synced status write is stored with its spec
-    // released: the reconcile that wrote it needed the text for the last
-    // time (see `watched`)
+    // the echo of our own Synced status write is stored released: the
+    // reconcile that wrote it needed the texts for the last time (see
+    // `watched`)
     let released = state.clone();
     let es_stream = watcher(es_api, watcher_config(&state.cfg))
         .modify(move |w| {
@@ -127,7 +127,7 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
                     .as_deref()
                     .is_some_and(|uid| released.synced_at(uid, md.generation))
             {
-                w.release_own_spec();
+                w.release_own();
             }
         })
         .reflect(es_writer)

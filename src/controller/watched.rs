@@ -17,16 +17,17 @@
 //! without buffering every object into a generic JSON tree first, as the
 //! guard does.
 //!
-//! # Released specs
+//! # Released resources
 //! Once this process has reported a resource Synced for its current
 //! generation, the reconciles that follow (resyncs, its own writes'
-//! echoes) need none of the ciphertext: the generation stands for the
-//! spec. [`Watched::release_spec`] then drops the spec text and keeps only
-//! the [`Facts`] a reconcile of an unchanged resource reads (the deletion
-//! policy, the KMS keys for their health). A reconcile that finds more to
-//! do reads the object again (one GET; see `reconcile::settled`). A spec
-//! change raises the generation and arrives with its new text, so a
-//! released spec is never stale.
+//! echoes) need none of the ciphertext and none of the status: the
+//! generation stands for the spec, and this process's memory for what it
+//! wrote. [`Watched::release`] then drops both texts and keeps only the
+//! [`Facts`] a reconcile of an unchanged resource reads (the deletion
+//! policy, the KMS keys and the `KeysHealthy` condition for their health).
+//! A reconcile that finds more to do reads the object again (one GET; see
+//! `reconcile::settled`). A spec change raises the generation and arrives
+//! with its new text, so released facts are never stale.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,6 +38,9 @@ use kube::core::ObjectMeta;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use super::keys::KEYS_HEALTHY;
 use super::status::READY;
 use crate::api::{
     DeletionPolicy, EncryptedSecret, EncryptedSecretSpec, EncryptedSecretStatus, Provider,
@@ -47,25 +51,28 @@ use crate::sync::LockExt;
 pub struct Watched {
     metadata: ObjectMeta,
     /// Behind a lock: the store's shared copy is released in place by the
-    /// reconcile that finds it synced ([`Watched::release_spec`]).
-    spec: Mutex<Spec>,
-    status: Option<Box<str>>,
+    /// reconcile that finds it synced ([`Watched::release`]).
+    body: Mutex<Body>,
     /// The status's Ready condition is True (read once, when the object
     /// arrives: the `kmsecrets_encryptedsecrets{ready}` gauge counts it).
     ready: bool,
 }
 
-/// The spec as the store holds it.
+/// Spec and status as the store holds them.
 #[derive(Clone, Debug)]
-enum Spec {
-    /// Compact JSON text (`None`: the object has no spec).
-    Text(Option<Box<str>>),
+enum Body {
+    /// Compact JSON texts (`None`: absent).
+    Text {
+        spec: Option<Box<str>>,
+        status: Option<Box<str>>,
+    },
     /// Released after a sync: what a reconcile of the unchanged resource reads.
     Released(Facts),
 }
 
-/// What a reconcile of a synced, unchanged resource needs of its spec.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a reconcile of a synced, unchanged resource needs of its spec and
+/// status.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Facts {
     /// `deletionPolicy: Retain` (the finalizer must be present).
     pub retain: bool,
@@ -73,11 +80,13 @@ pub struct Facts {
     pub local: bool,
     /// The KMS key ids of the copies under KMS keys, sorted, no duplicates.
     pub kms_keys: Box<[Box<str>]>,
+    /// The status's `KeysHealthy` condition (most resources have none).
+    pub keys_condition: Option<Box<Condition>>,
 }
 
 impl Facts {
-    /// The facts of a parsed spec.
-    pub fn of(spec: &EncryptedSecretSpec) -> Facts {
+    /// The facts of a parsed spec and status.
+    pub fn of(spec: &EncryptedSecretSpec, status: Option<&EncryptedSecretStatus>) -> Facts {
         let mut keys: Vec<&str> = spec
             .data_keys
             .iter()
@@ -90,6 +99,9 @@ impl Facts {
             retain: spec.deletion_policy == DeletionPolicy::Retain,
             local: spec.data_keys.iter().any(|d| d.provider == Provider::Local),
             kms_keys: keys.into_iter().map(Box::from).collect(),
+            keys_condition: status
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == KEYS_HEALTHY))
+                .map(|c| Box::new(c.clone())),
         }
     }
 }
@@ -98,8 +110,7 @@ impl Clone for Watched {
     fn clone(&self) -> Self {
         Watched {
             metadata: self.metadata.clone(),
-            spec: Mutex::new(self.spec.lock_or_recover().clone()),
-            status: self.status.clone(),
+            body: Mutex::new(self.body.lock_or_recover().clone()),
             ready: self.ready,
         }
     }
@@ -135,83 +146,73 @@ impl Watched {
         let ready = status.as_deref().is_some_and(ready_in);
         Watched {
             metadata,
-            spec: Mutex::new(Spec::Text(spec)),
-            status,
+            body: Mutex::new(Body::Text { spec, status }),
             ready,
         }
     }
 
     /// The typed object: metadata, spec and status parsed. `Err` names the
-    /// first field that does not match the schema; a released spec
+    /// first field that does not match the schema; a released resource
     /// ([`Watched::released`]) cannot be parsed (`Err` naming `spec`).
     pub fn parse(&self) -> Result<EncryptedSecret, Malformed> {
-        let spec = match &*self.spec.lock_or_recover() {
-            Spec::Text(Some(text)) => parse::<EncryptedSecretSpec>(text, "spec")?,
-            Spec::Text(None) | Spec::Released(_) => {
-                return Err(Malformed {
-                    path: "spec".into(),
-                });
-            }
+        let body = self.body.lock_or_recover();
+        let Body::Text {
+            spec: Some(spec),
+            status,
+        } = &*body
+        else {
+            return Err(Malformed {
+                path: "spec".into(),
+            });
         };
         Ok(EncryptedSecret {
             metadata: self.metadata.clone(),
-            spec,
-            status: self.parse_status()?,
+            spec: parse(spec, "spec")?,
+            status: status.as_deref().map(|s| parse(s, "status")).transpose()?,
         })
     }
 
-    /// The status, parsed.
-    pub fn parse_status(&self) -> Result<Option<EncryptedSecretStatus>, Malformed> {
-        self.status
-            .as_deref()
-            .map(|s| parse(s, "status"))
-            .transpose()
-    }
-
-    /// The facts kept of a released spec; `None` while the text is held.
+    /// The facts kept of a released resource; `None` while the texts are
+    /// held.
     pub fn released(&self) -> Option<Facts> {
-        match &*self.spec.lock_or_recover() {
-            Spec::Released(f) => Some(f.clone()),
-            Spec::Text(_) => None,
+        match &*self.body.lock_or_recover() {
+            Body::Released(f) => Some(f.clone()),
+            Body::Text { .. } => None,
         }
     }
 
-    /// Drop the spec text, keeping `facts` (see the module docs). Only for
-    /// a resource this process has reported Synced at this generation.
-    pub fn release_spec(&self, facts: Facts) {
-        *self.spec.lock_or_recover() = Spec::Released(facts);
+    /// Drop the spec and status texts, keeping `facts` (see the module
+    /// docs). Only for a resource this process has reported Synced at this
+    /// generation.
+    pub fn release(&self, facts: Facts) {
+        *self.body.lock_or_recover() = Body::Released(facts);
     }
 
-    /// [`Watched::release_spec`] from the held text (a watch event's copy,
-    /// before it is stored); false when there is none or it does not parse.
-    pub fn release_own_spec(&mut self) -> bool {
-        let spec = self.spec.get_mut().unwrap_or_else(|p| p.into_inner());
-        let facts = match &*spec {
-            Spec::Text(Some(text)) => match parse::<EncryptedSecretSpec>(text, "spec") {
-                Ok(s) => Facts::of(&s),
-                Err(_) => return false,
-            },
-            Spec::Text(None) => return false,
-            Spec::Released(_) => return true,
+    /// [`Watched::release`] from the held texts (a watch event's copy,
+    /// before it is stored); false when there is no spec or it does not
+    /// parse.
+    pub fn release_own(&mut self) -> bool {
+        if self.released().is_some() {
+            return true;
+        }
+        let Ok(es) = self.parse() else {
+            return false;
         };
-        *spec = Spec::Released(facts);
+        self.release(Facts::of(&es.spec, es.status.as_ref()));
         true
     }
 
     /// The KMS key ids of the copies (sorted, no duplicates), from the
     /// released facts or the spec text; empty when it does not parse.
     pub fn kms_key_ids(&self) -> Vec<String> {
-        if let Some(f) = self.released() {
-            return f.kms_keys.iter().map(|k| k.to_string()).collect();
-        }
-        match self.parse() {
-            Ok(es) => Facts::of(&es.spec)
-                .kms_keys
-                .iter()
-                .map(|k| k.to_string())
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        let facts = match self.released() {
+            Some(f) => f,
+            None => match self.parse() {
+                Ok(es) => Facts::of(&es.spec, None),
+                Err(_) => return Vec::new(),
+            },
+        };
+        facts.kms_keys.iter().map(|k| k.to_string()).collect()
     }
 
     /// Whether the status's Ready condition is True.
@@ -221,11 +222,12 @@ impl Watched {
 
     /// Bytes held beyond the metadata (spec and status text).
     pub fn text_len(&self) -> usize {
-        let spec = match &*self.spec.lock_or_recover() {
-            Spec::Text(t) => t.as_deref().map_or(0, str::len),
-            Spec::Released(_) => 0,
-        };
-        spec + self.status.as_deref().map_or(0, str::len)
+        match &*self.body.lock_or_recover() {
+            Body::Text { spec, status } => {
+                spec.as_deref().map_or(0, str::len) + status.as_deref().map_or(0, str::len)
+            }
+            Body::Released(_) => 0,
+        }
     }
 }
 
@@ -454,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn a_released_spec_keeps_metadata_status_and_facts_only() {
+    fn a_released_resource_keeps_metadata_ready_and_facts_only() {
         let mut spec = spec();
         spec["deletionPolicy"] = json!("Retain");
         spec["dataKeys"] = json!([
@@ -468,34 +470,33 @@ mod tests {
             retain: true,
             local: true,
             kms_keys: vec!["arn:a".into(), "arn:b".into()].into(),
+            keys_condition: None,
         };
         for mut w in both(&v) {
             let held = w.text_len();
             assert_eq!(w.released(), None);
             assert_eq!(w.kms_key_ids(), ["arn:a", "arn:b"]);
             let copy = w.clone();
-            assert!(w.release_own_spec());
+            assert!(w.release_own());
             assert_eq!(w.released().as_ref(), Some(&want));
             assert_eq!(w.kms_key_ids(), ["arn:a", "arn:b"], "from the facts");
-            assert!(w.text_len() < held, "the spec text is gone");
+            assert!(held > 0 && w.text_len() == 0, "both texts are gone");
             assert_eq!(w.parse().unwrap_err().path, "spec");
             assert!(w.ready());
             assert_eq!(w.meta().uid.as_deref(), Some("u1"));
-            let status = w.parse_status().unwrap().unwrap();
-            assert_eq!(status.source_hash.as_deref(), Some("h"));
             // a clone keeps the released state; the earlier copy its text
             assert_eq!(w.clone().released().as_ref(), Some(&want));
             assert!(copy.parse().is_ok());
             // in place, through a shared reference (the store's copy)
-            copy.release_spec(want.clone());
+            copy.release(want.clone());
             assert_eq!(copy.released().as_ref(), Some(&want));
             assert!(!format!("{copy:?}").contains("AAAA"));
         }
         // nothing to release: no spec, or one that does not parse
         let mut none = both(&object(json!(null), json!(null)))[0].clone();
-        assert!(!none.release_own_spec());
+        assert!(!none.release_own());
         let mut bad = both(&object(json!({"dataKeys": 5}), json!(null)))[0].clone();
-        assert!(!bad.release_own_spec());
+        assert!(!bad.release_own());
         assert_eq!(bad.released(), None);
     }
 

@@ -307,7 +307,7 @@ async fn open_and_reconcile(obj: &Watched, ctx: &Context) -> Result<Ending> {
             .as_deref()
             .is_some_and(|uid| ctx.state.synced_at(uid, md.generation))
     {
-        obj.release_spec(Facts::of(&es.spec));
+        obj.release(Facts::of(&es.spec, es.status.as_ref()));
     }
     res
 }
@@ -372,10 +372,7 @@ pub fn settled(obj: &Watched, facts: &Facts, ctx: &Context) -> bool {
     {
         return false;
     }
-    let Ok(status) = obj.parse_status() else {
-        return false;
-    };
-    let prev = keys_condition_of(status.as_ref());
+    let prev = facts.keys_condition.as_deref();
     let next = keys_condition_for(
         facts,
         &ctx.state.keys,
