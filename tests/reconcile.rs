@@ -289,7 +289,7 @@ impl Rig {
             self.ctx
                 .secrets
                 .get(&reflector::ObjectRef::new(name).within(NS))
-                .is_some_and(|m| m.resource_version() == want)
+                .is_some_and(|m| m.resource_version.as_deref() == want.as_deref())
         })
         .await;
     }

@@ -150,8 +150,19 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         .filter_map(move |r| futures::future::ready(store.get(&r).map(|o| Ok(o.as_ref().clone()))));
     let echoes = state.clone();
     let (secrets, owned) = owned_secrets(client, ns, move |m| echoes.is_own_secret_write(m));
-    let controller = Controller::for_stream(futures::stream::select(es_stream, wakes), es_store)
-        .owns_stream(owned)
+    // a changed or deleted owned Secret triggers its EncryptedSecret
+    let store = es_store.clone();
+    let owners = owned.filter_map(move |s| {
+        futures::future::ready(match s {
+            Ok(s) => s
+                .owner()
+                .and_then(|r| store.get(&r))
+                .map(|o| Ok(o.as_ref().clone())),
+            Err(e) => Some(Err(e)),
+        })
+    });
+    let triggers = futures::stream::select(futures::stream::select(es_stream, wakes), owners);
+    let controller = Controller::for_stream(triggers, es_store)
         .trigger_backoff(watch_backoff())
         .with_config(ControllerConfig::default().concurrency(state.cfg.concurrency));
     let ctx = Arc::new(Context {

@@ -203,15 +203,10 @@ impl State {
     /// [`Self::wrote_secret_version`] for an owned Secret (by its controller
     /// owner reference).
     pub fn is_own_secret_write(&self, m: &SecretMeta) -> bool {
-        let md = &m.metadata;
-        let Some(rv) = md.resource_version.as_deref() else {
-            return false;
-        };
-        md.owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .is_some_and(|o| self.wrote_secret_version(&o.uid, rv))
+        match (m.controller_uid(), m.resource_version.as_deref()) {
+            (Some(uid), Some(rv)) => self.wrote_secret_version(uid, rv),
+            _ => false,
+        }
     }
 
     pub fn last_write(&self, uid: &str) -> Option<(String, String)> {

@@ -9,33 +9,40 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::core::ObjectMeta;
+use std::borrow::Cow;
+
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 
 use super::Config;
 use super::watched::Watched;
-use crate::api::ADOPT_ANNOTATION;
+use crate::api::{ADOPT_ANNOTATION, EncryptedSecret};
 use crate::backoff::backoff_delay;
 use crate::secret;
 
 /// A materialised Secret as the owned-Secret store holds it: from a
-/// metadata-only watch (no values), trimmed to what reconcile reads —
-/// identity, version, the controller owner reference — with the two
-/// annotations reconcile reads kept as fields of their own
-/// ([`SecretMeta::from_meta`]).
+/// metadata-only watch (no values), only what reconcile reads — identity,
+/// version, the controller owner reference and the two annotations
+/// reconcile reads — each in a field of its own ([`SecretMeta::from_meta`]).
 ///
-/// Why not the annotations map: a `BTreeMap` allocates a whole node for
-/// even one entry (eleven key/value slots, over 500 bytes), so at 100,000
-/// Secrets the one source-hash annotation cost ~50 MiB of map nodes.
-#[derive(Clone, Debug, Default)]
+/// Why not `PartialObjectMeta<Secret>`: an `ObjectMeta` is ~360 bytes
+/// before any of its strings, an `OwnerReference` four more strings, and a
+/// `BTreeMap` allocates a whole node for even one entry (eleven key/value
+/// slots, over 500 bytes): at 100,000 Secrets the one source-hash
+/// annotation alone cost ~50 MiB of map nodes. This record is a third of
+/// the size. It is no [`Resource`]: the store only needs [`Lookup`], and
+/// the owners are triggered by [`SecretMeta::owner`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecretMeta {
-    /// Name, namespace, uid, resourceVersion and the controller owner
-    /// reference only: no labels, annotations or managedFields.
-    pub metadata: ObjectMeta,
+    pub name: Box<str>,
+    pub namespace: Box<str>,
+    pub uid: Option<Box<str>>,
+    pub resource_version: Option<Box<str>>,
+    /// The controller owner reference.
+    pub controller: Option<Box<Controller>>,
     /// The `kmsecrets.dev/source-hash` annotation: which source the Secret
     /// was written from (a new leader recognises its predecessor's last
     /// writes by it).
@@ -44,27 +51,45 @@ pub struct SecretMeta {
     pub adopt: bool,
 }
 
+/// A Secret's controller owner reference.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Controller {
+    pub uid: Box<str>,
+    pub kind: Box<str>,
+    pub name: Box<str>,
+    /// Kind and API group are an EncryptedSecret's.
+    pub encrypted_secret: bool,
+}
+
 impl SecretMeta {
-    /// The trimmed record of a Secret's metadata (see the type's docs).
+    /// The record of a Secret's metadata (see the type's docs).
     pub fn from_meta(m: PartialObjectMeta<Secret>) -> SecretMeta {
         let md = m.metadata;
         let annotation = |k: &str| md.annotations.as_ref().and_then(|a| a.get(k));
         let source_hash = annotation(secret::SOURCE_HASH_ANNOTATION).map(|v| Box::from(v.as_str()));
         let adopt = annotation(ADOPT_ANNOTATION).is_some_and(|v| v == "true");
+        let es_api_version = <EncryptedSecret as Resource>::api_version(&());
         let controller = md
             .owner_references
             .into_iter()
             .flatten()
-            .find(|o| o.controller == Some(true));
+            .find(|o| o.controller == Some(true))
+            .map(|o| {
+                Box::new(Controller {
+                    encrypted_secret: o.kind == <EncryptedSecret as Resource>::kind(&())
+                        && o.api_version.split('/').next() == es_api_version.split('/').next(),
+                    uid: o.uid.into(),
+                    kind: o.kind.into(),
+                    name: o.name.into(),
+                })
+            });
+        let text = |s: Option<String>| s.map(String::into_boxed_str);
         SecretMeta {
-            metadata: ObjectMeta {
-                name: md.name,
-                namespace: md.namespace,
-                uid: md.uid,
-                resource_version: md.resource_version,
-                owner_references: controller.map(|o| vec![o]),
-                ..ObjectMeta::default()
-            },
+            name: md.name.unwrap_or_default().into(),
+            namespace: md.namespace.unwrap_or_default().into(),
+            uid: text(md.uid),
+            resource_version: text(md.resource_version),
+            controller,
             source_hash,
             adopt,
         }
@@ -74,29 +99,46 @@ impl SecretMeta {
     pub fn from_source(&self, hash: &str) -> bool {
         self.source_hash.as_deref() == Some(hash)
     }
+
+    /// The uid of the Secret's controller, if it has one.
+    pub fn controller_uid(&self) -> Option<&str> {
+        self.controller.as_deref().map(|c| &*c.uid)
+    }
+
+    /// The EncryptedSecret controlling this Secret (what its change
+    /// triggers), if an EncryptedSecret does.
+    pub fn owner(&self) -> Option<ObjectRef<Watched>> {
+        let c = self.controller.as_deref().filter(|c| c.encrypted_secret)?;
+        Some(ObjectRef::new(&c.name).within(&self.namespace))
+    }
 }
 
-impl Resource for SecretMeta {
+impl Lookup for SecretMeta {
     type DynamicType = ();
-    type Scope = <Secret as Resource>::Scope;
 
-    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
-        Secret::kind(dt)
+    fn kind(dt: &()) -> Cow<'_, str> {
+        <Secret as Resource>::kind(dt)
     }
-    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
-        Secret::group(dt)
+    fn group(dt: &()) -> Cow<'_, str> {
+        <Secret as Resource>::group(dt)
     }
-    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
-        Secret::version(dt)
+    fn version(dt: &()) -> Cow<'_, str> {
+        <Secret as Resource>::version(dt)
     }
-    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
-        Secret::plural(dt)
+    fn plural(dt: &()) -> Cow<'_, str> {
+        <Secret as Resource>::plural(dt)
     }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
     }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.namespace))
+    }
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.resource_version.as_deref().map(Cow::Borrowed)
+    }
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        self.uid.as_deref().map(Cow::Borrowed)
     }
 }
 
@@ -191,9 +233,10 @@ pub fn owned_secrets(
     ));
     let (store, writer) = reflector::store();
     // `Api<PartialObjectMeta<_>>` lists and watches metadata only
-    let stream = watcher(api, cfg)
-        .map(|ev| ev.map(|ev| map_event(ev, SecretMeta::from_meta)))
-        .reflect(writer);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, cfg).map(|ev| ev.map(|ev| map_event(ev, SecretMeta::from_meta))),
+    );
     let stream = stream.touched_and_vanished(store.clone(), echo);
     (store, stream)
 }
@@ -215,7 +258,7 @@ pub fn map_event<A, B>(ev: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Ev
 pub trait RelistExt<K>:
     futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Sized
 where
-    K: Resource + Clone + Send + Sync + 'static,
+    K: Lookup + Clone + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     /// The objects a watch event touches, plus what a relist shows changed.
@@ -247,7 +290,6 @@ where
     where
         Self: Send + 'static,
     {
-        use kube::runtime::reflector::ObjectRef;
         /// (listed once, the pre-relist snapshot not yet relisted)
         type Relist<K> = (bool, Option<HashMap<ObjectRef<K>, Arc<K>>>);
         self.scan(
@@ -270,9 +312,8 @@ where
                         None => Vec::new(),
                         Some(before) => {
                             let prev = before.remove(&ObjectRef::from_obj(&o));
-                            let same = prev.is_some_and(|p| {
-                                p.meta().resource_version == o.meta().resource_version
-                            });
+                            let same =
+                                prev.is_some_and(|p| p.resource_version() == o.resource_version());
                             if same || quiet(&o) {
                                 Vec::new()
                             } else {
@@ -302,7 +343,7 @@ where
 
 impl<K, S> RelistExt<K> for S
 where
-    K: Resource + Clone + Send + Sync + 'static,
+    K: Lookup + Clone + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Sized,
 {
@@ -314,6 +355,7 @@ mod tests {
     use futures::stream;
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::api::ObjectMeta;
+    use kube::runtime::WatchStreamExt;
 
     fn cm(name: &str, rv: &str) -> ConfigMap {
         ConfigMap {
@@ -335,6 +377,67 @@ mod tests {
     }
 
     use kube::ResourceExt;
+
+    fn secret_meta(owner: serde_json::Value, annotations: serde_json::Value) -> SecretMeta {
+        SecretMeta::from_meta(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {
+                    "name": "db", "namespace": "app", "uid": "s-1", "resourceVersion": "9",
+                    "labels": {"app.kubernetes.io/managed-by": "kmsecrets"},
+                    "annotations": annotations,
+                    "ownerReferences": owner,
+                    "managedFields": [{"manager": "kmsecrets", "operation": "Apply"}],
+                },
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    #[test]
+    fn the_secret_record_keeps_what_reconcile_reads_and_names_its_owner() {
+        let es_ref = |kind: &str, api: &str, controller: bool| {
+            serde_json::json!([
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d-1"},
+                {"apiVersion": api, "kind": kind, "name": "db", "uid": "e-1", "controller": controller},
+            ])
+        };
+        let m = secret_meta(
+            es_ref("EncryptedSecret", "kmsecrets.dev/v1alpha1", true),
+            serde_json::json!({
+                "kmsecrets.dev/source-hash": "sha256:ab",
+                "kmsecrets.dev/adopt": "true",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            }),
+        );
+        assert_eq!((&*m.name, &*m.namespace), ("db", "app"));
+        assert_eq!(m.uid.as_deref(), Some("s-1"));
+        assert_eq!(m.resource_version.as_deref(), Some("9"));
+        assert_eq!(m.controller_uid(), Some("e-1"));
+        assert!(m.from_source("sha256:ab") && !m.from_source("sha256:cd"));
+        assert!(m.adopt);
+        assert_eq!(m.owner(), Some(ObjectRef::new("db").within("app")));
+        assert_eq!(
+            ObjectRef::from_obj(&m),
+            ObjectRef::<SecretMeta>::new("db").within("app")
+        );
+        // not ours to trigger: another kind, another group, no controller
+        for (kind, api, controller) in [
+            ("Deployment", "kmsecrets.dev/v1alpha1", true),
+            ("EncryptedSecret", "example.com/v1", true),
+            ("EncryptedSecret", "kmsecrets.dev/v1alpha1", false),
+        ] {
+            let m = secret_meta(es_ref(kind, api, controller), serde_json::json!({}));
+            assert_eq!(m.owner(), None, "{kind} {api} {controller}");
+            assert_eq!(m.controller_uid().is_some(), controller);
+            assert!(!m.adopt && m.source_hash.is_none());
+        }
+        let adopt_false = secret_meta(
+            serde_json::json!(null),
+            serde_json::json!({"kmsecrets.dev/adopt": "yes"}),
+        );
+        assert!(!adopt_false.adopt && adopt_false.controller.is_none());
+    }
 
     /// A first list triggers nothing (the owners are fed from their own
     /// store); after it, watch events do, and a relist yields what changed

@@ -152,7 +152,7 @@ pub(super) async fn update(
         info!(name = %t.name, namespace = %t.ns, "Secret is immutable; replacing it");
         let dp = kube::api::DeleteParams {
             preconditions: Some(kube::api::Preconditions {
-                uid: meta.metadata.uid.clone(),
+                uid: meta.uid.as_deref().map(String::from),
                 resource_version: None,
             }),
             ..Default::default()

@@ -362,7 +362,7 @@ pub fn settled(obj: &Watched, facts: &Facts, ctx: &Context) -> bool {
     let Some(secret) = ctx.secrets.get(&ObjectRef::new(name).within(ns)) else {
         return false;
     };
-    let Some(rv) = secret.metadata.resource_version.as_deref() else {
+    let Some(rv) = secret.resource_version.as_deref() else {
         return false;
     };
     // with a generation the hash is never computed

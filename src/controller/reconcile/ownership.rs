@@ -90,13 +90,8 @@ pub(super) fn store_may_miss_it(t: &Target<'_>, ctx: &Context) -> bool {
 /// Whether we control the existing Secret `meta` (our controller owner
 /// reference, or the adopt annotation); `SecretConflict` otherwise.
 pub(super) fn controlled(t: &Target<'_>, meta: SecretMeta) -> Stage<SecretMeta> {
-    let controller = meta
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
-    let ours = controller.is_some_and(|o| o.uid == t.uid);
+    let controller = meta.controller.as_deref();
+    let ours = controller.is_some_and(|o| *o.uid == *t.uid);
     if ours || meta.adopt {
         return ControlFlow::Continue(meta);
     }
@@ -124,7 +119,7 @@ pub(super) fn in_sync(
     ctx: &Context,
     current: Option<&SecretMeta>,
 ) -> Stage<String> {
-    let current_rv = current.and_then(|m| m.metadata.resource_version.clone());
+    let current_rv = current.and_then(|m| m.resource_version.as_deref().map(String::from));
     let status = t.es.status.as_ref();
     let generation = t.es.meta().generation;
     if let Some(rv) = &current_rv
@@ -207,7 +202,10 @@ pub(super) async fn written_before(
         .as_ref()
         .and_then(|a| a.get(secret::SOURCE_HASH_ANNOTATION))
         == Some(&hash);
-    if foreign || !still_from_this_source || m.resource_version != meta.metadata.resource_version {
+    if foreign
+        || !still_from_this_source
+        || m.resource_version.as_deref() != meta.resource_version.as_deref()
+    {
         return ControlFlow::Continue(hash);
     }
     debug!(name = %t.name, namespace = %t.ns, "Secret already written from this source; recording it");
