@@ -140,6 +140,12 @@ impl Lookup for SecretMeta {
     fn uid(&self) -> Option<Cow<'_, str>> {
         self.uid.as_deref().map(Cow::Borrowed)
     }
+    /// The store's key: name and namespace only (the default copies the
+    /// uid and resourceVersion into every key as well, which nothing reads:
+    /// keys compare by name and namespace).
+    fn to_object_ref(&self, _: ()) -> ObjectRef<Self> {
+        ObjectRef::new(&self.name).within(&self.namespace)
+    }
 }
 
 /// Lists use the default (most recent, consistent) semantic, not
@@ -417,10 +423,9 @@ mod tests {
         assert!(m.from_source("sha256:ab") && !m.from_source("sha256:cd"));
         assert!(m.adopt);
         assert_eq!(m.owner(), Some(ObjectRef::new("db").within("app")));
-        assert_eq!(
-            ObjectRef::from_obj(&m),
-            ObjectRef::<SecretMeta>::new("db").within("app")
-        );
+        let key = ObjectRef::from_obj(&m);
+        assert_eq!(key, ObjectRef::<SecretMeta>::new("db").within("app"));
+        assert_eq!((key.extra.uid, key.extra.resource_version), (None, None));
         // not ours to trigger: another kind, another group, no controller
         for (kind, api, controller) in [
             ("Deployment", "kmsecrets.dev/v1alpha1", true),
