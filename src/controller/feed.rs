@@ -69,26 +69,39 @@ impl Feed {
     }
 
     /// Trigger every resource of `store` through `parked`'s trigger stream,
-    /// paced; returns how many. The store is read once, up front.
+    /// paced; returns how many. The store is read once, up front (each
+    /// object is let go as it is triggered).
     pub async fn feed(&self, store: &Store<Watched>, parked: &Parked) -> usize {
+        let refs = store.state().into_iter().filter_map(|obj| reference(&obj));
+        self.feed_refs(refs, parked).await
+    }
+
+    /// Trigger `refs` through `parked`'s trigger stream, paced; returns how
+    /// many.
+    pub async fn feed_refs(
+        &self,
+        refs: impl IntoIterator<Item = ObjectRef<Watched>>,
+        parked: &Parked,
+    ) -> usize {
         let mut n = 0;
-        for obj in store.state() {
-            let md = obj.meta();
-            let Some(name) = md.name.as_deref() else {
-                continue;
-            };
-            let r = ObjectRef::new(name);
-            let r = match md.namespace.as_deref() {
-                Some(ns) => r.within(ns),
-                None => r,
-            };
-            drop(obj);
+        for r in refs {
             self.take().await;
             parked.trigger(r);
             n += 1;
         }
         n
     }
+}
+
+/// A watched object's name and namespace as a trigger (no uid or
+/// resourceVersion copied: triggers compare by name and namespace).
+pub fn reference(obj: &Watched) -> Option<ObjectRef<Watched>> {
+    let md = obj.meta();
+    let r = ObjectRef::new(md.name.as_deref()?);
+    Some(match md.namespace.as_deref() {
+        Some(ns) => r.within(ns),
+        None => r,
+    })
 }
 
 #[cfg(test)]

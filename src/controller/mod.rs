@@ -235,12 +235,21 @@ fn spawn_housekeeping(
             _ = stopped(&mut shutdown) => return,
         }
         let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut round = 0u64;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped(&mut shutdown) => return,
             }
-            housekeeping(&stores, &state);
+            // the gauge every 5 s; the eviction (a set of every live uid)
+            // every minute: at 100,000 resources it was, every 5 s, 7 % of
+            // the controller's CPU
+            if round.is_multiple_of(EVICT_EVERY) {
+                housekeeping(&stores, &state);
+            } else {
+                count_ready(&stores, &state);
+            }
+            round += 1;
             for (ctx, store) in ctxs.iter().zip(&stores) {
                 ctx.parked.compact(|r| store.get(r).is_some());
             }
@@ -284,30 +293,39 @@ async fn all_listed(ctxs: &[Arc<Context>]) {
     }
 }
 
-/// One round of [`spawn_housekeeping`]; `stores` must have listed.
+/// Housekeeping rounds (of 5 s) between two evictions of deleted objects'
+/// memory.
+const EVICT_EVERY: u64 = 12;
+
+/// One full round of [`spawn_housekeeping`]: the ready gauge, eviction of
+/// the memory of deleted objects, expired DEKs; `stores` must have listed.
 pub fn housekeeping(stores: &[Store<Watched>], state: &State) {
-    let (mut ready, mut not_ready) = (0i64, 0i64);
-    let mut live = HashSet::new();
-    for store in stores {
-        for obj in store.state() {
-            if let Some(uid) = obj.meta().uid.clone() {
-                live.insert(uid);
-            }
-            // A malformed object counts as not ready.
-            if obj.ready() {
-                ready += 1;
-            } else {
-                not_ready += 1;
-            }
-        }
-    }
+    let objects: Vec<Arc<Watched>> = stores.iter().flat_map(|s| s.state()).collect();
+    set_ready_gauge(state, &objects);
+    let live: HashSet<&str> = objects
+        .iter()
+        .filter_map(|o| o.meta().uid.as_deref())
+        .collect();
+    state.retain_objects(|uid| live.contains(uid));
+    state.kms.purge_expired();
+}
+
+/// The ready gauge and expired DEKs only (the rounds between evictions).
+fn count_ready(stores: &[Store<Watched>], state: &State) {
+    let objects: Vec<Arc<Watched>> = stores.iter().flat_map(|s| s.state()).collect();
+    set_ready_gauge(state, &objects);
+    state.kms.purge_expired();
+}
+
+/// `kmsecrets_encryptedsecrets{ready}` over `objects` (a malformed object
+/// counts as not ready).
+fn set_ready_gauge(state: &State, objects: &[Arc<Watched>]) {
+    let ready = objects.iter().filter(|o| o.ready()).count() as i64;
     let m = &state.metrics;
     m.encryptedsecrets.with_label_values(&["true"]).set(ready);
     m.encryptedsecrets
         .with_label_values(&["false"])
-        .set(not_ready);
-    state.retain_objects(&live);
-    state.kms.purge_expired();
+        .set(objects.len() as i64 - ready);
 }
 
 /// Run the operator until `shutdown` fires: HTTP server, leader election

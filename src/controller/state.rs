@@ -7,7 +7,7 @@
 //!
 //! Never holds plaintext or data keys (the DEK cache is the KMS layer's).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -250,17 +250,17 @@ impl State {
 
     /// Drop the per-object memory of every object not in `live` (deleted
     /// without a finalizer never reach a reconcile). Returns how many.
-    pub fn retain_objects(&self, live: &HashSet<String>) -> usize {
+    pub fn retain_objects(&self, live: impl Fn(&str) -> bool) -> usize {
         let mut n = 0;
         {
             let mut w = self.written.lock_or_recover();
             let before = w.len();
-            w.retain(|uid, _| live.contains(&**uid));
+            w.retain(|uid, _| live(uid));
             n += before - w.len();
         }
         let mut f = self.failures.lock_or_recover();
         let before = f.len();
-        f.retain(|uid, _| live.contains(uid));
+        f.retain(|uid, _| live(uid));
         n + before - f.len()
     }
 
