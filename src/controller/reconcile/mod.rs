@@ -274,7 +274,12 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
         Some(facts) => Box::pin(settled_or_read(&obj, &facts, &ctx)).await,
         None => Box::pin(open_and_reconcile(&obj, &ctx)).await,
     };
-    ctx.feed.done();
+    // a deferred resource is parked: its place in the feed stays taken
+    // until it has really been reconciled (else a cold start behind a few
+    // data keys would park the whole list, each with a scheduler requeue)
+    if !matches!(res, Ok((None, _))) {
+        ctx.feed.done();
+    }
     let m = &ctx.state.metrics;
     m.reconcile_duration.observe(start.elapsed().as_secs_f64());
     let label = match &res {
