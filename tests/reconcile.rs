@@ -1432,7 +1432,16 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
         .await
         .unwrap();
     rig.store_caught_up("db").await;
-    assert!(!state.is_own_secret_write(&stored("db").unwrap()));
+    let edited = stored("db").unwrap();
+    assert!(!state.is_own_secret_write(&edited));
+    // a version our apply wrote is an echo as soon as the apply is
+    // remembered, before the Synced status that follows it is written (the
+    // echo usually arrives while that write is in flight)
+    let uid = synced.metadata.uid.clone().unwrap();
+    let rv = edited.resource_version.clone().unwrap();
+    state.remember_write(&uid, "any", &rv);
+    assert!(state.is_own_secret_write(&edited));
+    assert!(!state.synced_at(&uid, synced.metadata.generation));
     // someone labels the EncryptedSecret (a change without a new generation)
     let label = serde_json::json!({"metadata": {"labels": {"team": "a"}}});
     let labelled = rig

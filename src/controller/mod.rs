@@ -146,8 +146,9 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
     // parked reconciles come back through the same trigger stream
     let (parked, wakes) = fairness::Parked::new();
     let store = es_store.clone();
-    let wakes = wakes
-        .filter_map(move |r| futures::future::ready(store.get(&r).map(|o| Ok(o.as_ref().clone()))));
+    let wakes = wakes.filter_map(move |r| {
+        futures::future::ready(store.get(&r).map(|_| Ok(Watched::trigger(&r))))
+    });
     let echoes = state.clone();
     let (secrets, owned) = owned_secrets(client, ns, move |m| echoes.is_own_secret_write(m));
     // a changed or deleted owned Secret triggers its EncryptedSecret
@@ -156,8 +157,8 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         futures::future::ready(match s {
             Ok(s) => s
                 .owner()
-                .and_then(|r| store.get(&r))
-                .map(|o| Ok(o.as_ref().clone())),
+                .filter(|r| store.get(r).is_some())
+                .map(|r| Ok(Watched::trigger(&r))),
             Err(e) => Some(Err(e)),
         })
     });

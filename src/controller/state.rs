@@ -181,14 +181,23 @@ impl State {
     }
 
     /// True when `secret_rv` is the Secret version our own last apply for
-    /// `uid` produced and a Synced status followed it: the Secret's watch
-    /// event triggers no reconcile of its owner (its store is updated all
-    /// the same).
+    /// `uid` produced: the Secret's watch event triggers no reconcile of its
+    /// owner (its store is updated all the same).
+    ///
+    /// It holds from the moment the apply is remembered, before the status
+    /// write that follows it: the echo usually arrives while that write is
+    /// in flight, and a trigger then would queue a second reconcile of a
+    /// resource that is being finished (a third of all reconciles of a cold
+    /// start). Nothing is lost: the Secret at that version is what the
+    /// reconcile wrote, and a failed status write requeues the resource
+    /// through the error policy.
     pub fn wrote_secret_version(&self, uid: &str, secret_rv: &str) -> bool {
-        self.written
-            .lock_or_recover()
-            .get(uid)
-            .is_some_and(|w| w.synced_generation.is_some() && &*w.secret_rv == secret_rv)
+        !secret_rv.is_empty()
+            && self
+                .written
+                .lock_or_recover()
+                .get(uid)
+                .is_some_and(|w| &*w.secret_rv == secret_rv)
     }
 
     /// [`Self::wrote_status_version`] for a watched EncryptedSecret.

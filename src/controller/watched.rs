@@ -35,6 +35,7 @@ use std::sync::Mutex;
 
 use kube::Resource;
 use kube::core::ObjectMeta;
+use kube::runtime::reflector::ObjectRef;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
@@ -148,6 +149,23 @@ impl Watched {
             metadata,
             body: Mutex::new(Body::Text { spec, status }),
             ready,
+        }
+    }
+
+    /// A trigger for the stored resource `r` names: name and namespace, no
+    /// body. The controller reconciles the store's copy, looked up by
+    /// reference, so a trigger needs no copy of the stored object (the feed,
+    /// the resync sweep, woken parked reconciles and changed owned Secrets
+    /// trigger with this).
+    pub fn trigger(r: &ObjectRef<Watched>) -> Watched {
+        Watched {
+            metadata: ObjectMeta {
+                name: Some(r.name.clone()),
+                namespace: r.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            body: Mutex::new(Body::Released(Facts::default())),
+            ready: false,
         }
     }
 
@@ -397,6 +415,18 @@ mod tests {
             assert_eq!(w.meta().name.as_deref(), Some("db"));
             assert_eq!(json(&Watched::new(&typed).parse().unwrap()), json(&typed));
         }
+    }
+
+    #[test]
+    fn a_trigger_names_the_stored_object_and_holds_nothing_else() {
+        let [w, _] = both(&object(spec(), ready_status("True")));
+        let r = ObjectRef::from_obj(&w);
+        let t = Watched::trigger(&r);
+        assert_eq!(ObjectRef::from_obj(&t), r, "same reference as the stored object");
+        assert_eq!(t.meta().name.as_deref(), Some("db"));
+        assert_eq!(t.meta().namespace, w.meta().namespace);
+        assert_eq!((t.text_len(), t.meta().uid.as_ref()), (0, None));
+        assert!(t.meta().annotations.is_none() && t.meta().labels.is_none());
     }
 
     #[test]
