@@ -221,16 +221,52 @@ impl Watched {
     }
 
     /// The KMS key ids of the copies (sorted, no duplicates), from the
-    /// released facts or the spec text; empty when it does not parse.
+    /// released facts or the spec text; empty when the spec has no
+    /// readable `dataKeys`.
     pub fn kms_key_ids(&self) -> Vec<String> {
-        let facts = match self.released() {
-            Some(f) => f,
-            None => match self.parse() {
-                Ok(es) => Facts::of(&es.spec, None),
-                Err(_) => return Vec::new(),
-            },
-        };
-        facts.kms_keys.iter().map(|k| k.to_string()).collect()
+        self.with_kms_keys(|keys| keys.iter().map(|k| k.to_string()).collect())
+    }
+
+    /// Calls `f` with the KMS key ids of the copies (sorted, no
+    /// duplicates), borrowed: from the released facts, or from the spec
+    /// text read for its `dataKeys` alone (nothing else of the spec is
+    /// parsed, nothing is copied). The key check walks every stored object
+    /// with this, so it costs no memory per resource.
+    pub fn with_kms_keys<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        #[derive(Deserialize)]
+        struct Copy<'a> {
+            #[serde(borrow)]
+            provider: Cow<'a, str>,
+            #[serde(rename = "keyId", borrow)]
+            key_id: Cow<'a, str>,
+        }
+        #[derive(Deserialize)]
+        struct Spec<'a> {
+            #[serde(rename = "dataKeys", borrow)]
+            data_keys: Vec<Copy<'a>>,
+        }
+        let body = self.body.lock_or_recover();
+        match &*body {
+            Body::Released(facts) => {
+                let keys: Vec<&str> = facts.kms_keys.iter().map(|k| &**k).collect();
+                f(&keys)
+            }
+            Body::Text {
+                spec: Some(spec), ..
+            } => {
+                let parsed = serde_json::from_str::<Spec<'_>>(spec).ok();
+                let mut keys: Vec<&str> = parsed
+                    .iter()
+                    .flat_map(|s| &s.data_keys)
+                    .filter(|c| c.provider == Provider::AwsKms.as_str())
+                    .map(|c| &*c.key_id)
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                f(&keys)
+            }
+            Body::Text { spec: None, .. } => f(&[]),
+        }
     }
 
     /// Whether the status's Ready condition is True.
@@ -422,7 +458,11 @@ mod tests {
         let [w, _] = both(&object(spec(), ready_status("True")));
         let r = ObjectRef::from_obj(&w);
         let t = Watched::trigger(&r);
-        assert_eq!(ObjectRef::from_obj(&t), r, "same reference as the stored object");
+        assert_eq!(
+            ObjectRef::from_obj(&t),
+            r,
+            "same reference as the stored object"
+        );
         assert_eq!(t.meta().name.as_deref(), Some("db"));
         assert_eq!(t.meta().namespace, w.meta().namespace);
         assert_eq!((t.text_len(), t.meta().uid.as_ref()), (0, None));
@@ -528,6 +568,32 @@ mod tests {
         let mut bad = both(&object(json!({"dataKeys": 5}), json!(null)))[0].clone();
         assert!(!bad.release_own());
         assert_eq!(bad.released(), None);
+        assert!(bad.kms_key_ids().is_empty() && none.kms_key_ids().is_empty());
+    }
+
+    /// The key check's reader: the same keys as the full parse, from the
+    /// `dataKeys` alone (escaped ids included), and none from a spec whose
+    /// `dataKeys` cannot be read.
+    #[test]
+    fn kms_keys_are_read_from_the_data_keys_alone() {
+        let mut spec = spec();
+        spec["dataKeys"] = json!([
+            {"provider": "aws-kms", "keyId": "arn:z", "ciphertext": "AAAA", "algorithm": "RSAES_OAEP_SHA_256"},
+            {"provider": "aws-kms", "keyId": "arn:\"a", "ciphertext": "AAAA"},
+            {"provider": "local", "keyId": "local:0011", "ciphertext": "AAAA"},
+            {"provider": "aws-kms", "keyId": "arn:z", "ciphertext": "BBBB"},
+        ]);
+        for w in both(&object(spec.clone(), ready_status("True"))) {
+            let full = Facts::of(&w.parse().unwrap().spec, None).kms_keys;
+            let read = w.with_kms_keys(|k| k.iter().map(|k| Box::from(*k)).collect::<Vec<_>>());
+            assert_eq!(read, full.to_vec());
+            assert_eq!(w.kms_key_ids(), ["arn:\"a", "arn:z"]);
+        }
+        for data_keys in [json!(5), json!([{"provider": 1}]), json!(null)] {
+            spec["dataKeys"] = data_keys;
+            let w = &both(&object(spec.clone(), json!(null)))[0];
+            assert_eq!(w.with_kms_keys(|k| k.len()), 0);
+        }
     }
 
     #[test]
