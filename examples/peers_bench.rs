@@ -709,7 +709,7 @@ async fn run(c: &Contender, inputs: &Inputs, peers: Option<&Peers>, bin: &Path) 
     let log = cp.dir().join("contender.log");
     let file = std::fs::File::create(&log).unwrap();
     let started = Instant::now();
-    let child = cmd
+    let child = support::own_group(&mut cmd)
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)

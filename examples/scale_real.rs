@@ -521,7 +521,7 @@ async fn run_backend(
     let log = dir.join(format!("controller-{backend}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let started = Instant::now();
-    let child = Command::new(bin)
+    let child = support::own_group(&mut Command::new(bin))
         .arg("controller")
         .arg("--kubeconfig")
         .arg(kubeconfig)

@@ -91,8 +91,31 @@ pub struct Controller {
     pub log: PathBuf,
 }
 
+/// Start `cmd` in a process group of its own (see [`Controller`]'s drop).
+pub fn own_group(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+}
+
+/// Stops the whole process group (started with [`own_group`]): a wrapper
+/// such as heaptrack runs the controller as its child, which outlived its
+/// harness when only the wrapper was killed. SIGTERM first (a profiler
+/// writes its data), SIGKILL after 5 s.
 impl Drop for Controller {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal("-KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
