@@ -74,8 +74,9 @@ pub fn slot_refs(
         .collect()
 }
 
-/// The sweep over every scope's store, once they have all listed (the
-/// list itself triggers every resource once), until `shutdown`.
+/// The sweep over every scope's store, once each has been fed whole after
+/// its first list (that feed reconciles every resource once: the first
+/// interval starts when it is done), until `shutdown`.
 pub fn spawn(
     stores: Vec<Store<Watched>>,
     ctxs: Vec<Arc<Context>>,
@@ -83,8 +84,13 @@ pub fn spawn(
     mut shutdown: channel::Receiver<bool>,
 ) {
     tokio::spawn(async move {
+        let all_fed = async {
+            for ctx in &ctxs {
+                ctx.feed.fed().await;
+            }
+        };
         tokio::select! {
-            _ = super::all_listed(&ctxs) => {}
+            _ = all_fed => {}
             _ = stopped(&mut shutdown) => return,
         }
         let salt = std::collections::hash_map::RandomState::new();
