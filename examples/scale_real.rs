@@ -7,6 +7,7 @@
 //! cargo run --release --example scale_real -- 2000 200 100 real   # one backend only (real | memory)
 //! SCALE_CONTROLLER_ARGS="--concurrency 16" cargo run --release --example scale_real  # non-default flags
 //! SCALE_PERF=/tmp/perf.data cargo run --release --example scale_real  # also `perf record` the controller
+//! SCALE_PERF=/tmp/p.data SCALE_PERF_GRAPH=dwarf cargo run --release --example scale_real -- 20000 20000 0 real local  # with callers
 //! cargo run --release --example scale_real -- 100000 100000 0 real local  # local key, no KMS
 //! SCALE_STEADY=200 SCALE_CONTROLLER_ARGS="--resync-interval 2m" \
 //!   cargo run --release --example scale_real -- 100000 10000 100 real  # + a steady-state window
@@ -547,10 +548,17 @@ async fn run_backend(
         .spawn()
         .unwrap();
     // SCALE_PERF=FILE: sample the controller with `perf record` for the
-    // whole cold start (a profile, not part of the table)
+    // whole cold start (a profile, not part of the table);
+    // SCALE_PERF_GRAPH=dwarf: call graphs by DWARF unwinding (the release
+    // build has no frame pointers, so `-g` alone attributes nothing to its
+    // callers; large files: use it on short runs)
     let perf = std::env::var("SCALE_PERF").ok().map(|out| {
+        let graph = match std::env::var("SCALE_PERF_GRAPH").as_deref() {
+            Ok("dwarf") => "--call-graph=dwarf,16384",
+            _ => "-g",
+        };
         Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "499", "-g", "-o"])
+            .args(["record", "-e", "cpu-clock", "-F", "499", graph, "-o"])
             .arg(format!("{out}.{backend}"))
             .args(["-p", &child.id().to_string()])
             .stdout(Stdio::null())

@@ -13,7 +13,8 @@
 //! - [`reconcile`]: the pipeline, one file per stage group;
 //! - [`status`]: the conditions (pure); the Secret itself is built by
 //!   [`crate::secret`] (pure, shared with the CLI);
-//! - [`watched`]: the compact store of EncryptedSecrets.
+//! - [`watched`]: the compact store of EncryptedSecrets;
+//! - [`lean`]: decoding without `managedFields`, write answers as a version.
 //!
 //! Kept on purpose, with tests that guard them: the layering test
 //! (`tests/layering.rs`: nothing below imports anything above), the
@@ -25,6 +26,7 @@ pub mod fairness;
 pub mod feed;
 pub mod keys;
 pub mod leader;
+pub mod lean;
 pub mod reconcile;
 pub mod resync;
 pub mod state;

@@ -352,7 +352,8 @@ impl<'de> Deserialize<'de> for Watched {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Wire {
-            #[serde(default)]
+            // without managedFields, skipped unread (see `super::lean`)
+            #[serde(default, deserialize_with = "super::lean::meta")]
             metadata: ObjectMeta,
             #[serde(default, deserialize_with = "compact")]
             spec: Option<Box<str>>,

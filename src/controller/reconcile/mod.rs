@@ -48,7 +48,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::{ObjectMeta, PartialObjectMeta};
+use kube::core::ObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -241,8 +241,9 @@ struct Target<'a> {
     name: String,
     uid: String,
     es_api: Api<EncryptedSecret>,
-    /// The same resource, answers decoded as metadata only.
-    es_meta_api: Api<PartialObjectMeta<EncryptedSecret>>,
+    /// The same resource, answers decoded for their resourceVersion only
+    /// (see [`super::lean::Written`]).
+    es_meta_api: Api<super::lean::Written<EncryptedSecret>>,
     secrets: Api<Secret>,
 }
 

@@ -116,8 +116,8 @@ pub(super) async fn write_status(
     // server far less than an apply (no structured merge, no conflict
     // detection) — at 10,000 resources it is a third of its work.
     let patch = json!({ "status": next });
-    // only the new resourceVersion is read from the answer (metadata-only
-    // decoding: the ciphertext in it is skipped, not built)
+    // only the new resourceVersion is read from the answer (the spec with
+    // its ciphertext, the status and the managed fields are skipped unread)
     let written = t
         .es_meta_api
         .patch_status(
@@ -137,7 +137,7 @@ pub(super) async fn write_status(
     {
         publish_keys(&ctx.state, es.object_ref(&()), k).await;
     }
-    Ok(written.metadata.resource_version)
+    Ok(written.resource_version())
 }
 
 /// An object whose spec does not parse: Ready=False InvalidSpec (status
