@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference, Time};
 use kube::Resource;
 use kube::core::ObjectMeta;
 use serde::{Deserialize, Deserializer};
@@ -147,6 +147,62 @@ impl<K: Resource<DynamicType = ()>> Resource for Written<K> {
     }
 }
 
+/// The answer to a write of one of our Secrets (create, server-side
+/// apply): its resourceVersion, the keys of its `data` — the values, the
+/// plaintext, are skipped unread, so the answer puts no second copy of them
+/// in memory — and its managed fields as unparsed JSON text, parsed only
+/// when a key is left over (see `reconcile::keys_left_by_create`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SecretWritten {
+    metadata: SecretWrittenMeta,
+    #[serde(deserialize_with = "map_keys")]
+    data: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct SecretWrittenMeta {
+    resource_version: Option<String>,
+    managed_fields: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl SecretWritten {
+    /// The Secret's resourceVersion after the write.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.metadata.resource_version.as_deref()
+    }
+
+    /// The keys of `data`, in the order the API server sent them.
+    pub fn data_keys(&self) -> &[String] {
+        &self.data
+    }
+
+    /// The managed fields, parsed now (empty when absent or unreadable).
+    pub fn managed_fields(&self) -> Vec<ManagedFieldsEntry> {
+        self.metadata
+            .managed_fields
+            .as_deref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for SecretWritten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretWritten")
+            .field("resourceVersion", &self.metadata.resource_version)
+            .field("dataKeys", &self.data)
+            .finish()
+    }
+}
+
+/// A JSON object's keys, its values skipped unread (`null`: none).
+fn map_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let m = Option::<BTreeMap<String, serde::de::IgnoredAny>>::deserialize(d)?;
+    Ok(m.map(|m| m.into_keys().collect()).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -194,6 +250,34 @@ mod tests {
         // a wrongly typed field is still an error, not silently dropped
         let bad = json!({"metadata": {"generation": "three"}});
         assert!(serde_json::from_value::<Lean>(bad).is_err());
+    }
+
+    #[test]
+    fn a_secret_answer_keeps_keys_version_and_managed_fields_never_values() {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "resourceVersion": "7",
+                "managedFields": [{"manager": "kmsecrets", "operation": "Update",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:b": {}, "f:a": {}}}}]},
+            "data": {"password": "aHVudGVyMg==", "a": "eA=="},
+            "type": "Opaque",
+        });
+        let text = serde_json::to_string(&secret).unwrap();
+        let w: SecretWritten = serde_json::from_str(&text).unwrap();
+        assert_eq!(w.resource_version(), Some("7"));
+        assert_eq!(w.data_keys(), ["a", "password"]);
+        let mf = w.managed_fields();
+        assert_eq!(mf.len(), 1);
+        assert_eq!(mf[0].manager.as_deref(), Some("kmsecrets"));
+        let dbg = format!("{w:?}");
+        assert!(
+            !dbg.contains("aHVudGVy") && !dbg.contains("hunter2"),
+            "{dbg}"
+        );
+        // no data, no managed fields: empty, not an error
+        let bare: SecretWritten = serde_json::from_str(r#"{"metadata":{},"data":null}"#).unwrap();
+        assert!(bare.data_keys().is_empty() && bare.managed_fields().is_empty());
+        assert_eq!(bare.resource_version(), None);
     }
 
     #[test]

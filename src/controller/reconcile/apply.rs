@@ -122,12 +122,45 @@ fn apply_failed(t: &Target<'_>, e: &kube::Error) -> Done {
 }
 
 /// 6a. Create a Secret the owned-Secret store says does not exist.
-pub(super) async fn create(t: &Target<'_>, secret: &Secret) -> Result<Secret, kube::Error> {
+pub(super) async fn create(t: &Target<'_>, secret: &Secret) -> Result<SecretWritten, kube::Error> {
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         dry_run: false,
     };
-    t.secrets.create(&params, secret).await
+    let body = serde_json::to_vec(secret).map_err(kube::Error::SerdeError)?;
+    let req = kube::core::Request::new(t.secrets.resource_url()).create(&params, body);
+    send_secret_write(t, req, "create").await
+}
+
+/// Server-side apply of `secret` (forced: the Secret is ours).
+async fn apply_secret(t: &Target<'_>, secret: &Secret) -> Result<SecretWritten, kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let req = kube::core::Request::new(t.secrets.resource_url()).patch(
+        &t.name,
+        &params,
+        &Patch::Apply(secret),
+    );
+    send_secret_write(t, req, "patch").await
+}
+
+/// Send a write of one of our Secrets; its answer is decoded lean (see
+/// [`SecretWritten`]: no values, managed fields left as text). Decoded
+/// here rather than by `Client::request`, which logs the whole answer
+/// when it does not decode — and a Secret's answer holds its values; the
+/// error says so without a position (a position would depend on them).
+async fn send_secret_write(
+    t: &Target<'_>,
+    req: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    verb: &'static str,
+) -> Result<SecretWritten, kube::Error> {
+    let mut req = req.map_err(kube::Error::BuildRequest)?;
+    req.extensions_mut().insert(verb);
+    let text = t.secrets.clone().into_client().request_text(req).await?;
+    serde_json::from_str(&text).map_err(|_| {
+        kube::Error::SerdeError(serde::de::Error::custom(
+            "the API server's answer to a Secret write does not decode",
+        ))
+    })
 }
 
 /// 6b. Server-side apply over an existing Secret we control (`meta`),
@@ -136,16 +169,12 @@ pub(super) async fn update(
     t: &Target<'_>,
     secret: &mut Secret,
     meta: &SecretMeta,
-) -> Stage<Secret> {
+) -> Stage<SecretWritten> {
     api!(
         format_args!("reading Secret {}", t.name),
         mark_content_change(t, secret, Some(meta)).await
     );
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut result = t
-        .secrets
-        .patch(&t.name, &params, &Patch::Apply(&*secret))
-        .await;
+    let mut result = apply_secret(t, secret).await;
     if let Err(e) = &result
         && is_immutable_conflict(e)
     {
@@ -158,10 +187,7 @@ pub(super) async fn update(
             ..Default::default()
         };
         if t.secrets.delete(&t.name, &dp).await.is_ok() {
-            result = t
-                .secrets
-                .patch(&t.name, &params, &Patch::Apply(&*secret))
-                .await;
+            result = apply_secret(t, secret).await;
         }
     }
     match result {
@@ -180,10 +206,10 @@ pub(super) async fn update(
 ///     Secret's resourceVersion after the write.
 pub(super) async fn prune_created_keys(
     t: &Target<'_>,
-    written: Secret,
+    written: SecretWritten,
     keys: &BTreeSet<String>,
 ) -> Result<Option<String>, kube::Error> {
-    let rv = written.metadata.resource_version.clone();
+    let rv = written.resource_version().map(String::from);
     let stale = keys_left_by_create(&written, keys);
     drop(written);
     if stale.is_empty() {
@@ -206,13 +232,15 @@ pub(super) async fn prune_created_keys(
 }
 
 /// The keys of `written.data` that are not in `keys` and that our own
-/// `Update` managedFields entry (the create) owns.
-pub fn keys_left_by_create(written: &Secret, keys: &BTreeSet<String>) -> Vec<String> {
-    let created: BTreeSet<&str> = written
-        .metadata
-        .managed_fields
+/// `Update` managedFields entry (the create) owns. The managed fields are
+/// parsed only when a key is left over at all.
+pub fn keys_left_by_create(written: &SecretWritten, keys: &BTreeSet<String>) -> Vec<String> {
+    if written.data_keys().iter().all(|k| keys.contains(k)) {
+        return Vec::new();
+    }
+    let managed = written.managed_fields();
+    let created: BTreeSet<&str> = managed
         .iter()
-        .flatten()
         .filter(|e| {
             e.manager.as_deref() == Some(FIELD_MANAGER)
                 && e.operation.as_deref() == Some("Update")
@@ -222,10 +250,8 @@ pub fn keys_left_by_create(written: &Secret, keys: &BTreeSet<String>) -> Vec<Str
         .flat_map(|m| m.keys().filter_map(|k| k.strip_prefix("f:")))
         .collect();
     written
-        .data
+        .data_keys()
         .iter()
-        .flatten()
-        .map(|(k, _)| k)
         .filter(|k| !keys.contains(*k) && created.contains(k.as_str()))
         .cloned()
         .collect()

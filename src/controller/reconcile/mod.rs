@@ -75,6 +75,7 @@ use crate::secret::{self, build_owned, source_hash};
 /// instead of failing the whole list or watch (see [`super::watched`]).
 pub use super::watched::{Facts, Malformed, Watched};
 
+pub use super::lean::SecretWritten;
 pub use super::watch::SecretMeta;
 
 /// What one reconcile runs with: the shared [`State`] and the owned-Secret
