@@ -11,13 +11,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use std::borrow::Cow;
 
-use kube::core::PartialObjectMeta;
+use kube::core::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 
 use super::Config;
+use super::lean::OwnedSecret;
 use super::watched::Watched;
 use crate::api::{ADOPT_ANNOTATION, EncryptedSecret};
 use crate::backoff::backoff_delay;
@@ -66,8 +67,18 @@ impl SecretMeta {
     pub fn from_meta(m: PartialObjectMeta<Secret>) -> SecretMeta {
         let md = m.metadata;
         let annotation = |k: &str| md.annotations.as_ref().and_then(|a| a.get(k));
-        let source_hash = annotation(secret::SOURCE_HASH_ANNOTATION).map(|v| Box::from(v.as_str()));
+        let source_hash = annotation(secret::SOURCE_HASH_ANNOTATION).cloned();
         let adopt = annotation(ADOPT_ANNOTATION).is_some_and(|v| v == "true");
+        SecretMeta::record(md, source_hash, adopt)
+    }
+
+    /// The record of a Secret as the owned-Secret watch decodes it.
+    pub fn from_owned(s: OwnedSecret) -> SecretMeta {
+        let (md, source_hash, adopt) = s.into_parts();
+        SecretMeta::record(md, source_hash, adopt)
+    }
+
+    fn record(md: ObjectMeta, source_hash: Option<String>, adopt: bool) -> SecretMeta {
         let es_api_version = <EncryptedSecret as Resource>::api_version(&());
         let controller = md
             .owner_references
@@ -90,7 +101,7 @@ impl SecretMeta {
             uid: text(md.uid),
             resource_version: text(md.resource_version),
             controller,
-            source_hash,
+            source_hash: text(source_hash),
             adopt,
         }
     }
@@ -228,7 +239,7 @@ pub fn owned_secrets(
     Store<SecretMeta>,
     impl futures::Stream<Item = Result<SecretMeta, watcher::Error>> + Send + 'static,
 ) {
-    let api: Api<PartialObjectMeta<Secret>> = match ns {
+    let api: Api<OwnedSecret> = match ns {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
@@ -238,10 +249,10 @@ pub fn owned_secrets(
         secret::MANAGED_BY_VALUE
     ));
     let (store, writer) = reflector::store();
-    // `Api<PartialObjectMeta<_>>` lists and watches metadata only
+    // `OwnedSecret` lists and watches metadata only, decoded lean
     let stream = reflector::reflector(
         writer,
-        watcher(api, cfg).map(|ev| ev.map(|ev| map_event(ev, SecretMeta::from_meta))),
+        watcher(api, cfg).map(|ev| ev.map(|ev| map_event(ev, SecretMeta::from_owned))),
     );
     let stream = stream.touched_and_vanished(store.clone(), echo);
     (store, stream)
@@ -384,20 +395,54 @@ mod tests {
 
     use kube::ResourceExt;
 
+    /// The record of a Secret's metadata, made both ways (a GET's
+    /// `PartialObjectMeta`, the watch's lean `OwnedSecret` from text and
+    /// from a buffered watch event), which must agree.
     fn secret_meta(owner: serde_json::Value, annotations: serde_json::Value) -> SecretMeta {
-        SecretMeta::from_meta(
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {
-                    "name": "db", "namespace": "app", "uid": "s-1", "resourceVersion": "9",
-                    "labels": {"app.kubernetes.io/managed-by": "kmsecrets"},
-                    "annotations": annotations,
-                    "ownerReferences": owner,
-                    "managedFields": [{"manager": "kmsecrets", "operation": "Apply"}],
-                },
-            }))
-            .unwrap_or_else(|e| panic!("{e}")),
+        let object = serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {
+                "name": "db", "namespace": "app", "uid": "s-1", "resourceVersion": "9",
+                "labels": {"app.kubernetes.io/managed-by": "kmsecrets"},
+                "annotations": annotations,
+                "ownerReferences": owner,
+                "managedFields": [{"manager": "kmsecrets", "operation": "Apply",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:a": {}}}}],
+            },
+        });
+        let full = SecretMeta::from_meta(
+            serde_json::from_value(object.clone()).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let text = object.to_string();
+        let lean: OwnedSecret = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(SecretMeta::from_owned(lean), full);
+        let event = serde_json::json!({"type": "MODIFIED", "object": object}).to_string();
+        match serde_json::from_str::<kube::api::WatchEvent<OwnedSecret>>(&event) {
+            Ok(kube::api::WatchEvent::Modified(o)) => assert_eq!(SecretMeta::from_owned(o), full),
+            other => panic!("{other:?}"),
+        }
+        full
+    }
+
+    /// The watch asks for metadata only and skips what it does not keep:
+    /// any annotation value of another name, whatever its type, is skipped
+    /// unread; ours must be strings.
+    #[test]
+    fn the_owned_secret_watch_decodes_metadata_only_and_lean() {
+        assert!(OwnedSecret::metadata_api());
+        assert_eq!(<OwnedSecret as Resource>::plural(&()), "secrets");
+        let m: OwnedSecret = serde_json::from_str(
+            r#"{"metadata":{"name":"s","annotations":{"x":{"deep":[1,2]},"kmsecrets.dev/adopt":"true"},
+                "labels":null,"managedFields":[{"fieldsV1":{"f:x":{}}}]},"data":{"k":"dg=="}}"#,
         )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = SecretMeta::from_owned(m);
+        assert!(r.adopt && r.source_hash.is_none() && &*r.name == "s");
+        let bad = r#"{"metadata":{"annotations":{"kmsecrets.dev/source-hash":7}}}"#;
+        assert!(serde_json::from_str::<OwnedSecret>(bad).is_err());
+        let empty: OwnedSecret =
+            serde_json::from_str(r#"{"metadata":null}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(SecretMeta::from_owned(empty), SecretMeta::default());
     }
 
     #[test]
