@@ -3,6 +3,7 @@
 //! keys a create left behind, 6d mark a content change for restarts.
 
 use super::*;
+use crate::controller::lean::Written;
 
 /// 6d. With rolloutRestartTargets, whether this write changes the Secret's
 ///     content: the existing Secret is read in full (its data, for the
@@ -17,8 +18,12 @@ pub(super) async fn mark_content_change(
     if t.es.spec.rollout_restart_targets.is_empty() || current.is_none() {
         return Ok(());
     }
-    let Some(old) = t.secrets.get_opt(&t.name).await? else {
-        return Ok(());
+    let req = kube::core::Request::new(t.secrets.resource_url())
+        .get(&t.name, &kube::api::GetParams::default());
+    let old: Secret = match secret_request(&t.secrets, req, "get").await {
+        Ok(old) => old,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
     };
     let empty = std::collections::BTreeMap::new();
     let changed = old.data.as_ref().unwrap_or(&empty) != secret.data.as_ref().unwrap_or(&empty)
@@ -129,7 +134,7 @@ pub(super) async fn create(t: &Target<'_>, secret: &Secret) -> Result<SecretWrit
     };
     let body = serde_json::to_vec(secret).map_err(kube::Error::SerdeError)?;
     let req = kube::core::Request::new(t.secrets.resource_url()).create(&params, body);
-    send_secret_write(t, req, "create").await
+    secret_request(&t.secrets, req, "create").await
 }
 
 /// Server-side apply of `secret` (forced: the Secret is ours).
@@ -140,27 +145,35 @@ async fn apply_secret(t: &Target<'_>, secret: &Secret) -> Result<SecretWritten, 
         &params,
         &Patch::Apply(secret),
     );
-    send_secret_write(t, req, "patch").await
+    secret_request(&t.secrets, req, "patch").await
 }
 
-/// Send a write of one of our Secrets; its answer is decoded lean (see
-/// [`SecretWritten`]: no values, managed fields left as text). Decoded
-/// here rather than by `Client::request`, which logs the whole answer
-/// when it does not decode — and a Secret's answer holds its values; the
-/// error says so without a position (a position would depend on them).
-async fn send_secret_write(
-    t: &Target<'_>,
+/// Send a request about one of our Secrets and decode its answer as `T`
+/// (a write's lean [`SecretWritten`]: no values, managed fields left as
+/// text). Every request whose answer holds a Secret's values goes through
+/// here, not through `Api<Secret>`'s typed calls: their `Client::request`
+/// logs the whole answer text when it does not decode, and a non-UTF-8
+/// answer's error carries its bytes (and a position that depends on them).
+/// Here either is an error that names the request and nothing of the
+/// answer.
+async fn secret_request<T: serde::de::DeserializeOwned>(
+    secrets: &Api<Secret>,
     req: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     verb: &'static str,
-) -> Result<SecretWritten, kube::Error> {
+) -> Result<T, kube::Error> {
+    let undecodable = || {
+        kube::Error::SerdeError(serde::de::Error::custom(format_args!(
+            "the API server's answer to a Secret {verb} does not decode"
+        )))
+    };
     let mut req = req.map_err(kube::Error::BuildRequest)?;
     req.extensions_mut().insert(verb);
-    let text = t.secrets.clone().into_client().request_text(req).await?;
-    serde_json::from_str(&text).map_err(|_| {
-        kube::Error::SerdeError(serde::de::Error::custom(
-            "the API server's answer to a Secret write does not decode",
-        ))
-    })
+    let text = match secrets.clone().into_client().request_text(req).await {
+        Ok(text) => text,
+        Err(kube::Error::FromUtf8(_)) => return Err(undecodable()),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_str(&text).map_err(|_| undecodable())
 }
 
 /// 6b. Server-side apply over an existing Secret we control (`meta`),
@@ -186,7 +199,10 @@ pub(super) async fn update(
             }),
             ..Default::default()
         };
-        if t.secrets.delete(&t.name, &dp).await.is_ok() {
+        let req = kube::core::Request::new(t.secrets.resource_url()).delete(&t.name, &dp);
+        // (the answer, the deleted Secret or a Status, is not read)
+        let deleted = secret_request::<serde::de::IgnoredAny>(&t.secrets, req, "delete").await;
+        if deleted.is_ok() {
             result = apply_secret(t, secret).await;
         }
     }
@@ -224,11 +240,13 @@ pub(super) async fn prune_created_keys(
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    let pruned = t
-        .secrets
-        .patch(&t.name, &params, &Patch::Merge(&patch))
-        .await?;
-    Ok(pruned.metadata.resource_version)
+    let req = kube::core::Request::new(t.secrets.resource_url()).patch(
+        &t.name,
+        &params,
+        &Patch::Merge(&patch),
+    );
+    let pruned: Written<Secret> = secret_request(&t.secrets, req, "patch").await?;
+    Ok(pruned.resource_version())
 }
 
 /// The keys of `written.data` that are not in `keys` and that our own
@@ -263,4 +281,162 @@ pub(super) fn is_already_exists(e: &kube::Error) -> bool {
 
 pub(super) fn is_immutable_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 422 && s.message.contains("immutable"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An answer holding a Secret's values that does not decode (cut off),
+    /// as a broken proxy or API server could send.
+    const LEAKY: &str = r#"{"kind":"Secret","apiVersion":"v1","metadata":{"name":"db","resourceVersion":"7"},"stringData":{"password":"hunter2"},"data":{"password":"aHVudGVyMg==""#;
+
+    /// A client whose API server answers GET, merge patch and DELETE with
+    /// [`LEAKY`] (or with bytes that are not UTF-8) and a server-side apply
+    /// with "immutable" (so the replace path deletes).
+    fn client(utf8: bool) -> kube::Client {
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| async move {
+            let apply = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+            let (code, body) = if apply {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "Secret \"db\" is invalid: data: Forbidden: field is immutable",
+                    "reason": "Invalid", "code": 422});
+                (422, status.to_string().into_bytes())
+            } else if utf8 {
+                (200, LEAKY.as_bytes().to_vec())
+            } else {
+                let mut b = LEAKY.as_bytes().to_vec();
+                b.push(0xff);
+                (200, b)
+            };
+            let res = http::Response::builder()
+                .status(code)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(kube::client::Body::from(body))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(res)
+        });
+        kube::Client::new(svc, "app")
+    }
+
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn es(restart: bool) -> EncryptedSecret {
+        let targets = if restart {
+            json!([{"kind": "Deployment", "name": "web"}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value(json!({
+            "apiVersion": "kmsecrets.dev/v1alpha1", "kind": "EncryptedSecret",
+            "metadata": {"name": "db", "namespace": "app", "uid": "e-1"},
+            "spec": {"dataKeys": [], "rolloutRestartTargets": targets},
+        }))
+        .unwrap()
+    }
+
+    fn target<'a>(es: &'a EncryptedSecret, client: &kube::Client) -> Target<'a> {
+        Target {
+            es,
+            ns: "app".into(),
+            name: "db".into(),
+            uid: "e-1".into(),
+            es_api: Api::namespaced(client.clone(), "app"),
+            es_meta_api: Api::namespaced(client.clone(), "app"),
+            secrets: Api::namespaced(client.clone(), "app"),
+        }
+    }
+
+    /// Every request whose answer holds a Secret's values — the full read
+    /// before a content change, the prune patch, the delete of an immutable
+    /// Secret, the writes — fails without the answer, or anything of it,
+    /// reaching a log line or the error (kube's typed calls log the whole
+    /// answer text at WARN when it does not decode).
+    #[tokio::test]
+    async fn an_undecodable_secret_answer_reaches_no_log_and_no_error() {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || sink.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(sub);
+        tracing::warn!("capture works");
+        let meta = SecretMeta {
+            name: "db".into(),
+            namespace: "app".into(),
+            uid: Some("s-1".into()),
+            ..SecretMeta::default()
+        };
+        let (restarting, plain) = (es(true), es(false));
+        let mut errors = Vec::new();
+        for utf8 in [true, false] {
+            let client = client(utf8);
+            let (t, t_plain) = (target(&restarting, &client), target(&plain, &client));
+            let mut secret = Secret::default();
+            let read = mark_content_change(&t, &mut secret, Some(&meta)).await;
+            errors.push(format!(
+                "{:?}",
+                read.expect_err("a GET that does not decode")
+            ));
+            let written: SecretWritten = serde_json::from_value(json!({
+                "metadata": {"resourceVersion": "6", "managedFields": [{"manager": FIELD_MANAGER,
+                    "operation": "Update", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:data": {"f:old": {}, "f:password": {}}}}]},
+                "data": {"old": "eA==", "password": "eA=="},
+            }))
+            .unwrap();
+            let keys = BTreeSet::from(["password".to_string()]);
+            let pruned = prune_created_keys(&t, written, &keys).await;
+            errors.push(format!(
+                "{:?}",
+                pruned.expect_err("a patch that does not decode")
+            ));
+            let created = create(&t, &secret).await;
+            errors.push(format!("{:?}", created.expect_err("a create")));
+            // apply says immutable; the delete's answer does not decode, so
+            // nothing is applied again and the apply's error is kept
+            match update(&t_plain, &mut secret, &meta).await {
+                ControlFlow::Break(_) => {}
+                ControlFlow::Continue(w) => panic!("written: {w:?}"),
+            }
+        }
+        let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+        assert!(logs.contains("capture works"), "{logs}");
+        assert!(
+            logs.contains("replacing it"),
+            "the delete was reached: {logs}"
+        );
+        for text in errors.iter().chain([&logs]) {
+            for needle in ["hunter2", "aHVudGVy", "stringData"] {
+                // (the failure names the line, the fixture's value masked)
+                let line = text.lines().find(|l| l.contains(needle));
+                assert!(
+                    line.is_none(),
+                    "{needle} in: {}",
+                    line.unwrap_or_default().replace(needle, "<VALUE>")
+                );
+            }
+        }
+        assert!(
+            errors.iter().all(|e| e.contains("does not decode")),
+            "{errors:?}"
+        );
+    }
 }
