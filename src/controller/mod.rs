@@ -304,7 +304,8 @@ const EVICT_EVERY: u64 = 12;
 /// the memory of deleted objects, expired DEKs; `stores` must have listed.
 pub fn housekeeping(stores: &[Store<Watched>], state: &State) {
     let objects: Vec<Arc<Watched>> = stores.iter().flat_map(|s| s.state()).collect();
-    set_ready_gauge(state, &objects);
+    let ready = objects.iter().filter(|o| o.ready()).count();
+    set_ready_gauge(state, ready, objects.len());
     let live: HashSet<&str> = objects
         .iter()
         .filter_map(|o| o.meta().uid.as_deref())
@@ -313,22 +314,46 @@ pub fn housekeeping(stores: &[Store<Watched>], state: &State) {
     state.kms.purge_expired();
 }
 
-/// The ready gauge and expired DEKs only (the rounds between evictions).
+/// The ready gauge and expired DEKs only (the rounds between evictions),
+/// the stores read in place ([`visit`]).
 fn count_ready(stores: &[Store<Watched>], state: &State) {
-    let objects: Vec<Arc<Watched>> = stores.iter().flat_map(|s| s.state()).collect();
-    set_ready_gauge(state, &objects);
+    let (mut ready, mut all) = (0, 0);
+    for store in stores {
+        visit(store, |o| {
+            all += 1;
+            ready += usize::from(o.ready());
+        });
+    }
+    set_ready_gauge(state, ready, all);
     state.kms.purge_expired();
 }
 
-/// `kmsecrets_encryptedsecrets{ready}` over `objects` (a malformed object
-/// counts as not ready).
-fn set_ready_gauge(state: &State, objects: &[Arc<Watched>]) {
-    let ready = objects.iter().filter(|o| o.ready()).count() as i64;
+/// Calls `f` with every object of `store`, in place under the store's read
+/// lock. `Store::state()` copies all N `Arc`s into a `Vec` on every call:
+/// done every 5 s for the gauge, at 100,000 resources that copy and its
+/// drop were ~1 % of a cold start's CPU. `f` must be quick: the store's
+/// writer waits meanwhile.
+fn visit(store: &Store<Watched>, f: impl FnMut(&Watched)) {
+    let f = std::cell::RefCell::new(f);
+    // `find` with a predicate that never holds walks every entry
+    let none = store.find(|o| {
+        (f.borrow_mut())(o);
+        false
+    });
+    debug_assert!(none.is_none());
+}
+
+/// `kmsecrets_encryptedsecrets{ready}`: `ready` of `all` (a malformed
+/// object counts as not ready).
+fn set_ready_gauge(state: &State, ready: usize, all: usize) {
     let m = &state.metrics;
-    m.encryptedsecrets.with_label_values(&["true"]).set(ready);
+    let gauge = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    m.encryptedsecrets
+        .with_label_values(&["true"])
+        .set(gauge(ready));
     m.encryptedsecrets
         .with_label_values(&["false"])
-        .set(objects.len() as i64 - ready);
+        .set(gauge(all.saturating_sub(ready)));
 }
 
 /// Run the operator until `shutdown` fires: HTTP server, leader election
@@ -449,4 +474,46 @@ async fn run_controllers(state: Arc<State>, shutdown: channel::Receiver<bool>) {
     );
     spawn_housekeeping(stores, ctxs, state.clone(), shutdown);
     futures::future::join_all(runs).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    fn obj(name: &str, ready: bool) -> Watched {
+        let status = ready.then(|| {
+            serde_json::json!({"conditions": [{"type": "Ready", "status": "True",
+                "reason": "Synced", "message": "", "lastTransitionTime": "2026-12-07T00:00:00Z"}]})
+        });
+        let es: crate::api::EncryptedSecret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kmsecrets.dev/v1alpha1", "kind": "EncryptedSecret",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"dataKeys": []},
+            "status": status,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        Watched::new(&es)
+    }
+
+    /// The in-place walk sees every object once, and the store is unchanged.
+    #[test]
+    fn visit_walks_every_object_in_place() {
+        let (store, mut writer) = reflector::store::<Watched>();
+        writer.apply_watcher_event(&Event::Init);
+        for i in 0..7 {
+            writer.apply_watcher_event(&Event::InitApply(obj(&format!("o{i}"), i % 3 == 0)));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let (mut names, mut ready) = (Vec::new(), 0);
+        visit(&store, |o| {
+            names.push(o.meta().name.clone().unwrap_or_default());
+            ready += usize::from(o.ready());
+        });
+        names.sort();
+        assert_eq!(names, (0..7).map(|i| format!("o{i}")).collect::<Vec<_>>());
+        assert_eq!(ready, 3, "o0, o3, o6");
+        assert_eq!(store.state().len(), 7);
+    }
 }
