@@ -74,7 +74,7 @@ async fn main() {
     server.write_kubeconfig(&kubeconfig).unwrap();
     let key = dir.path().join("local.key");
     run(&bin, &["keygen", key.to_str().unwrap()]);
-    let client = kmsecrets::cli::controller::kube_client(Some(&kubeconfig))
+    let client = kmsecrets::cli::controller::kube_client(Some(&kubeconfig), Default::default())
         .await
         .unwrap();
     Api::<CustomResourceDefinition>::all(client.clone())

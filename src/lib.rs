@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod fsutil;
 pub mod http;
 pub mod kms;
+pub mod kubeclient;
 pub mod manifest;
 pub mod metrics;
 pub mod resource;

@@ -71,6 +71,15 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 1000, env = "KMSECRETS_MAX_TRACKED_KEYS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_tracked_keys: u32,
+    /// How the controller talks to the API server: http2 multiplexes every request and watch over one connection (pinged every 30s, replaced when a ping goes unanswered for 15s), as client-go does; http1 opens a connection per request in flight. A kubeconfig proxy-url always uses http1
+    #[arg(
+        long,
+        value_enum,
+        default_value = "http2",
+        env = "KMSECRETS_API_PROTOCOL",
+        value_name = "PROTOCOL"
+    )]
+    pub api_protocol: crate::kubeclient::Protocol,
     /// Reconciles running in parallel (they mostly wait on KMS and the API server; see docs/tuning.md)
     #[arg(long, default_value_t = 32, env = "KMSECRETS_CONCURRENCY", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -277,7 +286,10 @@ pub fn config_from(a: &ControllerArgs) -> CliResult<Config> {
     })
 }
 
-pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> CliResult<kube::Client> {
+pub async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+    protocol: crate::kubeclient::Protocol,
+) -> CliResult<kube::Client> {
     let config = match kubeconfig {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p)
@@ -292,7 +304,7 @@ pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> CliResult<kube
             ))
         })?,
     };
-    kube::Client::try_from(config)
+    crate::kubeclient::build(config, protocol)
         .map_err(|e| msg(format!("cannot build the Kubernetes client: {e}")))
 }
 
@@ -333,7 +345,7 @@ pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
         return Ok(());
     }
     init_logging(a.log_format, &a.log_level)?;
-    let client = kube_client(a.kubeconfig.as_deref()).await?;
+    let client = kube_client(a.kubeconfig.as_deref(), a.api_protocol).await?;
     let identity = cfg
         .leader_election
         .as_ref()

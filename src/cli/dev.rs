@@ -69,7 +69,7 @@ pub async fn run(g: &GlobalArgs, a: DevArgs) -> CliResult {
     server
         .write_kubeconfig(&kubeconfig)
         .map_err(|e| msg(format!("cannot write {}: {e}", kubeconfig.display())))?;
-    let client = kube_client(Some(&kubeconfig)).await?;
+    let client = kube_client(Some(&kubeconfig), Default::default()).await?;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.create(&PostParams::default(), &crate::api::crd())

@@ -178,7 +178,7 @@ impl Cluster {
                 .expect("run kmsecrets keygen"),
             "kmsecrets keygen",
         );
-        let client = kmsecrets::cli::controller::kube_client(Some(&kubeconfig))
+        let client = kmsecrets::cli::controller::kube_client(Some(&kubeconfig), Default::default())
             .await
             .expect("kube client");
         let c = Cluster {

@@ -85,6 +85,8 @@ CONTROLLER_FLAGS = {
     "--worker-threads": True,
     # KMS key health (issue 28).
     "--key-check-interval": True, "--max-tracked-keys": True,
+    # HTTP/2 to the API server (issue 31).
+    "--api-protocol": True,
     # Metrics behind TokenReview + SubjectAccessReview (issue 30).
     "--metrics-addr": True, "--metrics-secure": True, "--metrics-cert-dir": True,
     "--metrics-auth-cache-ttl": True,
