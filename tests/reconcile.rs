@@ -163,6 +163,7 @@ impl Rig {
             kms,
             ctx: Arc::new(Context {
                 state,
+                store: es_store.clone(),
                 secrets,
                 parked,
                 listed: tokio::sync::watch::channel(true).1,
@@ -1401,6 +1402,67 @@ async fn rollout_restarts_happen_once_per_content_change() {
         "no second rollout"
     );
     drop(es);
+}
+
+/// The echo of our status write and the write's answer leave the API server
+/// together, and either may be read first: a version that arrives while the
+/// write is in flight triggers nothing then, and is judged by the answer —
+/// our own version is an echo, any other runs the resource again.
+#[tokio::test]
+async fn a_version_arriving_during_our_status_write_is_judged_by_its_answer() {
+    use kmsecrets::controller::state::Arrived;
+    let rig = Rig::start().await;
+    let state = &rig.ctx.state;
+    let es = rig.sealed("db", &[("password", "right")]).await;
+    rig.create(&es).await;
+    let fresh = rig.get("db").await;
+    let uid = fresh.metadata.uid.clone().unwrap();
+    let rv = fresh.metadata.resource_version.clone().unwrap();
+    let seen = Watched::new(&fresh);
+    // no write in flight: an ordinary change triggers
+    assert!(!state.is_quiet_status_event(&seen));
+
+    // the answer names the version that arrived: our echo
+    let w = state.status_write(&uid);
+    assert!(state.is_quiet_status_event(&seen));
+    assert_eq!(w.finish(Some(&rv)), Arrived::Echo);
+    assert!(
+        !state.is_quiet_status_event(&seen),
+        "held back after the write ended"
+    );
+
+    // the answer names another version: someone else's change came in
+    let w = state.status_write(&uid);
+    assert!(state.is_quiet_status_event(&seen));
+    assert_eq!(w.finish(Some("another")), Arrived::Other);
+
+    // two versions arrived: one of them is not ours
+    let w = state.status_write(&uid);
+    assert!(state.is_quiet_status_event(&seen));
+    let label = serde_json::json!({"metadata": {"labels": {"team": "a"}}});
+    let labelled = rig
+        .es
+        .patch("db", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let labelled_rv = labelled.metadata.resource_version.clone().unwrap();
+    assert!(state.is_quiet_status_event(&Watched::new(&labelled)));
+    assert_eq!(w.finish(Some(&labelled_rv)), Arrived::Other);
+
+    // the write failed: whatever arrived must run again
+    let w = state.status_write(&uid);
+    assert!(state.is_quiet_status_event(&seen));
+    assert_eq!(w.finish(None), Arrived::Other);
+    // nothing arrived: the echo is still to come (recognised by its version)
+    assert_eq!(state.status_write(&uid).finish(Some(&rv)), Arrived::Nothing);
+
+    // a reconcile cancelled mid-write forgets it
+    drop(state.status_write(&uid));
+    assert!(!state.is_quiet_status_event(&seen));
+
+    // another resource's write holds nothing back for this one
+    let _other = state.status_write("some-other-uid");
+    assert!(!state.is_quiet_status_event(&seen));
 }
 
 /// The watch events our own writes cause (the Secret we applied, the status

@@ -141,7 +141,7 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         })
         .try_filter_map(move |ev| {
             futures::future::ready(Ok(match ev {
-                watcher::Event::Apply(w) if !echoes.is_own_status_write(&w) => Some(w),
+                watcher::Event::Apply(w) if !echoes.is_quiet_status_event(&w) => Some(w),
                 _ => None,
             }))
         });
@@ -170,6 +170,7 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         .with_config(ControllerConfig::default().concurrency(state.cfg.concurrency));
     let ctx = Arc::new(Context {
         state: state.clone(),
+        store: controller.store(),
         secrets,
         parked,
         listed,

@@ -59,6 +59,7 @@ use tracing::{debug, info, warn};
 use super::State;
 use super::fairness::{self, Parked};
 use super::keys::{KEYS_HEALTHY, keys_condition, keys_condition_for};
+use super::state::Arrived;
 use super::status::{
     Outcome, Reason, event_due, next_condition, progress_condition, ready_condition,
 };
@@ -82,6 +83,9 @@ pub use super::watch::SecretMeta;
 /// store of its namespace scope.
 pub struct Context {
     pub state: Arc<State>,
+    /// The scope's EncryptedSecret store (a status write's early echo is
+    /// released in it, see `finish`).
+    pub store: Store<Watched>,
     pub secrets: Store<SecretMeta>,
     /// Reconciles deferred for their namespace's KMS share, woken when one
     /// of its workers is free (see [`super::fairness`]).
@@ -319,6 +323,33 @@ async fn open_and_reconcile(obj: &Watched, ctx: &Context) -> Result<Ending> {
     res
 }
 
+/// Our Synced status write's echo, stored before the write's answer was
+/// read: released in place, as the watch releases an echo read after it
+/// (see `super::watched`).
+fn release_echo(es: &EncryptedSecret, ctx: &Context, rv: Option<&str>) {
+    let md = es.meta();
+    let (Some(name), Some(ns), Some(rv)) = (md.name.as_deref(), md.namespace.as_deref(), rv) else {
+        return;
+    };
+    let Some(stored) = ctx.store.get(&ObjectRef::new(name).within(ns)) else {
+        return;
+    };
+    let md = stored.meta();
+    if md.resource_version.as_deref() != Some(rv)
+        || md.deletion_timestamp.is_some()
+        || stored.released().is_some()
+        || !md
+            .uid
+            .as_deref()
+            .is_some_and(|uid| ctx.state.synced_at(uid, md.generation))
+    {
+        return;
+    }
+    if let Ok(echo) = stored.parse() {
+        stored.release(Facts::of(&echo.spec, echo.status.as_ref()));
+    }
+}
+
 /// 0. A resource whose spec was released (see [`super::watched`]): done
 ///    when [`settled`] says nothing can have changed; otherwise it is read
 ///    again (one GET) and goes through the pipeline like any other.
@@ -449,11 +480,21 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<Ending> {
         if let Some(s) = sync {
             state.remember_write(&t.uid, &s.hash, s.secret_rv.as_deref().unwrap_or_default());
         }
-        let status_rv = write_status(t, ctx, &outcome, sync.as_ref())
-            .await
-            .map_err(ReconcileError::Status)?;
+        let during = sync.is_some().then(|| state.status_write(&t.uid));
+        let written = write_status(t, ctx, &outcome, sync.as_ref()).await;
+        let arrived = during.map(|d| d.finish(written.as_ref().ok().and_then(|rv| rv.as_deref())));
+        let status_rv = written.map_err(ReconcileError::Status)?;
         if sync.is_some() {
-            state.remember_synced(&t.uid, generation, status_rv);
+            state.remember_synced(&t.uid, generation, status_rv.clone());
+        }
+        match arrived {
+            // someone else's version arrived while the write was in flight:
+            // its trigger was held back, so run again now
+            Some(Arrived::Other) => return Ok((Some(outcome), Action::requeue(Duration::ZERO))),
+            // our echo came before the answer: release it in the store as
+            // the watch does for an echo that comes after
+            Some(Arrived::Echo) => release_echo(t.es, ctx, status_rv.as_deref()),
+            _ => {}
         }
     }
     let action = match next {
