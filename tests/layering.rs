@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 0),
     ("backoff", 0),
     ("fsutil", 0),
+    ("kubeclient", 0),
     ("manifest", 0),
     ("metrics", 0),
     ("sync", 0),
