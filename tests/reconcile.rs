@@ -269,6 +269,15 @@ impl Rig {
         self.es.get(name).await.unwrap()
     }
 
+    /// Someone labels the resource: a new version without a new generation.
+    async fn label(&self, name: &str) -> EncryptedSecret {
+        let label = serde_json::json!({"metadata": {"labels": {"team": "a"}}});
+        self.es
+            .patch(name, &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .unwrap()
+    }
+
     /// One reconcile of the object as the server has it now.
     async fn reconcile(&self, name: &str) -> EncryptedSecret {
         let es = self.get(name).await;
@@ -1439,12 +1448,7 @@ async fn a_version_arriving_during_our_status_write_is_judged_by_its_answer() {
     // two versions arrived: one of them is not ours
     let w = state.status_write(&uid);
     assert!(state.is_quiet_status_event(&seen));
-    let label = serde_json::json!({"metadata": {"labels": {"team": "a"}}});
-    let labelled = rig
-        .es
-        .patch("db", &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .unwrap();
+    let labelled = rig.label("db").await;
     let labelled_rv = labelled.metadata.resource_version.clone().unwrap();
     assert!(state.is_quiet_status_event(&Watched::new(&labelled)));
     assert_eq!(w.finish(Some(&labelled_rv)), Arrived::Other);
@@ -1512,12 +1516,7 @@ async fn our_own_writes_are_echoes_and_nobody_elses_are() {
     assert!(state.is_own_secret_write(&edited));
     assert!(!state.synced_at(&uid, synced.metadata.generation));
     // someone labels the EncryptedSecret (a change without a new generation)
-    let label = serde_json::json!({"metadata": {"labels": {"team": "a"}}});
-    let labelled = rig
-        .es
-        .patch("db", &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .unwrap();
+    let labelled = rig.label("db").await;
     assert!(!state.is_own_status_write(&Watched::new(&labelled)));
 
     // the repair is our write again, and so is its status
