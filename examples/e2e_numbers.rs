@@ -29,7 +29,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kmsecrets::api::EncryptedSecret;
 use kmsecrets_testserver::TestServer;
 use kube::api::{ListParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
 use support::{Controller, kmsecrets_bin, metric, metrics, run};
@@ -211,7 +211,9 @@ async fn main() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let watch_api = secrets.clone();
     let watch = tokio::spawn(async move {
-        let mut stream = watcher(watch_api, watcher::Config::default()).boxed();
+        let mut stream = watcher(watch_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(ev) = stream.next().await {
             if let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = ev {
                 let _ = tx.send((s.name_any(), Instant::now()));

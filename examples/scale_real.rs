@@ -58,7 +58,7 @@ use kmsecrets_envtest::peers::{KmsProxy, Moto};
 use kmsecrets_testserver::TestServer;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use support::{Controller, kmsecrets_bin, metric, metrics};
 
@@ -328,7 +328,8 @@ impl Counts {
         let (n, tx) = (c.secrets.clone(), listed_tx.clone());
         tokio::spawn(async move {
             let mut seen = HashSet::new();
-            let mut w = std::pin::pin!(watcher(secrets, watcher::Config::default()));
+            let mut w =
+                std::pin::pin!(watcher(secrets, watcher::Config::default()).default_backoff());
             while let Some(ev) = w.next().await {
                 match ev {
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -349,7 +350,7 @@ impl Counts {
         let (n, tx) = (c.ready.clone(), listed_tx);
         tokio::spawn(async move {
             let mut ready = HashSet::new();
-            let mut w = std::pin::pin!(watcher(es, watcher::Config::default()));
+            let mut w = std::pin::pin!(watcher(es, watcher::Config::default()).default_backoff());
             while let Some(ev) = w.next().await {
                 match ev {
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {

@@ -1469,6 +1469,77 @@ async fn a_version_arriving_during_our_status_write_is_judged_by_its_answer() {
     assert!(!state.is_quiet_status_event(&seen));
 }
 
+/// The same for the owned Secret: a version of it that arrives while we are
+/// writing it triggers nothing then, and is judged by the write's answer
+/// (over one HTTP/2 connection the echo of our create often comes first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_version_arriving_during_our_secret_write_is_judged_by_its_answer() {
+    use kmsecrets::controller::state::Arrived;
+    let rig = Rig::start().await;
+    let state = &rig.ctx.state;
+    let es = rig.sealed("db", &[("password", "right")]).await;
+    rig.create(&es).await;
+    let synced = rig.reconcile("db").await;
+    let uid = synced.metadata.uid.clone().unwrap();
+    // someone edits the Secret: a version that is not our last write
+    let edit = serde_json::json!({"data": {"password": "d3Jvbmc="}});
+    rig.secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    rig.store_caught_up("db").await;
+    let edited = rig
+        .ctx
+        .secrets
+        .get(&ObjectRef::new("db").within(NS))
+        .map(|m| (*m).clone())
+        .unwrap();
+    let rv = edited.resource_version.clone().unwrap();
+    // no write in flight: drift triggers its owner
+    assert!(!state.is_quiet_secret_event(&edited));
+
+    // the answer names the version that arrived: our echo
+    let w = state.secret_write(&uid);
+    assert!(state.is_quiet_secret_event(&edited));
+    assert_eq!(w.finish(Some(&rv)), Arrived::Echo);
+    assert!(
+        !state.is_quiet_secret_event(&edited),
+        "held back after the write ended"
+    );
+    // the answer names another version: someone else's change came in
+    let w = state.secret_write(&uid);
+    assert!(state.is_quiet_secret_event(&edited));
+    assert_eq!(w.finish(Some("another")), Arrived::Other);
+    // a failed write: whatever arrived must be looked at
+    let w = state.secret_write(&uid);
+    assert!(state.is_quiet_secret_event(&edited));
+    assert_eq!(w.finish(None), Arrived::Other);
+    // nothing arrived: the echo is still to come (recognised by its version)
+    assert_eq!(state.secret_write(&uid).finish(Some(&rv)), Arrived::Nothing);
+    // a reconcile cancelled (or a write failed) mid-write forgets it
+    drop(state.secret_write(&uid));
+    assert!(!state.is_quiet_secret_event(&edited));
+    // another owner's write holds nothing back for this Secret, and a status
+    // write holds back no Secret
+    let _other = state.secret_write("some-other-uid");
+    let _status = state.status_write(&uid);
+    assert!(!state.is_quiet_secret_event(&edited));
+    drop(_status);
+
+    // the reconcile that repairs the drift: its own write's echo is quiet
+    let repaired = rig.reconcile("db").await;
+    assert_eq!(reason(&repaired), "True/Synced");
+    rig.store_caught_up("db").await;
+    assert_eq!(rig.secret_data("db").await, data(&[("password", "right")]));
+    let ours = rig
+        .ctx
+        .secrets
+        .get(&ObjectRef::new("db").within(NS))
+        .map(|m| (*m).clone())
+        .unwrap();
+    assert!(state.is_quiet_secret_event(&ours));
+}
+
 /// The watch events our own writes cause (the Secret we applied, the status
 /// we wrote) are recognised as echoes and trigger no reconcile; any other
 /// change to either object is not an echo.

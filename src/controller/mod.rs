@@ -152,7 +152,7 @@ fn scope_controller(state: &Arc<State>, ns: Option<&str>) -> (Controller<Watched
         futures::future::ready(store.get(&r).map(|_| Ok(Watched::trigger(&r))))
     });
     let echoes = state.clone();
-    let (secrets, owned) = owned_secrets(client, ns, move |m| echoes.is_own_secret_write(m));
+    let (secrets, owned) = owned_secrets(client, ns, move |m| echoes.is_quiet_secret_event(m));
     // a changed or deleted owned Secret triggers its EncryptedSecret
     let store = es_store.clone();
     let owners = owned.filter_map(move |s| {

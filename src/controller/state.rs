@@ -44,8 +44,8 @@ pub(super) struct Written {
     status_rv: Option<Box<str>>,
 }
 
-/// What the EncryptedSecret watch delivered for one resource while our
-/// status write for it was in flight.
+/// What a watch delivered for one resource while our write of it (its
+/// status, or its Secret) was in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum DuringWrite {
     Nothing,
@@ -63,7 +63,7 @@ impl DuringWrite {
     }
 }
 
-/// What arrived while a status write was in flight, judged by its answer.
+/// What arrived while a write was in flight, judged by its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrived {
     /// Nothing: the echo is still to come (and is recognised then).
@@ -75,18 +75,29 @@ pub enum Arrived {
     Other,
 }
 
-/// A status write in flight ([`State::status_write`]); dropping it
-/// unfinished (a cancelled reconcile) forgets it.
-pub struct StatusWrite<'a> {
-    state: &'a State,
+/// A write in flight ([`State::status_write`], [`State::secret_write`]);
+/// dropping it unfinished (a cancelled reconcile, a failed write) forgets
+/// it.
+pub struct WriteInFlight<'a> {
+    writes: &'a Mutex<HashMap<Box<str>, DuringWrite>>,
     uid: Box<str>,
 }
 
-impl StatusWrite<'_> {
+impl<'a> WriteInFlight<'a> {
+    fn begin(writes: &'a Mutex<HashMap<Box<str>, DuringWrite>>, uid: &str) -> Self {
+        writes
+            .lock_or_recover()
+            .insert(uid.into(), DuringWrite::Nothing);
+        WriteInFlight {
+            writes,
+            uid: uid.into(),
+        }
+    }
+
     /// Ends the write: `rv` is the version it made (`None`: it failed).
     pub fn finish(self, rv: Option<&str>) -> Arrived {
         // (the guard's drop then finds nothing left to remove)
-        let seen = self.state.status_writes.lock_or_recover().remove(&self.uid);
+        let seen = self.writes.lock_or_recover().remove(&self.uid);
         match (seen, rv) {
             (None | Some(DuringWrite::Nothing), _) => Arrived::Nothing,
             (Some(DuringWrite::One(v)), Some(rv)) if &*v == rv => Arrived::Echo,
@@ -95,9 +106,20 @@ impl StatusWrite<'_> {
     }
 }
 
-impl Drop for StatusWrite<'_> {
+impl Drop for WriteInFlight<'_> {
     fn drop(&mut self) {
-        self.state.status_writes.lock_or_recover().remove(&self.uid);
+        self.writes.lock_or_recover().remove(&self.uid);
+    }
+}
+
+/// True (and `rv` remembered) when a write for `uid` is in flight.
+fn held_back(writes: &Mutex<HashMap<Box<str>, DuringWrite>>, uid: &str, rv: &str) -> bool {
+    match writes.lock_or_recover().get_mut(uid) {
+        Some(seen) => {
+            seen.saw(rv);
+            true
+        }
+        None => false,
     }
 }
 
@@ -118,6 +140,9 @@ pub struct State {
     /// Synced status write was in flight (at most `--concurrency` entries;
     /// see [`State::status_write`]).
     status_writes: Mutex<HashMap<Box<str>, DuringWrite>>,
+    /// uid → the owned Secret's versions its watch delivered while our write
+    /// of that Secret was in flight (see [`State::secret_write`]).
+    secret_writes: Mutex<HashMap<Box<str>, DuringWrite>>,
     /// `/readyz` and leadership flags, shared with the HTTP surface.
     pub probes: Arc<Probes>,
     /// Set once shutdown begins: a reconcile still waiting on KMS gives up
@@ -157,6 +182,7 @@ impl State {
             namespace_slots: Mutex::default(),
             written: Mutex::default(),
             status_writes: Mutex::default(),
+            secret_writes: Mutex::default(),
             probes: Arc::default(),
             stopping: watch::Sender::new(false),
             renders: Arc::new(tokio::sync::Semaphore::new(TEMPLATE_RENDERS)),
@@ -294,28 +320,39 @@ impl State {
             return true;
         }
         let md = w.meta();
-        let (Some(uid), Some(rv)) = (md.uid.as_deref(), md.resource_version.as_deref()) else {
-            return false;
-        };
-        match self.status_writes.lock_or_recover().get_mut(uid) {
-            Some(seen) => {
-                seen.saw(rv);
-                true
-            }
-            None => false,
+        match (md.uid.as_deref(), md.resource_version.as_deref()) {
+            (Some(uid), Some(rv)) => held_back(&self.status_writes, uid, rv),
+            _ => false,
         }
     }
 
     /// Begins a Synced status write for `uid` (see
     /// [`Self::is_quiet_status_event`]); the returned guard ends it.
-    pub fn status_write(&self, uid: &str) -> StatusWrite<'_> {
-        self.status_writes
-            .lock_or_recover()
-            .insert(uid.into(), DuringWrite::Nothing);
-        StatusWrite {
-            state: self,
-            uid: uid.into(),
+    pub fn status_write(&self, uid: &str) -> WriteInFlight<'_> {
+        WriteInFlight::begin(&self.status_writes, uid)
+    }
+
+    /// True when an owned Secret's watch event triggers no reconcile of its
+    /// owner: our own last write's echo ([`Self::is_own_secret_write`]), or
+    /// any version that arrives while we are writing that Secret — held back
+    /// until the write's answer says which version it made
+    /// ([`WriteInFlight::finish`]; the store is updated either way). As with
+    /// the status, over one HTTP/2 connection the echo of a create often
+    /// arrives before the create's answer.
+    pub fn is_quiet_secret_event(&self, m: &SecretMeta) -> bool {
+        if self.is_own_secret_write(m) {
+            return true;
         }
+        match (m.controller_uid(), m.resource_version.as_deref()) {
+            (Some(uid), Some(rv)) => held_back(&self.secret_writes, uid, rv),
+            _ => false,
+        }
+    }
+
+    /// Begins the writes of `uid`'s Secret (see
+    /// [`Self::is_quiet_secret_event`]); the returned guard ends them.
+    pub fn secret_write(&self, uid: &str) -> WriteInFlight<'_> {
+        WriteInFlight::begin(&self.secret_writes, uid)
     }
 
     pub fn last_write(&self, uid: &str) -> Option<(String, String)> {

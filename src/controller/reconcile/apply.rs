@@ -66,6 +66,9 @@ pub(super) async fn apply(
         .flatten()
         .map(|(k, _)| k.clone())
         .collect();
+    // versions of this Secret that arrive before our writes' answers are
+    // judged by them (see `State::is_quiet_secret_event`)
+    let during = ctx.state.secret_write(&t.uid);
     let written = match current {
         None => match create(t, &secret).await {
             Ok(created) => created,
@@ -96,6 +99,12 @@ pub(super) async fn apply(
             // still knows the Secret is already written.
             ctx.state
                 .remember_write(&t.uid, &hash, secret_rv.as_deref().unwrap_or_default());
+            // someone else's version arrived while we wrote: its trigger was
+            // held back, so run again once this reconcile ends
+            let next = match during.finish(secret_rv.as_deref()) {
+                Arrived::Other => Next::Again,
+                Arrived::Echo | Arrived::Nothing => Next::Resync,
+            };
             info!(name = %t.name, namespace = %t.ns, "Secret written");
             done(
                 Outcome::synced(&t.name),
@@ -106,7 +115,7 @@ pub(super) async fn apply(
                     content_changed_at: changed_at,
                     restarted: None,
                 })),
-                Next::Resync,
+                next,
             )
         }
         Err(e) => apply_failed(t, &e),

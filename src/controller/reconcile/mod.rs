@@ -159,6 +159,9 @@ pub enum Report {
 pub enum Next {
     AwaitChange,
     Resync,
+    /// Done, but a change held back meanwhile must be looked at: run again
+    /// at once.
+    Again,
     Backoff,
     SlowRetry,
     ConflictPoll,
@@ -504,6 +507,10 @@ async fn finish(t: &Target<'_>, ctx: &Context, d: Done) -> Result<Ending> {
         Next::Resync => {
             state.succeeded(&t.uid);
             Action::await_change()
+        }
+        Next::Again => {
+            state.succeeded(&t.uid);
+            Action::requeue(Duration::ZERO)
         }
         Next::Backoff => Action::requeue(state.backoff(&t.uid)),
         Next::SlowRetry => Action::requeue(state.slow_retry()),
