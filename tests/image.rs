@@ -132,3 +132,49 @@ fn controller_build_links_neither_the_test_server_nor_the_fake_kms() {
         "the default build should carry the dev server"
     );
 }
+
+/// The code order the release executable links with (tools/text-order,
+/// passed by build.rs) is a well-formed linker-script fragment: one output
+/// section inserted before `.text`, and one input-section pattern per
+/// profiled function in the characters the linkers' script lexers take.
+/// (The release link itself is exercised by the image build and the
+/// benchmarks, not here: a fat-LTO link costs minutes.)
+#[test]
+fn text_order_script_is_well_formed() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("tools/text-order/hot.ld")).unwrap();
+    let body: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("/*"))
+        .collect();
+    assert_eq!(
+        body[..4],
+        ["SECTIONS", "{", ".text.kmsecrets.hot : ALIGN(4096)", "{"]
+    );
+    assert_eq!(body[body.len() - 3..], ["}", "}", "INSERT BEFORE .text;"]);
+    let patterns = &body[4..body.len() - 3];
+    assert!(patterns.len() > 1000, "{} patterns", patterns.len());
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.$*".contains(c))
+    };
+    for p in patterns {
+        let inner = p
+            .strip_prefix("*(.text.")
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not an input-section pattern: {p}"));
+        let (name, unlikely) = inner
+            .split_once(" .text.unlikely.")
+            .unwrap_or_else(|| panic!("no .text.unlikely. twin: {p}"));
+        assert_eq!(name, unlikely, "{p}");
+        assert!(safe(name), "characters a linker script cannot hold: {p}");
+    }
+    // the controller's own entry point is among them
+    assert!(
+        patterns
+            .iter()
+            .any(|p| p.contains("9kmsecrets3cli10controller")),
+        "no kmsecrets::cli::controller function in the order"
+    );
+}
