@@ -5,7 +5,11 @@ Usage: collect.py OUT.ld CALLGRIND_FILE...
 
 Every function of the kmsecrets executable that ran in the profiles (fn=
 records of the executable's object) becomes one input-section pattern of the
-output section `.text.kmsecrets.hot`, in order of first appearance. Legacy
+output section `.text.kmsecrets.hot`. The functions every profile executed
+come first, then each profile's others in the order the profiles are given
+(regenerate.sh: local key, peers row, AWS path), each group in order of
+first appearance: a run that never takes a path (a local key never calls
+AWS) leaves that path's code behind the code it runs. Legacy
 mangled names end in a 16-digit hash (`17h<hash>E`) that changes with any
 dependency, flag or toolchain change: the exact names come first (the build
 the profiles were taken from), then each name once more with the hash
@@ -39,13 +43,20 @@ def main():
     out, inputs = sys.argv[1], sys.argv[2:]
     if not inputs:
         sys.exit("usage: collect.py OUT.ld CALLGRIND_FILE...")
-    exact, seen, patterns = [], set(), []
+    profiles = []
     for path in inputs:
+        names = []
         for name in functions(path):
-            if not SAFE.match(name) or name in seen:
-                continue
-            seen.add(name)
-            exact.append(name)
+            if SAFE.match(name):
+                names.append(name)
+        profiles.append(names)
+    everywhere = set.intersection(*(set(p) for p in profiles))
+    exact, seen, patterns = [], set(), []
+    for group in [[n for n in profiles[0] if n in everywhere]] + profiles:
+        for name in group:
+            if name not in seen:
+                seen.add(name)
+                exact.append(name)
     for name in exact:
         pattern = HASH.sub("17h*", name)
         if pattern != name and pattern not in seen:
@@ -62,7 +73,7 @@ def main():
             # (LLVM puts functions it deems cold in .text.unlikely.<name>)
             f.write(f"    *(.text.{p} .text.unlikely.{p})\n")
         f.write("  }\n}\nINSERT BEFORE .text;\n")
-    print(f"{out}: {len(patterns)} function patterns")
+    print(f"{out}: {len(patterns)} function patterns ({len(everywhere)} in every profile)")
 
 
 if __name__ == "__main__":

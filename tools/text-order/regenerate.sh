@@ -24,16 +24,19 @@ cat >"$out/wrap" <<WRAP
 #!/usr/bin/env bash
 if [ "\$1" = controller ]; then
   exec valgrind --quiet --tool=callgrind --dump-instr=no --demangle=no --compress-strings=no \
-    --callgrind-out-file="$out/callgrind.\$\$" "$bin" "\$@"
+    --callgrind-out-file="$out/callgrind.\${TEXT_ORDER_SCENARIO:?}.\$\$" "$bin" "\$@"
 fi
 exec "$bin" "\$@"
 WRAP
 chmod +x "$out/wrap"
 export KMSECRETS_BIN="$out/wrap"
-SCALE_STEADY=0 target/release/examples/scale_real 2000 2000 0 real local >&2
-SCALE_STEADY=20 SCALE_CONTROLLER_ARGS="--resync-interval 15s" \
+# the scenario names the profile (collect.py orders by it: code every run
+# executes first, then the local-key path's, then the AWS path's)
+TEXT_ORDER_SCENARIO=local SCALE_STEADY=0 target/release/examples/scale_real 2000 2000 0 real local >&2
+TEXT_ORDER_SCENARIO=peers target/release/examples/peers_bench 1000 kmsecrets >&2
+TEXT_ORDER_SCENARIO=aws SCALE_STEADY=20 SCALE_CONTROLLER_ARGS="--resync-interval 15s" \
   target/release/examples/scale_real 2000 200 100 real aws >&2
-target/release/examples/peers_bench 1000 kmsecrets >&2
-python3 tools/text-order/collect.py tools/text-order/hot.ld "$out"/callgrind.*
+python3 tools/text-order/collect.py tools/text-order/hot.ld \
+  "$out"/callgrind.local.* "$out"/callgrind.peers.* "$out"/callgrind.aws.*
 cargo build --quiet "${image[@]}"
 readelf -S -W "$bin" | grep -E ' \.text' >&2
