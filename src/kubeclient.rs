@@ -46,6 +46,16 @@ pub enum Protocol {
     Http1,
 }
 
+impl Protocol {
+    /// The flag value that selects it (`--api-protocol`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http2 => "http2",
+            Protocol::Http1 => "http1",
+        }
+    }
+}
+
 /// Builds the API client for `config`.
 pub fn build(config: kube::Config, protocol: Protocol) -> Result<kube::Client, kube::Error> {
     // kube's client knows the kubeconfig's proxy-url (HTTP CONNECT, SOCKS)

@@ -338,9 +338,10 @@ pub async fn run(g: &GlobalArgs, a: ControllerArgs) -> CliResult {
     if a.check_config {
         // what the controller would run with, not the flags re-parsed
         super::out(format!(
-            "config ok: {cfg:#?}\nkms: {:#?}\nworker threads: {}\n",
+            "config ok: {cfg:#?}\nkms: {:#?}\nworker threads: {}\napi protocol: {}\n",
             setup.kms.config(),
-            a.worker_threads
+            a.worker_threads,
+            a.api_protocol.name()
         ))?;
         return Ok(());
     }

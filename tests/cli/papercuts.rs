@@ -75,6 +75,13 @@ fn check_config_prints_the_configuration_in_use() {
         "{text}"
     );
     assert!(text.contains("qps: 40.0"), "{text}");
+    assert!(text.contains("api protocol: http2\n"), "{text}");
+    let out = ok(kms(["controller", "--check-config", "--api-protocol", "http1"]).run());
+    assert!(
+        out.stdout().contains("api protocol: http1\n"),
+        "{}",
+        out.stdout()
+    );
 }
 
 #[test]
