@@ -37,6 +37,13 @@
 //! 16, no quota), so that the bound is
 //! max(DEKS ÷ min(QUOTA, peer rate), writes needed ÷ write-mix rate) with
 //! writes needed = one Secret create + one status patch per resource.
+//!
+//! The API server slows as a cold start fills it (every resource adds a
+//! Secret and a status), so after the run the write mix is measured again
+//! with the controller stopped, against the end state, and printed beside
+//! the first (SCALE_END_MIX=0 skips it); the bound stays the one measured
+//! before the start. "first Secret" is the controller's start and initial
+//! list (at 100,000 resources, most of it is the list).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/aws.rs"]
@@ -74,8 +81,14 @@ struct Params {
 struct Row {
     backend: &'static str,
     write_rate: f64,
+    /// The same write mix measured again after the cold start, with the
+    /// controller stopped: the API server holding every resource and its
+    /// Secret (`None`: not measured, see SCALE_END_MIX).
+    end_write_rate: Option<f64>,
     ssa_rate: f64,
     kms_rate: f64,
+    /// The controller's first Secret: its start and initial list.
+    first_secret: Duration,
     secrets_present: Duration,
     all_ready: Duration,
     decrypts: u64,
@@ -570,10 +583,14 @@ async fn run_backend(
     let ctl = Controller { child, log };
     let addr = ctl.http_addr();
     let mut present = None;
+    let mut first = None;
     let progress = std::env::var_os("SCALE_PROGRESS").is_some();
     let mut last_print = Instant::now();
     loop {
         let n = counts.secrets.load(Ordering::SeqCst);
+        if first.is_none() && n > 0 {
+            first = Some(started.elapsed());
+        }
         if present.is_none() && n >= p.resources {
             present = Some(started.elapsed());
         }
@@ -661,6 +678,17 @@ async fn run_backend(
         let _ = perf.wait();
     }
     drop(ctl);
+    // the API server slows as it fills (a cold start adds a Secret and a
+    // status per resource): the same write mix again, at the end state
+    let end_write_rate = if std::env::var("SCALE_END_MIX").as_deref() == Ok("0") {
+        None
+    } else {
+        let r = mix_rate(&client, &tpl, n_writes).await;
+        eprintln!(
+            "[{backend}] plain-client controller write mix at the end state (controller stopped): {r:.0} writes/s over {n_writes} pairs"
+        );
+        Some(r)
+    };
     let writes_needed = 2.0 * p.resources as f64;
     let kms_bound = if p.local {
         0.0
@@ -671,8 +699,10 @@ async fn run_backend(
     Row {
         backend,
         write_rate: rate,
+        end_write_rate,
         ssa_rate,
         kms_rate: peer_rate,
+        first_secret: first.unwrap(),
         secrets_present: present.unwrap(),
         all_ready,
         decrypts,
@@ -751,17 +781,20 @@ async fn main() {
         p.resources, p.deks
     );
     println!(
-        "| backend | SSA writes/s (plain client) | write mix/s (plain client) | KMS peer Decrypts/s | bound s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"
+        "| backend | SSA writes/s (plain client) | write mix/s (plain client) | write mix/s at the end | KMS peer Decrypts/s | bound s | first Secret s | Secrets present s | all Ready s | ÷ bound | KMS Decrypts | throttled | controller CPU s | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {:.0} |",
             r.backend,
             r.ssa_rate,
             r.write_rate,
+            r.end_write_rate
+                .map_or_else(|| "—".to_string(), |e| format!("{e:.0}")),
             r.kms_rate,
             r.bound,
+            r.first_secret.as_secs_f64(),
             r.secrets_present.as_secs_f64(),
             r.all_ready.as_secs_f64(),
             r.all_ready.as_secs_f64() / r.bound,

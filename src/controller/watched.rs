@@ -269,6 +269,44 @@ impl Watched {
         }
     }
 
+    /// A number shared by resources whose first data-key copy is the same
+    /// wrapped key in the same namespace (so, in practice, one data key):
+    /// the feed orders a listed store by it (see [`super::feed`]). A hash of
+    /// the namespace and the copy's ciphertext (public, committed in git),
+    /// read from the spec text alone; 0 for a released resource (its data
+    /// key is not needed again) or a spec without readable `dataKeys`.
+    pub fn data_key_group(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        #[derive(Deserialize)]
+        struct Copy<'a> {
+            #[serde(borrow)]
+            ciphertext: Cow<'a, str>,
+        }
+        #[derive(Deserialize)]
+        struct Spec<'a> {
+            #[serde(rename = "dataKeys", borrow)]
+            data_keys: Vec<Copy<'a>>,
+        }
+        let body = self.body.lock_or_recover();
+        let Body::Text {
+            spec: Some(spec), ..
+        } = &*body
+        else {
+            return 0;
+        };
+        let Some(first) = serde_json::from_str::<Spec<'_>>(spec)
+            .ok()
+            .and_then(|s| s.data_keys.into_iter().next())
+        else {
+            return 0;
+        };
+        // fixed keys: the same store feeds in the same order every run
+        let mut h = std::hash::DefaultHasher::new();
+        self.metadata.namespace.hash(&mut h);
+        first.ciphertext.hash(&mut h);
+        h.finish()
+    }
+
     /// Whether the status's Ready condition is True.
     pub fn ready(&self) -> bool {
         self.ready
